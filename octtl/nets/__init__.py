@@ -1,0 +1,1 @@
+"""In-project backbones that keras.applications lacks, written after torchvision's definitions."""

@@ -1,0 +1,1 @@
+"""Entry scripts (installed as the octtl_tools package for the console scripts)."""
