@@ -1,0 +1,314 @@
+"""The TFRecord schema of octtl (one tf.train.Example per B-scan) and the converter that writes it.
+
+Encode and parse live here together so the writer and the reader cannot disagree.
+Output of `convert`, in `output_dir`:
+  * `bscans-00000-of-0000N.tfrecord`: contiguous runs of examples in index order
+    (volumes sorted by path, B-scans in order), so example i of `index.csv` is the i-th
+    record read through the shards in name order.
+  * `index.csv`: one row per example (index, shard, volume_id, slice, label, vendor,
+    irf, srf, ped), the cheap way to plan folds without decoding an image.
+  * `manifest.json`: counts, classes, volumes, shards and the settings used.
+"""
+
+import concurrent.futures
+import csv
+import datetime
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from octtl import volumes as volumes_lib
+
+IMAGE = "image/encoded"
+HEIGHT = "image/height"
+WIDTH = "image/width"
+LABEL = "image/class/label"
+VOLUME_ID = "volume/id"
+SLICE = "volume/slice"
+VENDOR = "volume/vendor"
+IRF, SRF, PED = "fluid/irf", "fluid/srf", "fluid/ped"
+
+FEATURES = {
+    IMAGE: tf.io.FixedLenFeature([], tf.string),
+    HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+    WIDTH: tf.io.FixedLenFeature([], tf.int64),
+    LABEL: tf.io.FixedLenFeature([], tf.int64),
+    VOLUME_ID: tf.io.FixedLenFeature([], tf.string),
+    SLICE: tf.io.FixedLenFeature([], tf.int64),
+    VENDOR: tf.io.FixedLenFeature([], tf.string),
+    IRF: tf.io.FixedLenFeature([], tf.int64),
+    SRF: tf.io.FixedLenFeature([], tf.int64),
+    PED: tf.io.FixedLenFeature([], tf.int64),
+}
+# The small features, for reading metadata without touching the image bytes.
+METADATA_FEATURES = {k: v for k, v in FEATURES.items() if k != IMAGE}
+
+CLASSES = ("normal", "fluid")
+MANIFEST = "manifest.json"
+INDEX = "index.csv"
+INDEX_COLUMNS = ("index", "shard", "volume_id", "slice", "label", "vendor", "irf", "srf", "ped")
+SHARD_PATTERN = "bscans-*-of-*.tfrecord"
+
+
+def shard_name(shard: int, num_shards: int) -> str:
+    return f"bscans-{shard:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def _int64(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def _bytes(value: bytes):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def encode(png: bytes, height: int, width: int, label: int, volume_id: str, slice_index: int,
+           vendor: str, irf: int, srf: int, ped: int) -> bytes:
+    """One B-scan as a serialized tf.train.Example with exactly the keys of FEATURES."""
+    feature = {
+        IMAGE: _bytes(png), HEIGHT: _int64(height), WIDTH: _int64(width), LABEL: _int64(label),
+        VOLUME_ID: _bytes(volume_id.encode()), SLICE: _int64(slice_index),
+        VENDOR: _bytes(vendor.lower().encode()), IRF: _int64(irf), SRF: _int64(srf), PED: _int64(ped),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse(serialized, features=None):
+    """Parses serialized Examples (scalar or batch) into a dict of tensors keyed as FEATURES."""
+    if serialized.shape.rank == 0:
+        return tf.io.parse_single_example(serialized, features or FEATURES)
+    return tf.io.parse_example(serialized, features or FEATURES)
+
+
+def decode_image(png):
+    """PNG bytes to a (height, width, 1) uint8 tensor."""
+    return tf.io.decode_png(png, channels=1, dtype=tf.uint8)
+
+
+def shard_paths(records_dir) -> list:
+    """The shard files of a converted dataset in index order."""
+    return sorted(str(p) for p in pathlib.Path(records_dir).glob(SHARD_PATTERN))
+
+
+def _load(item, codes, min_voxels, allow_unlabeled):
+    """Reads and PNG-encodes one source item: a volume folder or an (image path, label) pair."""
+    if isinstance(item, tuple):
+        bscans = volumes_lib.read_image_file(*item)
+    else:
+        bscans = volumes_lib.read_volume(item, codes=codes, min_voxels=min_voxels,
+                                         allow_unlabeled=allow_unlabeled)
+    if bscans is None:
+        return None, []
+    return bscans, [volumes_lib.encode_png(image) for image in bscans.images]
+
+
+def _print_progress(done, total, bscans, item):
+    if bscans is None:
+        print(f"[{done}/{total}] {item}: no reference, skipped", file=sys.stderr)
+    elif total <= 200 or done % max(1, total // 100) == 0 or done == total:
+        print(f"[{done}/{total}] {bscans.volume_id} ({bscans.vendor}): {len(bscans)} B-scans, "
+              f"{int(bscans.labels.sum())} fluid", file=sys.stderr, flush=True)
+
+
+def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str = "all",
+            fluid_codes: Sequence[int] = (1, 2, 3), min_fluid_voxels: int = 1,
+            classes: Optional[Sequence[str]] = None, num_shards: int = 0, workers: int = 4,
+            allow_unlabeled: bool = False, skip_bad: bool = False, settings: Optional[dict] = None,
+            progress: Optional[Callable] = _print_progress) -> dict:
+    """Converts RETOUCH volumes or class image folders under `input_dir` to sharded TFRecords.
+
+    Nothing appears at `output_dir` until every shard, the index and the manifest are
+    written: the work happens in a temporary sibling directory that is renamed at the end.
+
+    Args:
+      input_format: 'retouch' (folders holding oct.mhd + reference.mhd) or 'image_folders'.
+      vendor: 'all' or one of volumes.VENDORS; other volumes are left out.
+      fluid_codes: reference codes that count as fluid.
+      min_fluid_voxels: a B-scan is fluid with at least this many voxels in `fluid_codes`.
+      classes: image_folders only, the class folder names; label = position.
+      num_shards: 0 picks about 1000 examples per shard.
+      workers: threads reading and encoding (SimpleITK, numpy and zlib release the GIL).
+      allow_unlabeled: skip volumes without reference.mhd instead of failing.
+      skip_bad: convert the good volumes and list the bad ones instead of failing.
+      settings: recorded in the manifest as `flags`.
+
+    Returns:
+      The manifest dict.
+    """
+    output_dir = pathlib.Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise volumes_lib.InputError(f"{output_dir}: output directory is not empty")
+    if min_fluid_voxels < 1:
+        raise volumes_lib.InputError(f"--min_fluid_voxels must be >= 1, got {min_fluid_voxels}")
+    bad_codes = [c for c in fluid_codes if c not in (1, 2, 3)]
+    if bad_codes or not fluid_codes:
+        raise volumes_lib.InputError(f"--fluid_labels must be codes among 1,2,3, got {list(fluid_codes)}")
+
+    if input_format == "retouch":
+        items = volumes_lib.find_volumes(input_dir)
+        if vendor != "all":
+            if vendor not in volumes_lib.VENDORS:
+                raise volumes_lib.InputError(f"--vendor must be all or one of {volumes_lib.VENDORS}, got {vendor}")
+            items = [f for f in items if volumes_lib.peek_vendor(f) == vendor]
+        class_names = list(CLASSES)
+        what = "volumes (folders holding oct.mhd)" + ("" if vendor == "all" else f" of vendor {vendor}")
+    elif input_format == "image_folders":
+        items = volumes_lib.find_images(input_dir, classes)
+        class_names = list(classes)
+        what = "images (" + ", ".join(volumes_lib.IMAGE_SUFFIXES) + ")"
+    else:
+        raise volumes_lib.InputError(f"--input_format must be retouch or image_folders, got {input_format}")
+    if not items:
+        raise volumes_lib.InputError(f"{input_dir}: no {what} found")
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make the dataset private.
+    try:
+        manifest = _write(items, staging, class_names, fluid_codes, min_fluid_voxels,
+                          num_shards, workers, allow_unlabeled, skip_bad, progress)
+        manifest.update(input_dir=str(input_dir), input_format=input_format,
+                        fluid_labels=list(fluid_codes), min_fluid_voxels=min_fluid_voxels,
+                        flags=dict(settings or {}),
+                        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        _write_json(staging / MANIFEST, manifest)
+        if output_dir.exists():
+            output_dir.rmdir()  # Known empty above; rename needs the name free.
+        os.rename(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write(items, staging, class_names, codes, min_voxels, num_shards, workers,
+           allow_unlabeled, skip_bad, progress):
+    """Reads items in parallel and writes them, in item order, into contiguous shards."""
+    if isinstance(items[0], tuple):
+        planned = len(items)
+    else:
+        planned = sum(_bscan_count(folder) for folder in items)
+    shards = num_shards if num_shards > 0 else max(1, -(-planned // 1000))
+    per_shard = max(1, -(-planned // shards))
+    rows, volume_rows, skipped = [], [], []
+    writers, shard_counts = [], []
+
+    def writer_for(index):
+        shard = min(index // per_shard, shards - 1)
+        while len(writers) <= shard:
+            writers.append(tf.io.TFRecordWriter(str(staging / f"shard-{len(writers)}.tmp")))
+            shard_counts.append(0)
+        return shard
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        # Bounded look-ahead keeps memory flat on large inputs while keeping workers busy.
+        window = max(2, 2 * workers)
+        futures = {}
+        for i in range(min(window, len(items))):
+            futures[i] = pool.submit(_load, items[i], codes, min_voxels, allow_unlabeled)
+        for i, item in enumerate(items):
+            future = futures.pop(i)
+            if i + window < len(items):
+                futures[i + window] = pool.submit(_load, items[i + window], codes, min_voxels, allow_unlabeled)
+            try:
+                bscans, pngs = future.result()
+            except volumes_lib.InputError as e:
+                if not skip_bad:
+                    for f in futures.values():
+                        f.cancel()
+                    raise
+                skipped.append({"item": str(item[0] if isinstance(item, tuple) else item), "error": str(e)})
+                print(f"skipped: {e}", file=sys.stderr)
+                continue
+            if bscans is None:
+                skipped.append({"item": str(item), "error": "no reference.mhd"})
+                if progress:
+                    progress(i + 1, len(items), None, item)
+                continue
+            for k, png in enumerate(pngs):
+                index = len(rows)
+                shard = writer_for(index)
+                height, width = bscans.images.shape[1:]
+                values = dict(label=int(bscans.labels[k]), volume_id=bscans.volume_id,
+                              slice=int(bscans.slices[k]), vendor=bscans.vendor,
+                              irf=int(bscans.irf[k]), srf=int(bscans.srf[k]), ped=int(bscans.ped[k]))
+                writers[shard].write(encode(png, height, width, values["label"], values["volume_id"],
+                                            values["slice"], values["vendor"], values["irf"],
+                                            values["srf"], values["ped"]))
+                shard_counts[shard] += 1
+                rows.append(dict(index=index, shard=shard, **values))
+            if not isinstance(item, tuple):
+                volume_rows.append({
+                    "id": bscans.volume_id, "vendor": bscans.vendor, "path": str(item),
+                    "shape": list(bscans.images.shape), "num_bscans": len(bscans),
+                    "num_fluid": int(bscans.labels.sum()),
+                    "irf_voxels": int(bscans.irf.sum()), "srf_voxels": int(bscans.srf.sum()),
+                    "ped_voxels": int(bscans.ped.sum())})
+            if progress:
+                progress(i + 1, len(items), bscans, item)
+    for writer in writers:
+        writer.close()
+    if not rows:
+        raise volumes_lib.InputError("no B-scans converted: every input was skipped")
+
+    # Only now is the shard count final (skipped volumes can leave the last shards short).
+    shard_files = []
+    for shard, count in enumerate(shard_counts):
+        name = shard_name(shard, len(shard_counts))
+        os.rename(staging / f"shard-{shard}.tmp", staging / name)
+        shard_files.append({"file": name, "num_examples": count})
+    with open(staging / INDEX, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    labels = np.array([r["label"] for r in rows])
+    counts = {name: int(np.count_nonzero(labels == k)) for k, name in enumerate(class_names)}
+    return {
+        "num_examples": len(rows),
+        # Label 0 is the negative class ("normal"); every other label counts as fluid.
+        "num_normal": int(np.count_nonzero(labels == 0)),
+        "num_fluid": int(np.count_nonzero(labels != 0)),
+        "classes": class_names,
+        "class_counts": counts,
+        "volumes": volume_rows,
+        "num_volumes": len(volume_rows) if volume_rows else len({r["volume_id"] for r in rows}),
+        "shards": shard_files,
+        "skipped": skipped,
+        "rule_8bit": "uint8 as is; uint16 v/257 (full 16-bit range); float in [0,1] x255; else min-max",
+    }
+
+
+def _bscan_count(folder) -> int:
+    """B-scans in a volume from its header alone; 0 when the header is bad (read_volume reports it)."""
+    try:
+        dims = volumes_lib.read_header(pathlib.Path(folder) / "oct.mhd")["DimSize"].split()
+        return int(dims[2]) if len(dims) == 3 else 0
+    except (volumes_lib.InputError, ValueError):
+        return 0
+
+
+def _write_json(path, value):
+    tmp = pathlib.Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(records_dir) -> dict:
+    """The manifest of a converted dataset, with a clear error when it is not one."""
+    path = pathlib.Path(records_dir) / MANIFEST
+    if not path.is_file():
+        raise volumes_lib.InputError(f"{path}: missing; is {records_dir} a directory written by to_tfrecord?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise volumes_lib.InputError(f"{path}: not valid JSON ({e})") from None

@@ -1,0 +1,318 @@
+"""Reads RETOUCH-style OCT volumes and B-scan image folders into labelled 8-bit B-scans.
+
+This module is the first stage of the data flow. It imports no TensorFlow so that
+conversion workers start fast; records.py turns its output into tf.train.Examples.
+
+Array order everywhere is (B-scan, row, column), which is what SimpleITK's
+GetArrayFromImage gives for a MetaImage whose x axis runs along a B-scan's columns,
+y along its rows (depth) and z across B-scans.
+
+8-bit rule (one rule for every volume, applied by `to_uint8`):
+  * uint8: kept as is.
+  * uint16 (RETOUCH Spectralis): linear over the full 16-bit range, v -> round(v / 257),
+    so 0 -> 0 and 65535 -> 255. This keeps the device's absolute reflectance scale
+    identical across volumes, which a per-volume stretch would not.
+  * float with every value in [0, 1]: v -> round(255 v).
+  * any other type or range: per-volume min-max stretch to 0..255.
+"""
+
+import dataclasses
+import io
+import pathlib
+import re
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+VENDORS = ("cirrus", "spectralis", "topcon")
+FLUID_CODES = {"irf": 1, "srf": 2, "ped": 3}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+# Axial (row) spacing in mm of each RETOUCH device, used only when the folder name does
+# not say the vendor. Topcon has two models (T-1000: 885 rows, T-2000: 650 rows).
+_AXIAL_SPACING_MM = {"cirrus": (0.00195,), "spectralis": (0.0039,), "topcon": (0.0026, 0.0035)}
+_ROWS = {496: "spectralis", 1024: "cirrus", 885: "topcon", 650: "topcon"}
+_VENDOR_IN_PATH = re.compile(r"RETOUCH-[A-Za-z]+-(Cirrus|Spectralis|Topcon)$", re.IGNORECASE)
+
+# MetaImage ElementType -> bytes per element, to check a .raw's size ourselves:
+# SimpleITK reports a short file only on stderr, with a generic exception.
+_ELEMENT_BYTES = {
+    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
+    "MET_UINT": 4, "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4, "MET_DOUBLE": 8,
+}
+
+
+class InputError(ValueError):
+    """Bad input data; the message names the file and what is wrong with it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BScans:
+    """Labelled 8-bit B-scans of one volume (or one image of an image folder)."""
+
+    volume_id: str
+    vendor: str
+    images: np.ndarray  # uint8, (B-scan, row, column)
+    labels: np.ndarray  # int64, one per B-scan
+    irf: np.ndarray  # int64 voxel counts per B-scan; -1 where unknown
+    srf: np.ndarray
+    ped: np.ndarray
+    slices: np.ndarray  # int64 B-scan index within the volume
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def find_volumes(input_dir) -> list:
+    """Every folder under `input_dir` (itself included) that holds an `oct.mhd`, sorted by path."""
+    root = pathlib.Path(input_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: input directory does not exist")
+    return sorted(p.parent for p in root.rglob("oct.mhd"))
+
+
+def read_header(path) -> dict:
+    """Parses a MetaImage header into a dict of its `Key = Value` lines."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_bytes()[:65536].decode("ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: unreadable MetaImage header ({e})") from None
+    header = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise InputError(f"{path}: unreadable MetaImage header (line {line[:40]!r} is not 'Key = Value')")
+        header[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            break  # Local data may follow the header; it is not text.
+    for key in ("NDims", "DimSize", "ElementType", "ElementDataFile"):
+        if key not in header:
+            raise InputError(f"{path}: unreadable MetaImage header (no {key})")
+    return header
+
+
+def _check_data_file(path, header):
+    """Fails with the expected and actual byte counts when a .raw is missing or short."""
+    data_file = header["ElementDataFile"]
+    if data_file.upper() == "LOCAL" or data_file.upper().startswith("LIST"):
+        return
+    if "%" in data_file:
+        return  # A file pattern; SimpleITK reports its own errors.
+    raw = pathlib.Path(path).parent / data_file
+    if not raw.is_file():
+        raise InputError(f"{path}: data file {raw.name} is missing")
+    if header.get("CompressedData", "False").lower() == "true":
+        return  # .zraw: its size says nothing; a corrupt stream fails in SimpleITK.
+    element = header["ElementType"]
+    if element not in _ELEMENT_BYTES:
+        raise InputError(f"{path}: unsupported ElementType {element}")
+    try:
+        dims = [int(v) for v in header["DimSize"].split()]
+        channels = int(header.get("ElementNumberOfChannels", "1"))
+        offset = int(header.get("HeaderSize", "0"))
+    except ValueError:
+        raise InputError(f"{path}: unreadable MetaImage header (bad DimSize/HeaderSize)") from None
+    expected = int(np.prod(dims)) * channels * _ELEMENT_BYTES[element] + max(offset, 0)
+    actual = raw.stat().st_size
+    if actual < expected:
+        raise InputError(
+            f"{raw}: truncated, expected {expected} bytes for DimSize {' '.join(map(str, dims))} "
+            f"{element}, found {actual}")
+
+
+def read_image(path) -> sitk.Image:
+    """Reads a MetaImage after checking its header and data file ourselves."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file is missing")
+    header = read_header(path)
+    _check_data_file(path, header)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
+        raise InputError(f"{path}: SimpleITK could not read it ({first})") from None
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got {image.GetDimension()}-D")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()}")
+    return image
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Maps a volume to 8 bits with the module's one documented rule."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    values = array.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise InputError("volume holds NaN or infinite values")
+    if np.issubdtype(array.dtype, np.floating) and values.min() >= 0.0 and values.max() <= 1.0:
+        return np.rint(values * 255.0).astype(np.uint8)
+    low, high = values.min(), values.max()
+    if high == low:
+        return np.zeros(array.shape, np.uint8)
+    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def vendor_from_path(folder) -> Optional[str]:
+    """The vendor named by a `RETOUCH-<Set>-<Vendor>` folder above `folder`, else None."""
+    for part in reversed(pathlib.Path(folder).resolve().parts):
+        match = _VENDOR_IN_PATH.match(part)
+        if match:
+            return match.group(1).lower()
+    return None
+
+
+def vendor_from_geometry(shape: Sequence[int], axial_spacing_mm: float) -> str:
+    """Guesses the device from rows per A-scan, then axial spacing; 'unknown' when neither fits."""
+    if shape[1] in _ROWS:
+        return _ROWS[shape[1]]
+    best, best_error = "unknown", 0.15  # Within 15% of a device's spacing, else unknown.
+    for vendor, spacings in _AXIAL_SPACING_MM.items():
+        for spacing in spacings:
+            error = abs(axial_spacing_mm - spacing) / spacing
+            if error < best_error:
+                best, best_error = vendor, error
+    return best
+
+
+def fluid_counts(reference: np.ndarray) -> dict:
+    """Voxel count of each fluid kind in each B-scan of a reference volume."""
+    return {kind: np.count_nonzero(reference == code, axis=(1, 2)).astype(np.int64)
+            for kind, code in FLUID_CODES.items()}
+
+
+def fluid_labels(reference: np.ndarray, codes: Iterable[int] = (1, 2, 3),
+                 min_voxels: int = 1) -> np.ndarray:
+    """1 (fluid) for each B-scan with at least `min_voxels` voxels coded in `codes`, else 0."""
+    inside = np.isin(reference, np.asarray(list(codes)))
+    return (np.count_nonzero(inside, axis=(1, 2)) >= min_voxels).astype(np.int64)
+
+
+def _check_reference(path, reference: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(reference.dtype, np.integer):
+        if not np.all(np.isfinite(reference)) or np.any(reference != np.round(reference)):
+            raise InputError(f"{path}: reference holds non-integer codes (expected 0-3)")
+    codes = np.unique(reference)
+    bad = codes[(codes < 0) | (codes > 3)]
+    if bad.size:
+        shown = ", ".join(str(int(c)) for c in bad[:5])
+        raise InputError(f"{path}: reference codes outside 0-3: {shown}")
+    return reference.astype(np.uint8)
+
+
+def read_volume(folder, *, codes=(1, 2, 3), min_voxels=1, allow_unlabeled=False) -> Optional[BScans]:
+    """Reads `folder/oct.mhd` and `folder/reference.mhd` into labelled 8-bit B-scans.
+
+    Returns None for a volume without reference when `allow_unlabeled` is set (the caller
+    skips it); raises InputError naming the file for every other problem.
+    """
+    folder = pathlib.Path(folder)
+    oct_path, ref_path = folder / "oct.mhd", folder / "reference.mhd"
+    image = read_image(oct_path)
+    if not ref_path.is_file():
+        if allow_unlabeled:
+            return None
+        raise InputError(f"{ref_path}: reference is missing (pass --allow_unlabeled to skip such volumes)")
+    reference_image = read_image(ref_path)
+    volume = sitk.GetArrayFromImage(image)
+    reference = sitk.GetArrayFromImage(reference_image)
+    if reference.shape != volume.shape:
+        raise InputError(f"{ref_path}: shape {reference.shape} differs from oct.mhd shape {volume.shape}")
+    reference = _check_reference(ref_path, reference)
+    try:
+        pixels = to_uint8(volume)
+    except InputError as e:
+        raise InputError(f"{oct_path}: {e}") from None
+    vendor = vendor_from_path(folder) or vendor_from_geometry(volume.shape, image.GetSpacing()[1])
+    counts = fluid_counts(reference)
+    return BScans(
+        volume_id=folder.name, vendor=vendor, images=pixels,
+        labels=fluid_labels(reference, codes, min_voxels),
+        irf=counts["irf"], srf=counts["srf"], ped=counts["ped"],
+        slices=np.arange(len(pixels), dtype=np.int64))
+
+
+def peek_vendor(folder) -> str:
+    """The vendor of a volume folder from its path or header alone, without reading voxels."""
+    vendor = vendor_from_path(folder)
+    if vendor:
+        return vendor
+    header = read_header(pathlib.Path(folder) / "oct.mhd")
+    try:
+        dims = [int(v) for v in header["DimSize"].split()]
+        spacing = [float(v) for v in header.get("ElementSpacing", "1 1 1").split()]
+    except ValueError:
+        raise InputError(f"{pathlib.Path(folder) / 'oct.mhd'}: unreadable MetaImage header") from None
+    if len(dims) != 3 or len(spacing) < 2:
+        return "unknown"  # read_volume reports the real problem.
+    return vendor_from_geometry((dims[2], dims[1], dims[0]), spacing[1])
+
+
+def find_images(input_dir, classes: Sequence[str]) -> list:
+    """(path, label) for each image in `input_dir/<class>/`, label = position in `classes`."""
+    root = pathlib.Path(input_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: input directory does not exist")
+    if not classes:
+        raise InputError("--classes is required with --input_format=image_folders")
+    items = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            raise InputError(f"{folder}: class folder is missing")
+        files = sorted(p for p in folder.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        items.extend((p, label) for p in files)
+    stems = {}
+    for path, _ in items:
+        if path.stem in stems:
+            raise InputError(f"{path}: file stem {path.stem!r} also used by {stems[path.stem]}; "
+                             "volume/id must be unique")
+        stems[path.stem] = path
+    return items
+
+
+def read_image_file(path, label: int) -> BScans:
+    """One image file as a single 8-bit gray B-scan with its class label."""
+    from PIL import Image, UnidentifiedImageError  # Only image folders need Pillow.
+
+    path = pathlib.Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            array = _gray(image)
+    except (OSError, UnidentifiedImageError) as e:
+        raise InputError(f"{path}: unreadable image ({e})") from None
+    unknown = np.array([-1], np.int64)  # Image folders carry no voxel annotation.
+    return BScans(volume_id=path.stem, vendor="unknown", images=array[None],
+                  labels=np.array([label], np.int64), irf=unknown, srf=unknown, ped=unknown,
+                  slices=np.zeros(1, np.int64))
+
+
+def _gray(image) -> np.ndarray:
+    """Any Pillow mode to 8-bit gray, 16-bit and float images by the same rule as volumes."""
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        return to_uint8(np.asarray(image, dtype=np.uint16))
+    if image.mode in ("I", "F"):
+        return to_uint8(np.asarray(image))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA").convert("RGB")
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """8-bit single-channel PNG bytes of a 2-D uint8 array."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    # Level 1: PNG of speckled OCT barely shrinks past it, and level 6 is ~4x slower.
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

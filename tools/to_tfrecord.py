@@ -1,0 +1,81 @@
+"""Converts RETOUCH volumes (or class image folders) to labelled B-scan TFRecords.
+
+  python tools/to_tfrecord.py --input_dir=data/synthetic --output_dir=data/records
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from octtl import records  # noqa: E402  (after quieting TensorFlow)
+from octtl import volumes  # noqa: E402
+
+_INPUT_DIR = flags.DEFINE_string("input_dir", None, "Folder searched for volumes (or class folders).")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "New or empty folder for shards and manifest.")
+_VENDOR = flags.DEFINE_enum("vendor", "all", ("all",) + volumes.VENDORS, "Keep only this device's volumes.")
+_FLUID_LABELS = flags.DEFINE_list("fluid_labels", ["1", "2", "3"],
+                                  "Reference codes counted as fluid (1 IRF, 2 SRF, 3 PED).")
+_MIN_FLUID_VOXELS = flags.DEFINE_integer("min_fluid_voxels", 1,
+                                         "A B-scan is fluid with at least this many fluid voxels.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Output shards; 0 = about 1000 B-scans each.", lower_bound=0)
+_WORKERS = flags.DEFINE_integer("workers", min(4, os.cpu_count() or 1),
+                                "Threads reading and encoding volumes.", lower_bound=1)
+_INPUT_FORMAT = flags.DEFINE_enum("input_format", "retouch", ["retouch", "image_folders"],
+                                  "retouch: folders with oct.mhd/reference.mhd; image_folders: one folder per class.")
+_CLASSES = flags.DEFINE_list("classes", None, "image_folders: class folder names; label = position.")
+_ALLOW_UNLABELED = flags.DEFINE_bool("allow_unlabeled", False, "Skip volumes without reference.mhd.")
+_SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Convert the good volumes and list the bad ones.")
+
+flags.mark_flags_as_required(["input_dir", "output_dir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        codes = [int(c) for c in _FLUID_LABELS.value]
+    except ValueError:
+        sys.exit(f"to_tfrecord: error: --fluid_labels must be integers, got {','.join(_FLUID_LABELS.value)}")
+    settings = {name: flags.FLAGS[name].value for name in (
+        "input_dir", "output_dir", "vendor", "fluid_labels", "min_fluid_voxels", "num_shards",
+        "workers", "input_format", "classes", "allow_unlabeled", "skip_bad")}
+    try:
+        manifest = records.convert(
+            _INPUT_DIR.value, _OUTPUT_DIR.value, input_format=_INPUT_FORMAT.value,
+            vendor=_VENDOR.value, fluid_codes=codes, min_fluid_voxels=_MIN_FLUID_VOXELS.value,
+            classes=_CLASSES.value, num_shards=_NUM_SHARDS.value, workers=_WORKERS.value,
+            allow_unlabeled=_ALLOW_UNLABELED.value, skip_bad=_SKIP_BAD.value, settings=settings)
+    except volumes.InputError as e:
+        sys.exit(f"to_tfrecord: error: {e}")
+    print(summary(manifest, _OUTPUT_DIR.value))
+
+
+def summary(manifest, output_dir) -> str:
+    """The manifest in a few lines: counts per class and vendor, shards, skipped inputs."""
+    n = manifest["num_examples"]
+    lines = [f"{output_dir}: {n} B-scans in {len(manifest['shards'])} shard(s) from "
+             f"{manifest['num_volumes']} {'volumes' if manifest['volumes'] else 'images'}"]
+    lines.append("  " + ", ".join(f"{name} {count} ({count / n:.0%})"
+                                   for name, count in manifest["class_counts"].items()))
+    vendors = {}
+    for v in manifest["volumes"]:
+        vendors.setdefault(v["vendor"], [0, 0])
+        vendors[v["vendor"]][0] += 1
+        vendors[v["vendor"]][1] += v["num_bscans"]
+    for vendor, (count, bscans) in sorted(vendors.items()):
+        lines.append(f"  {vendor}: {count} volumes, {bscans} B-scans")
+    for skipped in manifest["skipped"]:
+        lines.append(f"  skipped {skipped['item']}: {skipped['error']}")
+    return "\n".join(lines)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
