@@ -158,7 +158,7 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     low, high = values.min(), values.max()
     if high == low:
         return np.zeros(array.shape, np.uint8)
-    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+    return np.rint((values - low) * 255.0 / (high - low)).astype(np.uint8)
 
 
 def vendor_from_path(folder) -> Optional[str]:

@@ -1,0 +1,275 @@
+"""Tests of octtl/records.py and tools/to_tfrecord.py: schema, counts, image folders, bad input."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from absl.testing import flagsaver
+from PIL import Image
+
+from conftest import REPO, write_volume
+from octtl import records
+from octtl_tools import to_tfrecord
+
+INT64_KEYS = ("image/height", "image/width", "image/class/label", "volume/slice",
+              "fluid/irf", "fluid/srf", "fluid/ped")
+BYTES_KEYS = ("image/encoded", "volume/id", "volume/vendor")
+
+
+def run_cli(*args):
+    """Runs tools/to_tfrecord.py's main in-process with these flags."""
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["to_tfrecord", *args])
+        to_tfrecord.main(["to_tfrecord"])
+
+
+def read_examples(records_dir):
+    """Every record as a tf.train.Example, in shard-name order."""
+    return [tf.train.Example.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(records.shard_paths(records_dir))]
+
+
+def value(example, key):
+    feature = example.features.feature[key]
+    return feature.bytes_list.value[0] if key in BYTES_KEYS else feature.int64_list.value[0]
+
+
+def expected_uint8(volume):
+    """The 8-bit rule recomputed independently: round(v * 255 / 65535)."""
+    return np.floor(volume.astype(np.float64) * 255.0 / 65535.0 + 0.5).astype(np.uint8)
+
+
+def test_records_match_volumes_exactly(small_volumes, tmp_path):
+    root, arrays = small_volumes
+    out = tmp_path / "out"
+    run_cli(f"--input_dir={root}", f"--output_dir={out}", "--num_shards=2")
+    examples = read_examples(out)
+    assert len(examples) == 18
+    for example in examples:
+        assert set(example.features.feature) == set(INT64_KEYS + BYTES_KEYS)
+        for key in INT64_KEYS:
+            assert len(example.features.feature[key].int64_list.value) == 1, key
+        for key in BYTES_KEYS:
+            assert len(example.features.feature[key].bytes_list.value) == 1, key
+    expected_rows = []
+    for vid in sorted(arrays):
+        volume, reference = arrays[vid]
+        for k in range(len(volume)):
+            expected_rows.append((vid, k, volume[k], reference[k]))
+    for example, (vid, k, bscan, ref) in zip(examples, expected_rows):
+        assert value(example, "volume/id") == vid.encode()
+        assert value(example, "volume/slice") == k
+        assert value(example, "volume/vendor") == b"spectralis"
+        assert value(example, "fluid/irf") == int((ref == 1).sum())
+        assert value(example, "fluid/srf") == int((ref == 2).sum())
+        assert value(example, "fluid/ped") == int((ref == 3).sum())
+        assert value(example, "image/class/label") == int((ref > 0).any())
+        assert (value(example, "image/height"), value(example, "image/width")) == bscan.shape
+        png = tf.io.decode_png(value(example, "image/encoded")).numpy()
+        assert png.shape == bscan.shape + (1,) and png.dtype == np.uint8
+        np.testing.assert_array_equal(png[..., 0], expected_uint8(bscan))
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    labels = [value(e, "image/class/label") for e in examples]
+    assert manifest["num_examples"] == len(examples) == 18
+    assert manifest["num_fluid"] == sum(labels) == 12  # B-scans 1, 2, 3 and the lone voxel's 5
+    assert manifest["num_normal"] == 18 - sum(labels)
+    assert manifest["classes"] == ["normal", "fluid"]
+    assert [v["id"] for v in manifest["volumes"]] == sorted(arrays)
+    assert all(v["shape"] == [6, 40, 48] and v["vendor"] == "spectralis" for v in manifest["volumes"])
+    assert [s["file"] for s in manifest["shards"]] == ["bscans-00000-of-00002.tfrecord",
+                                                       "bscans-00001-of-00002.tfrecord"]
+    assert sum(s["num_examples"] for s in manifest["shards"]) == 18
+    for shard in manifest["shards"]:
+        assert sum(1 for _ in tf.data.TFRecordDataset(str(out / shard["file"]))) == shard["num_examples"]
+    assert manifest["flags"]["num_shards"] == 2
+    with open(out / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["volume_id"], int(r["slice"]), int(r["label"])) for r in rows] == [
+        (value(e, "volume/id").decode(), value(e, "volume/slice"), value(e, "image/class/label"))
+        for e in examples]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
+
+
+def test_fluid_label_flags(small_volumes, tmp_path):
+    root, arrays = small_volumes
+    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'srf'}", "--fluid_labels=2")
+    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'min2'}", "--min_fluid_voxels=2")
+    srf = [value(e, "image/class/label") for e in read_examples(tmp_path / "srf")]
+    # Only TRAIN026 holds SRF (code 2), in its B-scans 1-3.
+    assert srf == [0] * 6 + [0, 1, 1, 1, 0, 0] + [0] * 6
+    min2 = [value(e, "image/class/label") for e in read_examples(tmp_path / "min2")]
+    assert min2 == [0, 1, 1, 1, 0, 0] * 3  # the lone PED voxel no longer counts
+
+
+def test_vendor_filter(small_volumes, tmp_path):
+    root, _ = small_volumes
+    write_volume(root / "RETOUCH-TrainingSet-Cirrus" / "TRAIN001",
+                 np.zeros((4, 16, 16), np.uint8), np.zeros((4, 16, 16), np.uint8))
+    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'cirrus'}", "--vendor=cirrus")
+    manifest = json.loads((tmp_path / "cirrus" / "manifest.json").read_text())
+    assert [(v["id"], v["vendor"]) for v in manifest["volumes"]] == [("TRAIN001", "cirrus")]
+    assert manifest["num_examples"] == 4
+
+
+def test_image_folders(tmp_path):
+    rng = np.random.default_rng(3)
+    root = tmp_path / "oct2017"
+    rgb = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    gray16 = rng.integers(0, 65536, (18, 22), dtype=np.uint16)
+    (root / "NORMAL").mkdir(parents=True)
+    (root / "DME").mkdir()
+    (root / "CNV").mkdir()
+    Image.fromarray(rgb).save(root / "NORMAL" / "NORMAL-1-1.png")
+    Image.fromarray(rgb).save(root / "DME" / "DME-2-1.bmp")
+    Image.fromarray(gray16).save(root / "CNV" / "CNV-3-1.tif")
+    Image.fromarray(rgb[..., 0]).save(root / "CNV" / "CNV-3-2.jpeg", quality=95)
+    (root / "CNV" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    run_cli(f"--input_dir={root}", f"--output_dir={out}", "--input_format=image_folders",
+            "--classes=NORMAL,DME,CNV")
+    examples = read_examples(out)
+    got = [(value(e, "volume/id").decode(), value(e, "image/class/label")) for e in examples]
+    assert got == [("NORMAL-1-1", 0), ("DME-2-1", 1), ("CNV-3-1", 2), ("CNV-3-2", 2)]
+    first = tf.io.decode_png(value(examples[0], "image/encoded")).numpy()[..., 0]
+    np.testing.assert_array_equal(first, np.asarray(Image.fromarray(rgb).convert("L")))
+    tiff = tf.io.decode_png(value(examples[2], "image/encoded")).numpy()[..., 0]
+    np.testing.assert_array_equal(tiff, np.floor(gray16 * 255.0 / 65535.0 + 0.5).astype(np.uint8))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == ["NORMAL", "DME", "CNV"]
+    assert manifest["class_counts"] == {"NORMAL": 1, "DME": 1, "CNV": 2}
+    assert manifest["num_examples"] == 4
+
+
+def _replace_reference(folder, reference):
+    scratch = write_volume(folder.parents[2] / "scratch", reference, reference)
+    for suffix in ("mhd", "raw"):
+        os.replace(scratch / f"reference.{suffix}", folder / f"reference.{suffix}")
+
+
+def _truncate_raw(root):
+    raw = next(root.rglob("oct.raw"))
+    raw.write_bytes(raw.read_bytes()[:1000])
+    return raw, "truncated, expected 23040 bytes .* found 1000"
+
+
+def _delete_raw(root):
+    raw = next(root.rglob("oct.raw"))
+    raw.unlink()
+    return raw.parent / "oct.mhd", "oct.raw is missing"
+
+
+def _garble_header(root):
+    header = next(root.rglob("oct.mhd"))
+    header.write_bytes(b"\x89garbage\xff\x00 not a header")
+    return header, "unreadable MetaImage header"
+
+
+def _reshape_reference(root):
+    folder = next(root.rglob("oct.mhd")).parent
+    _replace_reference(folder, np.zeros((6, 40, 47), np.uint8))
+    return folder / "reference.mhd", r"shape \(6, 40, 47\) differs from oct.mhd shape \(6, 40, 48\)"
+
+
+def _remove_reference(root):
+    ref = next(root.rglob("reference.mhd"))
+    ref.unlink()
+    return ref, "reference is missing"
+
+
+def _bad_codes(root):
+    folder = next(root.rglob("oct.mhd")).parent
+    reference = np.zeros((6, 40, 48), np.uint8)
+    reference[0, 0, 0] = 7
+    _replace_reference(folder, reference)
+    return folder / "reference.mhd", "codes outside 0-3: 7"
+
+
+def _two_d(root):
+    import SimpleITK as sitk
+
+    folder = next(root.rglob("oct.mhd")).parent
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((40, 48), np.uint16)), str(folder / "oct.mhd"))
+    return folder / "oct.mhd", "expected a 3-D volume, got 2-D"
+
+
+BAD_INPUTS = {
+    "truncated_raw": _truncate_raw,
+    "missing_raw": _delete_raw,
+    "unreadable_header": _garble_header,
+    "reference_shape": _reshape_reference,
+    "missing_reference": _remove_reference,
+    "codes_outside_0_3": _bad_codes,
+    "not_3d": _two_d,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_volume_fails_cleanly_and_skip_bad_skips_it(small_volumes, tmp_path, case):
+    root, arrays = small_volumes
+    path, message = BAD_INPUTS[case](root)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(f"--input_dir={root}", f"--output_dir={out}")
+    text = str(exit_info.value.code)
+    assert "\n" not in text and text.startswith("to_tfrecord: error: ")
+    assert str(path) in text
+    assert re.search(message, text), text
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+    run_cli(f"--input_dir={root}", f"--output_dir={out}", "--skip_bad")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_examples"] == 12
+    assert [s["item"] for s in manifest["skipped"]] == [str(path.parent)]
+
+
+def test_allow_unlabeled_skips_volume_without_reference(small_volumes, tmp_path):
+    root, _ = small_volumes
+    next(root.rglob("TRAIN026/reference.mhd")).unlink()
+    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}", "--allow_unlabeled")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [v["id"] for v in manifest["volumes"]] == ["TRAIN025", "TRAIN027"]
+    assert manifest["skipped"][0]["error"] == "no reference.mhd"
+
+
+def test_no_volumes_found(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no volumes"):
+        run_cli(f"--input_dir={tmp_path / 'empty'}", f"--output_dir={tmp_path / 'out'}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_not_empty_is_left_alone(small_volumes, tmp_path):
+    root, _ = small_volumes
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="output directory is not empty"):
+        run_cli(f"--input_dir={root}", f"--output_dir={out}")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_cli_process_exit_code_and_error_line(small_volumes, tmp_path):
+    root, _ = small_volumes
+    raw, _ = _truncate_raw(root)
+    out = tmp_path / "out"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "to_tfrecord.py"), f"--input_dir={root}",
+                           f"--output_dir={out}"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1
+    # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL in this release; everything else counts.
+    ours = [line for line in proc.stderr.splitlines()
+            if not re.match(r"([IWE]\d{4} |WARNING: All log messages before absl)", line)]
+    assert ours == [f"to_tfrecord: error: {raw}: truncated, expected 23040 bytes for DimSize "
+                      f"48 40 6 MET_USHORT, found 1000"]
+    assert proc.stdout == ""
+    assert not out.exists()
