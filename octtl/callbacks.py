@@ -1,0 +1,132 @@
+"""The paper's half-epoch early stop and best-accuracy tracking, as one Keras callback.
+
+Keras' EarlyStopping looks at the validation loss only at epoch ends; the paper checks
+it twice per epoch and stops when it has failed to improve for more than `patience`
+consecutive checks, and it keeps the model of highest validation accuracy, recording
+the iteration at which that model was reached. Nothing in Keras does either, so this is
+written here.
+"""
+
+import dataclasses
+import math
+from typing import Callable, List, Optional
+
+import keras
+import numpy as np
+from sklearn import metrics
+
+
+def check_steps(steps_per_epoch: int, checks_per_epoch: int) -> List[int]:
+    """1-based steps within an epoch at which the loss is checked: evenly spread, the last at the end."""
+    checks = min(checks_per_epoch, steps_per_epoch)
+    return sorted({(k + 1) * steps_per_epoch // checks for k in range(checks)})
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Validation metrics at one iteration, and the probabilities they came from."""
+
+    iteration: int
+    val_loss: float
+    val_accuracy: float
+    val_auc: float
+    check: bool  # counted by the early stop (a half-epoch check) or an extra --eval_every point
+    p_fluid: Optional[np.ndarray] = None
+
+    def record(self) -> dict:
+        return {"iteration": self.iteration, "val_loss": self.val_loss,
+                "val_accuracy": self.val_accuracy, "val_auc": self.val_auc, "check": self.check}
+
+
+def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray, iteration: int,
+                           check: bool) -> Evaluation:
+    """Cross-entropy, accuracy and exact ROC AUC of softmax outputs against integer labels."""
+    probabilities = np.asarray(probabilities, np.float64)
+    labels = np.asarray(labels, np.int64)
+    # Keras' categorical cross-entropy clips to [eps, 1 - eps] too; same numbers as model.evaluate.
+    eps = keras.backend.epsilon()
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], eps, 1.0 - eps)
+    loss = float(-np.mean(np.log(picked)))
+    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == labels))
+    p_fluid = probabilities[:, 1]
+    # AUC is undefined with one class present; NaN says so instead of a made-up 0.5.
+    auc = float(metrics.roc_auc_score(labels, p_fluid)) if len(np.unique(labels)) == 2 else math.nan
+    return Evaluation(iteration, loss, accuracy, auc, check, p_fluid)
+
+
+class HalfEpochEarlyStop(keras.callbacks.Callback):
+    """Checks validation loss `checks_per_epoch` times per epoch; keeps the best-accuracy weights.
+
+    Args:
+      predict: returns the softmax probabilities (n, classes) of the validation set for the
+        current weights.
+      labels: validation labels, aligned with `predict`'s rows.
+      steps_per_epoch: training iterations per epoch.
+      checks_per_epoch: loss checks per epoch (the paper: 2).
+      patience: stop when the loss has not improved for more than this many checks.
+      early_stop: False trains on to `max_iterations` (or the epoch limit) regardless.
+      max_iterations: stop after this many iterations in total; None for no limit.
+      eval_every: also evaluate accuracy/AUC every this many iterations (not counted as checks).
+      on_evaluation: called with each Evaluation (logging, TensorBoard, NaN checks).
+    """
+
+    def __init__(self, predict: Callable[[], np.ndarray], labels: np.ndarray, steps_per_epoch: int,
+                 checks_per_epoch: int = 2, patience: int = 5, early_stop: bool = True,
+                 max_iterations: Optional[int] = None, eval_every: Optional[int] = None,
+                 on_evaluation: Optional[Callable[[Evaluation], None]] = None):
+        super().__init__()
+        if steps_per_epoch < 1 or checks_per_epoch < 1 or patience < 0:
+            raise ValueError("steps_per_epoch and checks_per_epoch must be >= 1, patience >= 0")
+        self._predict = predict
+        self._labels = np.asarray(labels)
+        self._check_steps = set(check_steps(steps_per_epoch, checks_per_epoch))
+        self._patience = patience
+        self._early_stop = early_stop
+        self._max_iterations = max_iterations
+        self._eval_every = eval_every
+        self._on_evaluation = on_evaluation
+        self.iteration = 0
+        self.evaluations: List[Evaluation] = []
+        self.best: Optional[Evaluation] = None
+        self.best_weights = None
+        self.best_loss = math.inf
+        self.wait = 0
+        self.early_stopped = False
+        self.epochs_started = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs_started = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.iteration += 1
+        is_check = (batch + 1) in self._check_steps
+        extra = bool(self._eval_every) and self.iteration % self._eval_every == 0
+        at_limit = self._max_iterations is not None and self.iteration >= self._max_iterations
+        if is_check or extra or at_limit:
+            self._evaluate(is_check)
+        if at_limit:
+            self.model.stop_training = True
+
+    def _evaluate(self, is_check):
+        result = evaluate_probabilities(self._predict(), self._labels, self.iteration, is_check)
+        self.evaluations.append(result)
+        # Strictly greater: on ties the earlier model stays, as it was reached in fewer iterations.
+        if self.best is None or result.val_accuracy > self.best.val_accuracy:
+            self.best = result
+            self.best_weights = [w.copy() for w in self.model.get_weights()]
+        if self._on_evaluation:
+            self._on_evaluation(result)
+        if not is_check:
+            return
+        if result.val_loss < self.best_loss:
+            self.best_loss, self.wait = result.val_loss, 0
+        else:
+            self.wait += 1
+            if self._early_stop and self.wait > self._patience:
+                self.early_stopped = True
+                self.model.stop_training = True
+
+    def restore_best(self):
+        """Puts the best-accuracy weights back into the model."""
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
