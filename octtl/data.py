@@ -101,7 +101,8 @@ def rescale(images, mode: str = "paper"):
 
 def dataset(records_dir, indices: Sequence[int], image_size: int, batch_size: int, *,
             training: bool, seed: int = 0, crop_mode: str = "center", rescale_mode: str = "paper",
-            cache: bool = True, num_examples: Optional[int] = None) -> tf.data.Dataset:
+            cache: bool = True, num_examples: Optional[int] = None,
+            drop_remainder: bool = False) -> tf.data.Dataset:
     """(images, labels) batches of the examples at `indices` of a converted dataset.
 
     Training datasets are reshuffled every epoch (deterministically for `seed`) and
@@ -117,6 +118,7 @@ def dataset(records_dir, indices: Sequence[int], image_size: int, batch_size: in
       rescale_mode: 'paper' ([-1, 1] float32) or 'none' (uint8).
       cache: keep decoded crops in memory after the first pass.
       num_examples: total examples in the dataset, if the caller already knows it.
+      drop_remainder: drop the last partial batch (MATLAB's training default, which the paper used).
     """
     if crop_mode not in CROPS:
         raise ValueError(f"crop mode must be one of {CROPS}, got {crop_mode!r}")
@@ -149,6 +151,6 @@ def dataset(records_dir, indices: Sequence[int], image_size: int, batch_size: in
         ds = ds.cache()
     if training:
         ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda x, y: (rescale(x, rescale_mode), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
