@@ -40,15 +40,17 @@ class Evaluation:
 
 def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray, iteration: int,
                            check: bool) -> Evaluation:
-    """Cross-entropy, accuracy and exact ROC AUC of softmax outputs against integer labels."""
+    """Cross-entropy, accuracy and exact ROC AUC of two-class softmax outputs against 0/1 labels."""
     probabilities = np.asarray(probabilities, np.float64)
     labels = np.asarray(labels, np.int64)
     # Keras' categorical cross-entropy clips to [eps, 1 - eps] too; same numbers as model.evaluate.
     eps = keras.backend.epsilon()
     picked = np.clip(probabilities[np.arange(len(labels)), labels], eps, 1.0 - eps)
     loss = float(-np.mean(np.log(picked)))
-    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == labels))
     p_fluid = probabilities[:, 1]
+    # Fluid when p_fluid > 0.5: argmax for two classes, but stated on the one column predictions.csv keeps,
+    # so accuracy recomputed from that file is exactly this one.
+    accuracy = float(np.mean((p_fluid > 0.5) == labels))
     # AUC is undefined with one class present; NaN says so instead of a made-up 0.5.
     auc = float(metrics.roc_auc_score(labels, p_fluid)) if len(np.unique(labels)) == 2 else math.nan
     return Evaluation(iteration, loss, accuracy, auc, check, p_fluid)

@@ -146,6 +146,8 @@ def dataset(records_dir, indices: Sequence[int], image_size: int, batch_size: in
     ds = tf.data.TFRecordDataset(files)
     # Shards are contiguous runs in index order, so enumerate() recovers each example's index.
     ds = ds.enumerate().filter(lambda i, _: selected[i]).map(lambda _, s: s)
+    # filter() hides the size; stating it gives Keras' progress bars and predict() their step counts.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(indices)))
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache:
         ds = ds.cache()
