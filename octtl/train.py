@@ -58,7 +58,9 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", None,
                                    lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Redo a run that already has a result.json.")
 
-flags.mark_flags_as_required(["data_dir", "arch", "batch"])
+# Checked in main rather than with mark_flags_as_required: absl validators are process-wide, so
+# they would also fire when another entry module (the sweep, a test) parses its own flags.
+REQUIRED = ("data_dir", "arch", "batch")
 
 
 def config_from_flags(fold: int, weights: str):
@@ -95,6 +97,9 @@ def resolve_weights() -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value is None]
+    if missing:
+        sys.exit(f"train: error: {', '.join(missing)} required")
     from octtl import models, training
     from octtl.volumes import InputError
 

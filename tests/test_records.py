@@ -273,3 +273,8 @@ def test_cli_process_exit_code_and_error_line(small_volumes, tmp_path):
                       f"48 40 6 MET_USHORT, found 1000"]
     assert proc.stdout == ""
     assert not out.exists()
+
+
+def test_required_flags(tmp_path):
+    with pytest.raises(SystemExit, match="to_tfrecord: error: --output_dir required"):
+        run_cli(f"--input_dir={tmp_path}")

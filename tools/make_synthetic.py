@@ -23,7 +23,7 @@ flags.DEFINE_integer("height", None, "Rows per B-scan (default: the vendor's).")
 flags.DEFINE_integer("width", None, "Columns per B-scan (default: the vendor's).")
 flags.DEFINE_float("fluid_fraction", 0.6, "Target share of B-scans with fluid.")
 flags.DEFINE_string("render_example", None, "If set, save a B-scan with its coloured reference to this PNG.")
-flags.mark_flag_as_required("output_dir")
+# --output_dir is checked in main: absl validators are process-wide and would fire for other entry modules.
 
 
 def _progress(vendor: str, counts: list):
@@ -56,6 +56,8 @@ def _render(folders: list[pathlib.Path], path: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"make_synthetic: unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.output_dir is None:
+        raise SystemExit("make_synthetic: --output_dir is required")
     vendors = list(dict.fromkeys(FLAGS.vendor))
     output_dir = pathlib.Path(FLAGS.output_dir)
     # Check every vendor before writing any, so a bad flag never leaves half of a multi-vendor request.

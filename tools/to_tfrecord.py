@@ -30,12 +30,16 @@ _CLASSES = flags.DEFINE_list("classes", None, "image_folders: class folder names
 _ALLOW_UNLABELED = flags.DEFINE_bool("allow_unlabeled", False, "Skip volumes without reference.mhd.")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Convert the good volumes and list the bad ones.")
 
-flags.mark_flags_as_required(["input_dir", "output_dir"])
+# Checked in main: absl validators are process-wide and would fire for other entry modules' parses.
+REQUIRED = ("input_dir", "output_dir")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value is None]
+    if missing:
+        sys.exit(f"to_tfrecord: error: {', '.join(missing)} required")
     try:
         codes = [int(c) for c in _FLUID_LABELS.value]
     except ValueError:
