@@ -209,54 +209,55 @@ def _write(items, staging, class_names, codes, min_voxels, num_shards, workers,
             shard_counts.append(0)
         return shard
 
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        # Bounded look-ahead keeps memory flat on large inputs while keeping workers busy.
-        window = max(2, 2 * workers)
-        futures = {}
-        for i in range(min(window, len(items))):
-            futures[i] = pool.submit(_load, items[i], codes, min_voxels, allow_unlabeled)
-        for i, item in enumerate(items):
-            future = futures.pop(i)
-            if i + window < len(items):
-                futures[i + window] = pool.submit(_load, items[i + window], codes, min_voxels, allow_unlabeled)
-            try:
-                bscans, pngs = future.result()
-            except volumes_lib.InputError as e:
-                if not skip_bad:
-                    for f in futures.values():
-                        f.cancel()
-                    raise
-                skipped.append({"item": str(item[0] if isinstance(item, tuple) else item), "error": str(e)})
-                print(f"skipped: {e}", file=sys.stderr)
-                continue
-            if bscans is None:
-                skipped.append({"item": str(item), "error": "no reference.mhd"})
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+            # Bounded look-ahead keeps memory flat on large inputs while keeping workers busy.
+            window = max(2, 2 * workers)
+            submit = lambda k: pool.submit(_load, items[k], codes, min_voxels, allow_unlabeled)  # noqa: E731
+            futures = {k: submit(k) for k in range(min(window, len(items)))}
+            for i, item in enumerate(items):
+                future = futures.pop(i)
+                if i + window < len(items):
+                    futures[i + window] = submit(i + window)
+                try:
+                    bscans, pngs = future.result()
+                except volumes_lib.InputError as e:
+                    if not skip_bad:
+                        for f in futures.values():
+                            f.cancel()
+                        raise
+                    skipped.append({"item": str(item[0] if isinstance(item, tuple) else item), "error": str(e)})
+                    print(f"skipped: {e}", file=sys.stderr)
+                    continue
+                if bscans is None:
+                    skipped.append({"item": str(item), "error": "no reference.mhd"})
+                    if progress:
+                        progress(i + 1, len(items), None, item)
+                    continue
+                for k, png in enumerate(pngs):
+                    index = len(rows)
+                    shard = writer_for(index)
+                    height, width = bscans.images.shape[1:]
+                    values = dict(label=int(bscans.labels[k]), volume_id=bscans.volume_id,
+                                  slice=int(bscans.slices[k]), vendor=bscans.vendor,
+                                  irf=int(bscans.irf[k]), srf=int(bscans.srf[k]), ped=int(bscans.ped[k]))
+                    writers[shard].write(encode(png, height, width, values["label"], values["volume_id"],
+                                                values["slice"], values["vendor"], values["irf"],
+                                                values["srf"], values["ped"]))
+                    shard_counts[shard] += 1
+                    rows.append(dict(index=index, shard=shard, **values))
+                if not isinstance(item, tuple):
+                    volume_rows.append({
+                        "id": bscans.volume_id, "vendor": bscans.vendor, "path": str(item),
+                        "shape": list(bscans.images.shape), "num_bscans": len(bscans),
+                        "num_fluid": int(bscans.labels.sum()),
+                        "irf_voxels": int(bscans.irf.sum()), "srf_voxels": int(bscans.srf.sum()),
+                        "ped_voxels": int(bscans.ped.sum())})
                 if progress:
-                    progress(i + 1, len(items), None, item)
-                continue
-            for k, png in enumerate(pngs):
-                index = len(rows)
-                shard = writer_for(index)
-                height, width = bscans.images.shape[1:]
-                values = dict(label=int(bscans.labels[k]), volume_id=bscans.volume_id,
-                              slice=int(bscans.slices[k]), vendor=bscans.vendor,
-                              irf=int(bscans.irf[k]), srf=int(bscans.srf[k]), ped=int(bscans.ped[k]))
-                writers[shard].write(encode(png, height, width, values["label"], values["volume_id"],
-                                            values["slice"], values["vendor"], values["irf"],
-                                            values["srf"], values["ped"]))
-                shard_counts[shard] += 1
-                rows.append(dict(index=index, shard=shard, **values))
-            if not isinstance(item, tuple):
-                volume_rows.append({
-                    "id": bscans.volume_id, "vendor": bscans.vendor, "path": str(item),
-                    "shape": list(bscans.images.shape), "num_bscans": len(bscans),
-                    "num_fluid": int(bscans.labels.sum()),
-                    "irf_voxels": int(bscans.irf.sum()), "srf_voxels": int(bscans.srf.sum()),
-                    "ped_voxels": int(bscans.ped.sum())})
-            if progress:
-                progress(i + 1, len(items), bscans, item)
-    for writer in writers:
-        writer.close()
+                    progress(i + 1, len(items), bscans, item)
+    finally:
+        for writer in writers:
+            writer.close()
     if not rows:
         raise volumes_lib.InputError("no B-scans converted: every input was skipped")
 
