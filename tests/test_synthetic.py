@@ -141,7 +141,8 @@ class TestFullSizeSpectralis:
     """Statistics of 12 full-size Spectralis volumes, drawn as write_dataset draws a dataset."""
 
     @pytest.fixture(scope="class")
-    def volumes(self):
+    @classmethod
+    def volumes(cls):
         spec = synthetic.VENDORS["spectralis"]
         quantiles = synthetic.fluid_quantiles(2024, 12)
         summaries = []
@@ -149,7 +150,7 @@ class TestFullSizeSpectralis:
             oct_volume, reference = synthetic.make_volume(
                 np.random.default_rng(seed), spec.bscans, spec.height, spec.width, spec.dtype,
                 fluid_quantile=quantile, speckle=spec.speckle)
-            summaries.append(self._summarise(oct_volume, reference))
+            summaries.append(cls._summarise(oct_volume, reference))
         return summaries
 
     @staticmethod
