@@ -25,7 +25,10 @@ class WeightsFile:
         file_hash: md5 (32 hex digits, as Keras publishes them) or sha256 (64), None when unpublished.
         has_classifier: Whether the file holds the 1000-class ImageNet classifier (the "top").
         convert_from: For files that must be made by converting a checkpoint, that checkpoint's public URL
-            (torchvision names carry the first 8 hex digits of their sha256).
+            (torchvision names carry the first 8 hex digits of their sha256); tools/import_torchvision_weights.py
+            converts it.
+        preprocess: Input scaling these weights expect where it is not the network's `Architecture.preprocess`
+            (a network with ImageNet weights from two sources); None where it is.
     """
 
     file_name: str
@@ -33,6 +36,7 @@ class WeightsFile:
     file_hash: Optional[str]
     has_classifier: bool
     convert_from: Optional[str] = None
+    preprocess: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +52,8 @@ class Architecture:
         builder: Maps a (batch, size, size, 3) Keras tensor to the 1000-class softmax output tensor.
         classifier: Name of the last learnable layer, the one the paper's head swap replaces.
         min_input_size: Smallest input the network accepts.
-        preprocess: Input scaling the ImageNet weights expect: 'tf' ([-1, 1]), 'torch' ([0, 1] then ImageNet
-            mean/std) or 'caffe' (0..255 BGR minus the ImageNet mean pixel).
+        preprocess: Input scaling the (preferred) ImageNet weights expect: 'tf' ([-1, 1]), 'torch' ([0, 1] then
+            ImageNet mean/std) or 'caffe' (0..255 BGR minus the ImageNet mean pixel).
         imagenet: ImageNet weights files, preferred first.
         source: Where the definition comes from.
         notes: Deviations from the paper's (MATLAB) network.
@@ -106,9 +110,23 @@ def _keras_files(stem, top_hash, notop_hash, folder, notop_suffix="_notop.h5"):
     )
 
 
-def _converted(name, torchvision_url):
-    """A torchvision checkpoint converted to Keras: no public Keras file exists, so there is nothing to fetch."""
-    return (WeightsFile(f"{name}_imagenet.weights.h5", None, None, True, convert_from=torchvision_url),)
+def _converted(name, torchvision_url, preprocess=None):
+    """The no-top and top Keras files tools/import_torchvision_weights.py makes from a torchvision checkpoint.
+
+    No public Keras file exists, so there is nothing to fetch; the conversion is exact, but the checkpoint's
+    bytes are not hashed into the output, so there is no checksum either.
+    """
+    return tuple(
+        WeightsFile(
+            f"{name}_imagenet{suffix}.weights.h5",
+            None,
+            None,
+            has_classifier=has_classifier,
+            convert_from=torchvision_url,
+            preprocess=preprocess,
+        )
+        for suffix, has_classifier in (("_notop", False), ("", True))
+    )
 
 
 _ENTRIES = (
@@ -291,9 +309,16 @@ _ENTRIES = (
                 "17154246284f555591549ac2c83e127abfbf4307dc4b0060fdaa2931d0fa38da",
                 has_classifier=False,
             ),
+            # torchvision's squeezenet1_1 is the same network trained in PyTorch; its file also holds conv10.
+            *_converted(
+                "squeezenet",
+                "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+                preprocess="torch",
+            ),
         ),
         source="octtl.nets.squeezenet (torchvision squeezenet1_1)",
-        notes="ImageNet weights: the Keras SqueezeNet v1.1 release (MIT), whose no-top file lacks only conv10.",
+        notes="ImageNet weights: the Keras SqueezeNet v1.1 release (MIT), whose no-top file lacks only conv10; "
+        "or torchvision's squeezenet1_1 checkpoint, converted, which expects 'torch' inputs.",
     ),
 )
 

@@ -42,6 +42,7 @@ BACKBONE_SCALING = {
 HEAD = "head"
 HEAD_SOFTMAX = "head_softmax"
 WEIGHTS_DIR_ENV = "OCTTL_WEIGHTS_DIR"
+IMPORT_TOOL = "tools/import_torchvision_weights.py"
 IMAGENET_CLASSES = 1000
 
 
@@ -65,7 +66,8 @@ def build(
         arch: A key of `octtl.architectures.ARCHITECTURES`.
         num_classes: Classes of the new head; 1000 keeps the whole ImageNet classifier instead.
         weights: 'imagenet', 'none' (random initialisation) or the path of a `.weights.h5`, legacy Keras `.h5`
-            or `.keras` file.
+            or `.keras` file. A path whose file name is one of the registry's ImageNet files counts as that file
+            for `preprocess='backbone'`.
         image_size: Square input size; defaults to the network's native one (Table I).
         weights_dir: Directory searched first for ImageNet files; then $OCTTL_WEIGHTS_DIR, then the Keras
             cache ($KERAS_HOME/models), then the file is downloaded where a public URL exists.
@@ -75,7 +77,7 @@ def build(
             when weights are loaded.
         preprocess: 'paper': inputs arrive already in [-1, 1] (the paper's scaling for every network);
             'backbone': inputs arrive as 0..255 and a Rescaling layer maps them to what the network's ImageNet
-            weights expect (`Architecture.preprocess`).
+            weights expect (`Architecture.preprocess`, or the loaded ImageNet file's own `preprocess`).
 
     Returns:
         A keras.Model named `arch` mapping (batch, size, size, 1) images, uint8 gray or float, to
@@ -93,13 +95,15 @@ def build(
         raise ValueError(f"num_classes must be at least 2; got {num_classes}")
 
     swapped = num_classes != IMAGENET_CLASSES
-    path = _weights_path(entry, weights, swapped, weights_dir)
+    path, weights_file = _weights_path(entry, weights, swapped, weights_dir)
 
     image = keras.Input((size, size, 1), name="image")
     # The ImageNet weights expect three channels; the B-scans are gray.
     rgb = layers.Concatenate(name="gray_to_rgb")([image, image, image])
     if preprocess == "backbone":
-        scale, offset = BACKBONE_SCALING[entry.preprocess]
+        # SqueezeNet's two ImageNet sources (Caffe via Keras, torchvision) were trained on different scalings.
+        family = (weights_file and weights_file.preprocess) or entry.preprocess
+        scale, offset = BACKBONE_SCALING[family]
         rgb = layers.Rescaling(scale.tolist(), offset.tolist(), name="backbone_scaling")(rgb)
     elif preprocess != "paper":
         raise ValueError(f"preprocess must be one of {PREPROCESS}; got {preprocess!r}")
@@ -126,7 +130,26 @@ def build(
 def imagenet_weights_path(arch, num_classes=2, weights_dir=None):
     """The local ImageNet weights file `build(arch, weights='imagenet')` would load, fetching it if it can."""
     entry = architectures.get(arch)
-    return _imagenet_path(entry, num_classes != IMAGENET_CLASSES, weights_dir)
+    return _find_imagenet(entry, num_classes != IMAGENET_CLASSES, weights_dir)[1]
+
+
+def keras_models_dir():
+    """The Keras cache, $KERAS_HOME/models: searched by `weights='imagenet'`, where downloads and conversions go."""
+    return os.path.join(_keras_home(), "models")
+
+
+def torch_hub_checkpoint(url):
+    """Where torch.hub (hence any torchvision download) caches the checkpoint at `url`."""
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "torch"
+    )
+    return os.path.join(torch_home, "hub", "checkpoints", url.rsplit("/", 1)[-1])
+
+
+def import_command(arch):
+    """The command that converts `arch`'s torchvision checkpoint into the files `weights='imagenet'` finds."""
+    url = next(f.convert_from for f in architectures.get(arch).imagenet if f.convert_from)
+    return f"python {IMPORT_TOOL} --arch={arch} --checkpoint={torch_hub_checkpoint(url)}"
 
 
 def _activation_name(layer):
@@ -176,15 +199,17 @@ def _keras_home():
 
 
 def _weights_path(entry, weights, swapped, weights_dir):
-    """Resolves `weights` to a local file, or None for random initialisation."""
+    """Resolves `weights` to (local file, its registry WeightsFile or None); (None, None) for random weights."""
     if weights is None or weights == "none":
-        return None
+        return None, None
     if weights == "imagenet":
-        return _imagenet_path(entry, swapped, weights_dir)
+        weights_file, path = _find_imagenet(entry, swapped, weights_dir)
+        return path, weights_file
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise WeightsError(f"weights={path!r}: no such file (expected 'imagenet', 'none' or a weights file)")
-    return path
+    known = [f for f in entry.imagenet if f.file_name == os.path.basename(path)]
+    return path, (known[0] if known else None)
 
 
 def _file_hash(path, expected):
@@ -195,15 +220,19 @@ def _file_hash(path, expected):
     return hasher.hexdigest()
 
 
-def _imagenet_path(entry, swapped, weights_dir):
-    """Finds `entry`'s ImageNet file locally, else downloads it, else says where to put it."""
+def _find_imagenet(entry, swapped, weights_dir):
+    """Finds `entry`'s ImageNet file locally, else downloads it, else says where to put it or how to make it.
+
+    Returns:
+        (the registry's WeightsFile, local path).
+    """
     candidates = [f for f in entry.imagenet if swapped or f.has_classifier]
     if not candidates:
         raise WeightsError(
             f"The ImageNet weights of {entry.name} lack the 1000-class classifier; build with num_classes != 1000"
         )
     directories = [d for d in (weights_dir, os.environ.get(WEIGHTS_DIR_ENV)) if d]
-    directories.append(os.path.join(_keras_home(), "models"))
+    directories.append(keras_models_dir())
     for candidate in candidates:
         for directory in directories:
             path = os.path.join(directory, candidate.file_name)
@@ -212,20 +241,31 @@ def _imagenet_path(entry, swapped, weights_dir):
                     raise WeightsError(
                         f"{path} is not {entry.name}'s ImageNet file: its checksum is not {candidate.file_hash}"
                     )
-                return path
+                return candidate, path
 
     where = " or ".join(directories)
+    converted = [f for f in entry.imagenet if f.convert_from]
+    convert = ""
+    if converted:
+        convert = (
+            f"convert torchvision's checkpoint {converted[0].convert_from} once with `{import_command(entry.name)}`, "
+            f"which writes {' and '.join(f.file_name for f in converted)} into {keras_models_dir()}"
+        )
     downloadable = [f for f in candidates if f.url]
     if not downloadable:
-        wanted = candidates[0]
+        without_classifier = [f.file_name for f in entry.imagenet if not f.has_classifier and not f.convert_from]
+        if not swapped and without_classifier:
+            reason = f"{', '.join(without_classifier)} lacks the 1000-class classifier that num_classes=1000 keeps"
+        else:
+            reason = "no ready-made Keras file exists"
+        remedy = convert or f"put {candidates[0].file_name} there"
         raise WeightsError(
-            f"No ImageNet weights for {entry.name}: no ready-made Keras file exists. Convert the checkpoint "
-            f"{wanted.convert_from} to {wanted.file_name} (see docs/weights.md) and put it in {where}, "
+            f"No ImageNet weights for {entry.name} in {where}: {reason}. {remedy[0].upper()}{remedy[1:]}; "
             "or pass weights=<path>."
         )
     wanted = downloadable[0]
     try:
-        return keras.utils.get_file(
+        path = keras.utils.get_file(
             wanted.file_name,
             wanted.url,
             file_hash=wanted.file_hash,
@@ -233,10 +273,12 @@ def _imagenet_path(entry, swapped, weights_dir):
             cache_dir=_keras_home(),
         )
     except Exception as error:  # Keras reports an unreachable URL as a plain Exception.
+        alternative = f" Or {convert}." if convert else ""
         raise WeightsError(
             f"Could not fetch {entry.name}'s ImageNet weights {wanted.file_name} from {wanted.url} ({error}). "
-            f"Offline, download that file elsewhere and put it in {where}, or pass weights=<path>."
+            f"Offline, download that file elsewhere and put it in {where}, or pass weights=<path>.{alternative}"
         ) from error
+    return wanted, path
 
 
 def _snake_case(name):

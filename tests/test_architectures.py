@@ -58,7 +58,8 @@ def test_imagenet_source_is_documented(name):
 
 
 def test_squeezenet_weights_are_the_keras_v1_1_release():
-    (notop,) = architectures.get("squeezenet").imagenet
+    # Preferred; the converted torchvision squeezenet1_1 files follow it (tests/test_torchvision_weights.py).
+    notop = architectures.get("squeezenet").imagenet[0]
     assert notop.file_name == "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
     assert notop.file_hash == "17154246284f555591549ac2c83e127abfbf4307dc4b0060fdaa2931d0fa38da"
     assert not notop.has_classifier

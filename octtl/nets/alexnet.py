@@ -9,8 +9,9 @@ from keras import layers
 
 CLASSIFIER = "fc8"
 
-# Converting a checkpoint: Conv2d weights (out, in, h, w) -> Keras (h, w, in, out); Linear (out, in) -> (in, out).
-# fc6 additionally needs its input rows reordered from torch's (C, H, W) flatten to Keras' (H, W, C).
+# Converting a checkpoint (octtl/torchvision_weights.py): Conv2d weights (out, in, h, w) -> Keras (h, w, in, out);
+# Linear (out, in) -> (in, out). fc6 additionally needs its input rows reordered from torch's (C, H, W) flatten
+# to Keras' (H, W, C).
 TORCHVISION_NAMES = {
     "conv1": "features.0",
     "conv2": "features.3",
