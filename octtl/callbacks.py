@@ -34,8 +34,10 @@ class Evaluation:
     p_fluid: Optional[np.ndarray] = None
 
     def record(self) -> dict:
+        # JSON has no NaN: an undefined AUC (one class in the validation set) is null.
+        auc = None if math.isnan(self.val_auc) else self.val_auc
         return {"iteration": self.iteration, "val_loss": self.val_loss,
-                "val_accuracy": self.val_accuracy, "val_auc": self.val_auc, "check": self.check}
+                "val_accuracy": self.val_accuracy, "val_auc": auc, "check": self.check}
 
 
 def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray, iteration: int,

@@ -290,7 +290,8 @@ BEST_METRICS = ("best/accuracy", "best/auc", "best/iterations_to_best")
 def _log_start(writer, config, fold, val_ds):
     values = {**dataclasses.asdict(config), "fold": fold, "image_size": config.size}
     with writer.as_default(step=0):
-        hp.hparams({name: values[name] for name in HPARAMS}, trial_id=str(writer))
+        trial = f"{config.design}/{config.arch}/batch{config.batch}/fold{fold}"
+        hp.hparams({name: values[name] for name in HPARAMS}, trial_id=trial)
         images, _ = next(iter(val_ds))
         images = tf.cast(images[:4], tf.float32)
         # Back to [0, 1] whichever rescaling the pipeline used.

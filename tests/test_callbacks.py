@@ -115,3 +115,10 @@ def test_evaluate_probabilities_against_sklearn():
     assert e.val_auc == metrics.roc_auc_score(labels, p)
     one_class = callbacks.evaluate_probabilities(probs[:3], np.zeros(3, int), 1, True)
     assert math.isnan(one_class.val_auc)
+
+
+def test_undefined_auc_is_null_in_records():
+    e = callbacks.evaluate_probabilities(np.array([[0.3, 0.7], [0.6, 0.4]]), np.array([1, 1]), 3, True)
+    assert math.isnan(e.val_auc)
+    assert e.record() == {"iteration": 3, "val_loss": pytest.approx(-np.log([0.7, 0.4]).mean()),
+                          "val_accuracy": 0.5, "val_auc": None, "check": True}
