@@ -1,0 +1,77 @@
+"""Finds the largest batch each network trains at on this machine (the paper's Table I "BS" column).
+
+  python -m octtl.max_batch --arch=vgg16 [--image_size=224] [--logdir=runs]
+  python -m octtl.max_batch                      # every network
+
+Doubles the batch from 8 until a training step runs out of accelerator memory and keeps the last that fitted
+(see octtl/batch_probe.py). Writes LOGDIR/max_batch.json, merged with the networks measured before; the sweep's
+`--batches=auto` reads it from there (`--max_batch_file` elsewhere). Without a GPU it measures host memory,
+and says so: that number is not a GPU's.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from octtl import architectures  # noqa: E402
+from octtl import batch_probe  # noqa: E402
+from octtl import experiments  # noqa: E402
+
+_ARCH = flags.DEFINE_enum("arch", "all", ["all", *architectures.ARCHITECTURES], "Network (Table I), or all.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input side in pixels; default each network's.",
+                                   lower_bound=1)
+_LOGDIR = flags.DEFINE_string("logdir", "runs", f"The table is written to LOGDIR/{experiments.MAX_BATCH}.")
+_OUTPUT = flags.DEFINE_string("output", None, "Write the table here instead.")
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "Largest batch tried (a power of two).", lower_bound=1)
+_MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "Measure with float16 compute, as octtl.train's flag.")
+_JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Measure with XLA, as octtl.train's flag.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    archs = list(architectures.ARCHITECTURES) if _ARCH.value == "all" else [_ARCH.value]
+    for arch in archs:
+        size = _IMAGE_SIZE.value or architectures.get(arch).input_size
+        if size < architectures.get(arch).min_input_size:
+            sys.exit(f"max_batch: error: --image_size={size}: {arch} needs at least "
+                     f"{architectures.get(arch).min_input_size}")
+    import tensorflow as tf
+
+    from octtl import training
+
+    gpus = training.configure_devices(_MIXED_PRECISION.value)
+    if gpus:
+        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
+        device = f"GPU {name}"
+        print(f"max_batch: measuring GPU memory on {name}" + (f" (the first of {len(gpus)})" if len(gpus) > 1 else ""))
+    else:
+        available = batch_probe.host_available_bytes()
+        device = "CPU (host memory)"
+        print("max_batch: no GPU: measuring host memory"
+              + (f" ({available / 2**30:.1f} GiB available)" if available else "")
+              + "; the result is not a GPU batch size")
+    path = _OUTPUT.value or os.path.join(_LOGDIR.value, experiments.MAX_BATCH)
+    for arch in archs:
+        size = _IMAGE_SIZE.value or architectures.get(arch).input_size
+        entry = batch_probe.probe(arch, size, bool(gpus), _MAX_BATCH.value, _MIXED_PRECISION.value,
+                                  _JIT_COMPILE.value)
+        # Written after each network, so an interrupted probe keeps what it measured.
+        batch_probe.write_table(path, {arch: entry}, device)
+        tried = ", ".join(f"{b}: {outcome}" for b, outcome in entry["tried"].items())
+        cap = f" (the --max_batch={_MAX_BATCH.value} cap; more may fit)" if entry["capped"] else ""
+        print(f"max_batch: {arch} at {size} px: largest batch {entry['largest_batch']}{cap} "
+              f"[Table I: {architectures.get(arch).largest_batch}; tried {tried}]", flush=True)
+    print(f"max_batch: table in {path}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,73 @@
+"""Regenerates the paper's Tables II-III and Figs 2-4 from a sweep's results.
+
+  python -m octtl.report --logdir=runs --out_dir=report
+
+Reads LOGDIR/results.jsonl (or, when there is none, every LOGDIR/*/*/batch*/fold*/result.json) and writes
+report/table_{design}.md|csv, fig2/3/4_{design}.png, accuracy_by_design.png and index.html (self-contained:
+figures embedded, opens offline).
+"""
+
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from octtl import experiments  # noqa: E402
+from octtl import report_page  # noqa: E402
+
+_LOGDIR = flags.DEFINE_string("logdir", "runs", "Root of the sweep's run folders.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "report", "Folder the tables, figures and index.html are written to.")
+_RESULTS = flags.DEFINE_string("results", None,
+                               f"Results file; default LOGDIR/{experiments.RESULTS}, else the run folders.")
+_TOP = flags.DEFINE_integer("top", 3, "Networks per batch size in the top table (Table II shows 3).", lower_bound=1)
+
+
+def load(logdir, results_path=None):
+    """The results and a phrase saying where they came from.
+
+    Raises:
+        ValueError: no results at all, or a malformed results file.
+    """
+    path = pathlib.Path(results_path) if results_path else pathlib.Path(logdir) / experiments.RESULTS
+    if path.is_file():
+        results = experiments.read_results(path)
+        source = str(path)
+    elif results_path:
+        raise ValueError(f"--results={results_path}: no such file")
+    else:
+        results = experiments.collect(logdir)
+        source = f"{logdir}/*/*/batch*/fold*/{experiments.RESULT}"
+    if not results:
+        raise ValueError(f"no results in {source} (run python -m octtl.sweep first)")
+    return results, source
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        results, source = load(_LOGDIR.value, _RESULTS.value)
+    except (ValueError, OSError) as e:
+        sys.exit(f"report: error: {e}")
+    if source.endswith(experiments.RESULTS) and pathlib.Path(_LOGDIR.value).is_dir():
+        listed = {experiments.run_of(r) for r in results}
+        missing = [r for r in experiments.collect(_LOGDIR.value) if experiments.run_of(r) not in listed]
+        if missing:
+            print(f"report: note: {len(missing)} finished runs in {_LOGDIR.value} are not in {source}; "
+                  f"python -m octtl.sweep --logdir={_LOGDIR.value} --collect adds them", file=sys.stderr)
+    written = report_page.write_report(results, _OUT_DIR.value, source, _TOP.value)
+    failed = sum(r.get("status") != "ok" for r in results)
+    print(f"report: {len(results)} runs ({failed} failed) from {source} -> {len(written)} files in "
+          f"{_OUT_DIR.value}; open {pathlib.Path(_OUT_DIR.value) / 'index.html'}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,276 @@
+"""Tables II-III from run results: mean (standard deviation) over folds per design, batch size and network.
+
+The paper reports each (batch size, network) as "mean (std)" across ten folds; MATLAB's `std` is the sample
+standard deviation (ddof=1), used here too. Failed runs (`status` other than 'ok') are counted and listed,
+never averaged; a (batch, network) with fewer ok folds than the runs asked for is marked.
+"""
+
+import csv
+import dataclasses
+import html
+import math
+import statistics
+from typing import Dict, List, Optional, Sequence, Tuple
+
+DESIGNS = ("baseline", "limited")  # the paper's order
+TABLE_NUMBERS = {"baseline": "II", "limited": "III"}
+# The columns the issue names first, then the extras.
+COLUMNS = ("design", "batch", "arch", "accuracy_mean", "accuracy_std", "auc_mean", "auc_std",
+           "iterations_to_best_mean", "n_folds", "iterations_to_best_std", "folds", "n_failed", "n_auc", "rank",
+           "params", "wall_seconds_mean")
+INCOMPLETE = "†"
+
+
+@dataclasses.dataclass
+class Row:
+    """One (design, batch, network) of a table: statistics over its ok folds.
+
+    Attributes:
+        n_folds: Folds with status 'ok' (the ones averaged).
+        folds: Folds the runs were asked to split into (result.json's `folds`).
+        n_failed: Folds with a failed result.
+        n_auc: Folds whose AUC is defined (both classes in the validation set).
+        rank: Place by mean accuracy among the networks of this design and batch size (1 = best).
+        params: Parameters of the trained network.
+    """
+
+    design: str
+    batch: int
+    arch: str
+    accuracy_mean: float
+    accuracy_std: float
+    auc_mean: float
+    auc_std: float
+    iterations_to_best_mean: float
+    n_folds: int
+    iterations_to_best_std: float
+    folds: int
+    n_failed: int
+    n_auc: int
+    rank: int
+    params: float
+    wall_seconds_mean: float
+
+    @property
+    def complete(self) -> bool:
+        return self.n_folds >= self.folds
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1); NaN where undefined (no values, or one for the std)."""
+    values = [float(v) for v in values]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def aggregate(results: Sequence[dict]) -> Tuple[List[Row], List[dict]]:
+    """Rows of every (design, batch, arch), ranked within (design, batch); and the failed results.
+
+    Returns:
+        (rows sorted by design, batch and rank; failed results sorted by run).
+    """
+    groups: Dict[tuple, List[dict]] = {}
+    for r in results:
+        groups.setdefault((r["design"], int(r["batch"]), r["arch"]), []).append(r)
+    rows = []
+    for (design, batch, arch), members in groups.items():
+        ok = [r for r in members if r.get("status") == "ok"]
+        aucs = [r["best_auc"] for r in ok if r.get("best_auc") is not None]
+        acc = mean_std([r["best_accuracy"] for r in ok])
+        auc = mean_std(aucs)
+        its = mean_std([r["iterations_to_best"] for r in ok])
+        params = [r["params"] for r in ok if r.get("params") is not None]
+        walls = [r["wall_seconds"] for r in ok if r.get("wall_seconds") is not None]
+        rows.append(Row(design, batch, arch, acc[0], acc[1], auc[0], auc[1], its[0], len(ok), its[1],
+                        max(int(r.get("folds", len(members))) for r in members), len(members) - len(ok),
+                        len(aucs), 0, round(statistics.fmean(params)) if params else math.nan,
+                        statistics.fmean(walls) if walls else math.nan))
+    rows.sort(key=_order)
+    for key in {(r.design, r.batch) for r in rows}:
+        for rank, row in enumerate([r for r in rows if (r.design, r.batch) == key], 1):
+            row.rank = rank
+    failed = sorted((r for r in results if r.get("status") != "ok"),
+                    key=lambda r: (r["design"], int(r["batch"]), r["arch"], int(r["fold"])))
+    return rows, failed
+
+
+def _order(row: Row):
+    # Best mean accuracy first, then AUC; networks without an ok fold last; ties by name.
+    acc = -row.accuracy_mean if not math.isnan(row.accuracy_mean) else math.inf
+    auc = -row.auc_mean if not math.isnan(row.auc_mean) else math.inf
+    return row.design, row.batch, acc, auc, row.arch
+
+
+def designs(rows: Sequence[Row]) -> List[str]:
+    """Designs present, the paper's order first."""
+    present = {r.design for r in rows}
+    return [d for d in DESIGNS if d in present] + sorted(present - set(DESIGNS))
+
+
+def folds_of(rows: Sequence[Row], design: str) -> int:
+    """Folds the design's runs were asked for (10 in the paper)."""
+    return max((r.folds for r in rows if r.design == design), default=0)
+
+
+def design_label(rows: Sequence[Row], design: str) -> str:
+    """'baseline design (train set = 90%)' as the paper names it, with the share the folds give."""
+    folds = folds_of(rows, design)
+    if design not in DESIGNS or not folds:
+        return f"{design} design"
+    share = (folds - 1) / folds if design == "baseline" else 1 / folds
+    name = "baseline design" if design == "baseline" else "limited-data design"
+    return f"{name} (train set = {100 * share:.0f}%)"
+
+
+def cell(mean: float, std: float, digits: int = 2) -> str:
+    """'0.80 (0.06)' as in Tables II-III; 'n/a' for an undefined part, '-' when there is no value at all."""
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f} ({'n/a' if math.isnan(std) else f'{std:.{digits}f}'})"
+
+
+def display(row: Row) -> Dict[str, str]:
+    """A row's cells as printed in the markdown and HTML tables."""
+    mark = "" if row.complete else f" {INCOMPLETE}"
+    return {
+        "Batch size": str(row.batch),
+        "Architecture": row.arch,
+        "Accuracy": cell(row.accuracy_mean, row.accuracy_std) + mark,
+        "AUC": cell(row.auc_mean, row.auc_std) + mark,
+        "Iterations to best": cell(row.iterations_to_best_mean, row.iterations_to_best_std, 0),
+        "Folds": f"{row.n_folds} of {row.folds}" + (f", {row.n_failed} failed" if row.n_failed else ""),
+    }
+
+
+def top(rows: Sequence[Row], design: str, k: int = 3) -> List[Row]:
+    """The k best networks of each batch size of a design, with at least one ok fold (Table II's layout)."""
+    return [r for r in rows if r.design == design and r.rank <= k and r.n_folds > 0]
+
+
+def title(design: str, rows: Sequence[Row], what: str) -> str:
+    number = TABLE_NUMBERS.get(design, "")
+    return (f"Table {number}{' - ' if number else ''}mean (standard deviation) accuracy, AUC of {what} across "
+            f"{folds_of(rows, design)} folds of the {design_label(rows, design)}")
+
+
+def _number(value) -> str:
+    # Full precision in the CSV (repr round-trips a float exactly); empty where undefined.
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def write_csv(rows: Sequence[Row], path):
+    """One line per (batch, arch) of the rows, columns `COLUMNS`, numbers at full precision."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow([_number(getattr(row, c)) for c in COLUMNS])
+
+
+def _markdown_table(rows: Sequence[Row], columns: Sequence[str], group_batches: bool) -> List[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    previous = None
+    for row in rows:
+        cells = display(row)
+        if group_batches and row.batch == previous:
+            cells["Batch size"] = ""  # the paper prints each batch size once
+        previous = row.batch
+        lines.append("| " + " | ".join(cells[c] for c in columns) + " |")
+    return lines
+
+
+def notes(design: str, rows: Sequence[Row], failed: Sequence[dict]) -> List[str]:
+    """Footnotes of a design's tables: incomplete (batch, arch) and failed runs."""
+    out = []
+    incomplete = [r for r in rows if r.design == design and not r.complete]
+    if incomplete:
+        out.append(f"{INCOMPLETE} fewer folds than asked: " + "; ".join(
+            f"{r.arch} batch {r.batch}: {r.n_folds} of {r.folds}" for r in incomplete))
+    undefined_auc = [r for r in rows if r.design == design and r.n_auc < r.n_folds]
+    if undefined_auc:
+        out.append("AUC undefined (one class in the validation set) in some folds, averaged over the rest: "
+                   + "; ".join(f"{r.arch} batch {r.batch}: {r.n_auc} of {r.n_folds}" for r in undefined_auc))
+    mine = [r for r in failed if r["design"] == design]
+    if mine:
+        out.append(f"failed runs (not averaged): {len(mine)}")
+    return out
+
+
+def failed_lines(design: str, failed: Sequence[dict]) -> List[str]:
+    return [f"{r['arch']} batch {r['batch']} fold {r['fold']}: {r.get('error', 'failed')}"
+            for r in failed if r["design"] == design]
+
+
+def markdown(design: str, rows: Sequence[Row], failed: Sequence[dict], k: int = 3) -> str:
+    """A design's tables as markdown: the top-k per batch size (Table II/III), then every network."""
+    mine = [r for r in rows if r.design == design]
+    lines = [f"# {title(design, mine, f'top {k} performers')}", ""]
+    lines += _markdown_table(top(mine, design, k), ["Batch size", "Architecture", "Accuracy", "AUC"], True)
+    lines += ["", f"## All networks, {design_label(rows, design)}", ""]
+    lines += _markdown_table(mine, ["Batch size", "Architecture", "Accuracy", "AUC", "Iterations to best",
+                                    "Folds"], True)
+    extra = notes(design, rows, failed)
+    if extra:
+        lines += [""] + [f"- {n}" for n in extra]
+    broken = failed_lines(design, failed)
+    if broken:
+        lines += ["", "## Failed runs", ""] + [f"- {b}" for b in broken]
+    return "\n".join(lines) + "\n"
+
+
+def html_table(rows: Sequence[Row], columns: Sequence[str], group_batches: bool) -> str:
+    """The same table as `markdown`'s, as an HTML <table>; batch sizes span their rows."""
+    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"]
+    spans: Dict[int, int] = {}
+    for row in rows:
+        spans[row.batch] = spans.get(row.batch, 0) + 1
+    previous: Optional[int] = None
+    for row in rows:
+        cells = display(row)
+        tds = []
+        for c in columns:
+            if c == "Batch size" and group_batches:
+                if row.batch == previous:
+                    continue
+                tds.append(f'<td rowspan="{spans[row.batch]}" class="batch">{row.batch}</td>')
+            else:
+                cls = ' class="incomplete"' if INCOMPLETE in cells[c] and c in ("Accuracy", "AUC") else ""
+                tds.append(f"<td{cls}>{html.escape(cells[c])}</td>")
+        previous = row.batch
+        out.append("<tr>" + "".join(tds) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def accuracy_curves(results: Sequence[dict]) -> Dict[tuple, List[Tuple[int, float, int]]]:
+    """Mean validation accuracy across folds at each evaluated iteration, per (design, batch, arch).
+
+    Folds stop early at different iterations; each point averages the ok folds evaluated there.
+
+    Returns:
+        {(design, batch, arch): [(iteration, mean accuracy, folds averaged), ...] by iteration}.
+    """
+    points: Dict[tuple, Dict[int, List[float]]] = {}
+    for r in results:
+        if r.get("status") != "ok":
+            continue
+        curve = points.setdefault((r["design"], int(r["batch"]), r["arch"]), {})
+        for check in r.get("checks") or []:
+            curve.setdefault(int(check["iteration"]), []).append(float(check["val_accuracy"]))
+    return {key: [(it, statistics.fmean(v), len(v)) for it, v in sorted(curve.items())]
+            for key, curve in points.items()}
+
+
+def settings(results: Sequence[dict],
+             keys=("weights", "image_size", "lr", "momentum", "preprocess", "crop", "seed", "group_by_volume",
+                   "data_dir")) -> Dict[str, List[str]]:
+    """The distinct values of the training settings across results (a report should not mix them unawares)."""
+    out = {}
+    for key in keys:
+        values = sorted({str(r[key]) for r in results if key in r})
+        if values:
+            out[key] = values
+    return out

@@ -1,0 +1,333 @@
+"""Tests of the sweep (octtl/sweep.py, octtl/experiments.py): plan, shards, results.jsonl, kill and resume.
+
+The expensive part is one module fixture: a real tiny sweep (2 networks x 2 batch sizes x 1 design x 2 folds,
+each run its own `python -m octtl.train`) killed with SIGKILL while its second run trains, then run again to the
+end. The kill/resume test and the end-to-end report test both read it.
+"""
+
+import csv
+import json
+import multiprocessing
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from conftest import REPO
+from octtl import architectures, experiments, records, synthetic, sweep, training
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+ARCHS = ("squeezenet", "alexnet")  # the two cheapest networks that take the same input size
+BATCHES = (8, 16)
+FOLDS = 2
+
+
+@pytest.fixture(scope="module")
+def records_dir(tmp_path_factory):
+    """6 synthetic volumes of 8 B-scans, 64 x 64: 48 examples."""
+    root = tmp_path_factory.mktemp("sweep-data")
+    synthetic.write_dataset(root / "volumes", volumes=6, bscans=8, height=64, width=64, seed=5)
+    records.convert(root / "volumes", root / "records", progress=None)
+    return root / "records"
+
+
+def sweep_command(records_dir, logdir, *extra):
+    return [sys.executable, "-m", "octtl.sweep", f"--data_dir={records_dir}", f"--logdir={logdir}",
+            f"--archs={','.join(ARCHS)}", f"--batches={','.join(map(str, BATCHES))}", "--designs=baseline",
+            f"--folds={FOLDS}", "--image_size=64", "--max_epochs=1", "--weights=none", *extra]
+
+
+def planned_runs():
+    return experiments.plan(["baseline"], ARCHS, {a: BATCHES for a in ARCHS}, FOLDS)
+
+
+def event_files(folder):
+    return sorted(p.name for p in folder.glob("events.out.tfevents.*"))
+
+
+def log_starts(logdir, run):
+    path = experiments.log_path(logdir, run)
+    return path.read_text(errors="replace").count("=== start ") if path.exists() else 0
+
+
+def process_group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(records_dir, tmp_path_factory):
+    """Starts the tiny sweep, SIGKILLs its whole process group while the second run trains, runs it again."""
+    logdir = tmp_path_factory.mktemp("sweep-runs")
+    runs = planned_runs()
+    with open(logdir.parent / "first.out", "w") as out:
+        # A session of its own, so the kill reaches the sweep and its training child, as a node failure would.
+        proc = subprocess.Popen(sweep_command(records_dir, logdir), stdout=out, stderr=subprocess.STDOUT,
+                                env=ENV, cwd=REPO, start_new_session=True)
+        deadline, ready = time.time() + 400, False
+        while not ready and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            # One run finished and the next one's training process has made its folder.
+            ready = any(experiments.is_done(logdir, r) for r in runs) and any(
+                r.folder(logdir).is_dir() and not experiments.is_done(logdir, r) for r in runs)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert ready, (logdir.parent / "first.out").read_text()[-3000:]
+    while process_group_alive(proc.pid):
+        time.sleep(0.1)
+
+    finished = {}
+    for run in runs:
+        path = run.folder(logdir) / experiments.RESULT
+        if path.exists():
+            stat = path.stat()
+            finished[run] = (stat.st_ino, stat.st_mtime_ns, path.read_bytes(), event_files(run.folder(logdir)))
+    interrupted = [r for r in runs if r.folder(logdir).is_dir() and r not in finished]
+    starts_before = {run: log_starts(logdir, run) for run in runs}
+
+    second = subprocess.run(sweep_command(records_dir, logdir), capture_output=True, text=True, env=ENV,
+                            cwd=REPO, timeout=600)
+    return dict(logdir=logdir, runs=runs, finished=finished, interrupted=interrupted,
+                starts_before=starts_before, second=second)
+
+
+def test_killed_sweep_resumes_and_runs_everything_exactly_once(killed_and_resumed):
+    k = killed_and_resumed
+    logdir, runs = k["logdir"], k["runs"]
+    assert k["second"].returncode == 0, k["second"].stdout[-3000:] + k["second"].stderr[-3000:]
+    assert k["finished"] and len(k["interrupted"]) == 1
+    assert f"{len(k['finished'])} done before, {len(runs) - len(k['finished'])} ran now" in k["second"].stdout
+
+    # Every planned run has exactly one result, and it is ok.
+    for run in runs:
+        result = json.loads((run.folder(logdir) / experiments.RESULT).read_text())
+        assert experiments.run_of(result) == run and result["status"] == "ok"
+    assert sorted(p.relative_to(logdir).parent for p in logdir.rglob(experiments.RESULT)) == sorted(
+        run.folder(logdir).relative_to(logdir) for run in runs)
+
+    # Runs finished before the kill were not trained again: result.json is the same file, untouched, and no new
+    # TensorBoard event file (one per training process) appeared in their folders.
+    for run, (inode, mtime, content, events) in k["finished"].items():
+        path = run.folder(logdir) / experiments.RESULT
+        assert (path.stat().st_ino, path.stat().st_mtime_ns, path.read_bytes()) == (inode, mtime, content)
+        assert event_files(run.folder(logdir)) == events and len(events) == 1
+
+    # The interrupted run restarted from an empty folder: one event file, from the second attempt only.
+    for run in runs:
+        assert len(event_files(run.folder(logdir))) == 1, run
+
+    # Training starts, from the header the sweep writes into each run's log before each attempt: the runs done
+    # before the kill started once in all, the interrupted one twice, every other one once.
+    for run in runs:
+        expected = 2 if run in k["interrupted"] else 1
+        assert log_starts(logdir, run) == expected, run
+        if run in k["finished"]:
+            assert k["starts_before"][run] == 1
+
+    # results.jsonl: one line per run, whole lines, nothing twice.
+    lines = (logdir / experiments.RESULTS).read_text().splitlines()
+    assert sorted(experiments.run_of(json.loads(line)) for line in lines) == sorted(runs)
+
+
+def test_collect_rebuilds_results_from_the_folders(killed_and_resumed):
+    logdir = killed_and_resumed["logdir"]
+    path = logdir / experiments.RESULTS
+    before = {experiments.run_of(r): r for r in map(json.loads, path.read_text().splitlines())}
+    path.write_text('{"half a line')
+    assert experiments.rebuild(logdir) == len(before)  # what --collect runs
+    after = {experiments.run_of(r): r for r in map(json.loads, path.read_text().splitlines())}
+    assert after == before
+
+
+def test_end_to_end_report(killed_and_resumed, tmp_path):
+    logdir = killed_and_resumed["logdir"]
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "octtl.report", f"--logdir={logdir}", f"--out_dir={out}"],
+                          capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = ["fig2_baseline.png", "fig3_baseline.png", "fig4_baseline.png", "accuracy_by_design.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["table_baseline.csv", "table_baseline.md", "index.html", *figures])
+
+    with open(out / "table_baseline.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["arch"], int(r["batch"])) for r in rows} == {(a, b) for a in ARCHS for b in BATCHES}
+    for row in rows:
+        accs = [json.loads((experiments.Run("baseline", row["arch"], int(row["batch"]), fold).folder(logdir)
+                            / experiments.RESULT).read_text())["best_accuracy"] for fold in range(FOLDS)]
+        assert int(row["n_folds"]) == FOLDS == int(row["folds"])
+        assert float(row["accuracy_mean"]) == pytest.approx(np.mean(accs), abs=1e-12)
+        assert float(row["accuracy_std"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-12)
+
+    for name in figures:
+        image = matplotlib.image.imread(out / name)
+        assert image.shape[0] > 200 and image.shape[1] > 200
+        assert image[..., :3].std() > 0.05, name  # not a blank canvas
+
+    page = (out / "index.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(figures)
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched from the network
+    for arch in ARCHS:
+        assert arch in page
+    assert "Table II" in page and "0 failed" in page
+
+
+def test_run_folder_is_octtl_training_s():
+    run = experiments.Run("limited", "vgg16", 32, 7)
+    assert run.folder("runs") == training.run_dir("runs", "limited", "vgg16", 32, 7)
+    assert experiments.RESULT == training.RESULT
+
+
+@pytest.mark.parametrize("largest, batches", [
+    (64, [8, 16, 32, 64]), (32, [8, 16, 32]), (16, [8, 16]), (48, [8, 16, 32]), (8, [8]), (4, [4]), (0, []),
+])
+def test_auto_batches(largest, batches):
+    assert experiments.auto_batches(largest) == batches
+
+
+def paper_plan():
+    table_i = {name: a.largest_batch for name, a in architectures.ARCHITECTURES.items()}
+    return experiments.plan(["baseline", "limited"], list(architectures.ARCHITECTURES),
+                            {a: experiments.auto_batches(n) for a, n in table_i.items()}, 10)
+
+
+def test_paper_plan_has_660_runs():
+    runs = paper_plan()
+    # Table I: vgg16 to 32, three networks to 16, six to 64 -> 3 + 3*2 + 6*4 = 33 (arch, batch) per design.
+    assert len(runs) == len(set(runs)) == 2 * 33 * 10
+    assert runs == paper_plan()  # deterministic: every machine computes the same list
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 3, 7, 10, 64, 660, 1000])
+def test_shards_partition_the_run_list(num_tasks):
+    runs = paper_plan()
+    shards = [experiments.shard(runs, i, num_tasks) for i in range(num_tasks)]
+    flat = [run for s in shards for run in s]
+    assert sorted(flat) == sorted(runs) and len(flat) == len(set(flat))  # together all, no run twice
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError):
+        experiments.shard(runs, num_tasks, num_tasks)
+
+
+def _append_many(logdir, worker):
+    for fold in range(40):
+        result = {"design": "baseline", "arch": f"net{worker}", "batch": 8, "fold": fold, "status": "ok",
+                  "padding": "x" * 5000}  # lines longer than a pipe buffer, so interleaving would show
+        experiments.record(logdir, [result])
+
+
+def test_concurrent_appends_give_whole_lines_once(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_append_many, args=(tmp_path, w)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+        assert w.exitcode == 0
+    lines = (tmp_path / experiments.RESULTS).read_text().splitlines()
+    keys = [experiments.run_of(json.loads(line)) for line in lines]  # every line parses
+    assert len(keys) == len(set(keys)) == 4 * 40
+    # Recording the same results again adds nothing.
+    assert experiments.record(tmp_path, [json.loads(lines[0])]) == 0
+
+
+def test_record_appends_a_redone_run_and_readers_take_the_last(tmp_path):
+    first = {"design": "baseline", "arch": "vgg16", "batch": 8, "fold": 0, "status": "ok", "best_accuracy": 0.5}
+    redone = dict(first, best_accuracy=0.75)
+    assert experiments.record(tmp_path, [first]) == 1
+    assert experiments.record(tmp_path, [redone]) == 1
+    assert experiments.read_results(tmp_path / experiments.RESULTS) == [redone]
+
+
+def test_a_run_another_sweep_holds_is_left_to_it(tmp_path):
+    run = experiments.Run("baseline", "vgg16", 8, 0)
+    crash = [sys.executable, "-c", "print('boom'); raise SystemExit(3)"]
+    lines = []
+    with experiments.claimed(tmp_path, run) as mine:
+        assert mine
+        counts = experiments.sweep([run], tmp_path, lambda r: crash, say=lines.append)
+    assert (counts["busy"], counts["ran"]) == (1, 0) and not experiments.log_path(tmp_path, run).exists()
+    # Released, the run is attempted: a process that leaves no result is reported with the end of its log.
+    counts = experiments.sweep([run], tmp_path, lambda r: crash, say=lines.append)
+    assert (counts["ran"], counts["crashed"]) == (1, 1)
+    assert "exited with status 3 and no result" in lines[-1] and lines[-1].endswith("boom")
+
+
+def test_sweep_stops_after_three_runs_in_a_row_leave_no_result(tmp_path):
+    runs = [experiments.Run("baseline", "vgg16", 8, fold) for fold in range(5)]
+    lines = []
+    counts = experiments.sweep(runs, tmp_path, lambda r: [sys.executable, "-c", "pass"], say=lines.append)
+    assert counts["ran"] == counts["crashed"] == experiments.CRASHES_BEFORE_STOP
+    assert lines[-1] == "sweep: 3 runs in a row ended without a result; stopping"
+
+
+def test_estimate_uses_the_most_similar_finished_runs():
+    finished = [
+        {"design": "baseline", "arch": "vgg16", "batch": 8, "wall_seconds": 100.0},
+        {"design": "baseline", "arch": "vgg16", "batch": 8, "wall_seconds": 200.0},
+        {"design": "baseline", "arch": "vgg16", "batch": 16, "wall_seconds": 60.0},
+        {"design": "baseline", "arch": "alexnet", "batch": 8, "wall_seconds": 10.0},
+    ]
+    R = experiments.Run
+    assert experiments.estimate_seconds(finished, [R("baseline", "vgg16", 8, 5)]) == 150.0
+    assert experiments.estimate_seconds(finished, [R("limited", "vgg16", 16, 0)]) == 60.0  # same (arch, batch)
+    assert experiments.estimate_seconds(finished, [R("limited", "vgg16", 32, 0)]) == 120.0  # same arch
+    assert experiments.estimate_seconds(finished, [R("limited", "googlenet", 8, 0)]) == 92.5  # all runs
+    assert experiments.estimate_seconds([], [R("limited", "googlenet", 8, 0)]) is None
+
+
+def test_runs_larger_than_the_training_set_are_left_out():
+    labels = np.array([0, 1] * 50)  # 100 examples, 10 folds: baseline trains on 90, limited on 10
+    smallest = experiments.smallest_train_sets(labels, ["baseline", "limited"], 10)
+    assert smallest == {"baseline": 90, "limited": 10}
+    runs = experiments.plan(["baseline", "limited"], ["vgg16"], {"vgg16": [8, 16, 64]}, 2)
+    keep, dropped = experiments.runnable(runs, smallest)
+    assert {(r.design, r.batch) for r in dropped} == {("limited", 16), ("limited", 64)}
+    assert len(keep) + len(dropped) == len(runs)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: sweep.archs_from(["vgg16", "resnet1000"]), "--archs=vgg16,resnet1000: unknown network(s) resnet1000"),
+    (lambda: sweep.designs_from(["baseline", "tiny"]), "--designs=baseline,tiny: choose from baseline, limited"),
+    (lambda: sweep.batches_from(["8", "x"], ["vgg16"], "runs", None, None), "--batches=8,x: auto or a list"),
+    (lambda: sweep.batches_from(["0"], ["vgg16"], "runs", None, None), "must be >= 1"),
+])
+def test_bad_plan_flags_are_named(call, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
+
+
+def test_dry_run_of_the_paper_flagfile(records_dir, tmp_path):
+    """The paper's flagfile, sharded: counts, left-out batches and the flags each run gets."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "octtl.sweep", "--flagfile=flags/paper_sweep.cfg", f"--data_dir={records_dir}",
+         f"--logdir={tmp_path}", "--task_index=1", "--num_tasks=4", "--dry_run"],
+        capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # 48 B-scans in 10 folds: the limited design trains on 4-5, so no batch size fits it; baseline trains on
+    # 43-44, so batch 64 is left out: 27 (arch, batch) x 10 folds, of which task 1 of 4 has every 4th.
+    assert "left out 390 runs whose batch exceeds the training set" in proc.stdout
+    assert "plan (task 1 of 4): 68 runs (of 270 in the whole sweep): 0 done (0 failed), 68 to do" in proc.stdout
+    command = next(line for line in proc.stdout.splitlines() if line.startswith("first run to do: "))
+    assert "--weights=imagenet" in command and "--lr=0.0001" in command and "--patience=5" in command
+    assert "--fold=-1" not in command and "--design=baseline --arch=vgg16 --batch=8 --fold=1" in command
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_bad_flags_fail_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "octtl.sweep", f"--logdir={tmp_path}", "--archs=resnet1000",
+                           "--dry_run"], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert proc.returncode != 0
+    error = [line for line in proc.stderr.splitlines() if line.startswith("sweep: error:")]
+    assert len(error) == 1 and "resnet1000" in error[0] and "squeezenet" in error[0]
+
