@@ -1,0 +1,336 @@
+"""Tests of octtl.inference and `python -m octtl.predict` on synthetic volumes.
+
+A SqueezeNet fine-tuned from its ImageNet weights (about 10 s on 2 CPU cores) is trained once per session and
+applied to held-out volumes drawn from another seed. The CLI runs in subprocesses: the absl flags of the entry
+modules (octtl.train, octtl.predict, octtl.export) share names and cannot all be defined in one process.
+"""
+
+import csv
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from conftest import REPO
+from octtl import data, inference, models, records, synthetic, training, volumes
+from octtl.volumes import InputError
+
+SQUEEZENET_H5 = REPO.parent / "shared" / "weights" / "squeezenet_v1.1_imagenet_notop.h5"
+needs_weights = pytest.mark.skipif(not SQUEEZENET_H5.is_file(),
+                                   reason=f"{SQUEEZENET_H5} absent: a model trained from scratch learns too little")
+HELDOUT_VOLUMES, BSCANS, SIDE = 6, 20, 128
+
+
+def _session_dir(tmp_path_factory, name) -> pathlib.Path:
+    """A folder shared by every test module of the session, so the model trains once."""
+    return tmp_path_factory.getbasetemp() / name
+
+
+def trained_run(tmp_path_factory) -> pathlib.Path:
+    """Run folder of a SqueezeNet fine-tuned on 12 synthetic volumes (whole 128 px B-scans resized to 96 px).
+
+    ImageNet scaling (`preprocess='backbone'`) at the paper's learning rate learns within 4 epochs; the run
+    folder is what octtl.train writes (best.keras beside result.json).
+    """
+    root = _session_dir(tmp_path_factory, "octtl-trained")
+    run = training.run_dir(root / "runs", "baseline", "squeezenet", 16, 0)
+    if (run / training.RESULT).is_file():
+        return run
+    shutil.rmtree(root, ignore_errors=True)
+    synthetic.write_dataset(root / "volumes", volumes=12, bscans=BSCANS, height=SIDE, width=SIDE, seed=3)
+    records.convert(root / "volumes", root / "records", progress=None)
+    config = training.Config(data_dir=str(root / "records"), logdir=str(root / "runs"), arch="squeezenet", batch=16,
+                             folds=5, weights=str(SQUEEZENET_H5), group_by_volume=True, image_size=96,
+                             crop="resize", preprocess="backbone", max_epochs=4)
+    result = training.train(config, 0, verbose=0)
+    assert result["status"] == "ok", result
+    return run
+
+
+def heldout_volumes(tmp_path_factory) -> pathlib.Path:
+    """Six volumes of another seed than the training data: none of them was seen in training."""
+    root = _session_dir(tmp_path_factory, "octtl-heldout")
+    if not root.is_dir():
+        staging = _session_dir(tmp_path_factory, "octtl-heldout.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        synthetic.write_dataset(staging, volumes=HELDOUT_VOLUMES, bscans=BSCANS, height=SIDE, width=SIDE, seed=11)
+        os.rename(staging, root)
+    return root
+
+
+def fake_run(folder, arch="squeezenet", image_size=64, crop="center", preprocess="paper") -> pathlib.Path:
+    """An untrained model saved as octtl.train saves one (best.keras + result.json); returns the model path."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(1)
+    model = models.build(arch, weights="none", image_size=image_size, preprocess=preprocess)
+    model.save(folder / training.BEST_MODEL)
+    (folder / training.RESULT).write_text(json.dumps(
+        {"arch": arch, "image_size": image_size, "crop": crop, "preprocess": preprocess, "status": "ok"}))
+    return folder / training.BEST_MODEL
+
+
+def reference_labels(volume_dir) -> np.ndarray:
+    """Fluid flag per B-scan straight from reference.mhd (any nonzero code), independent of octtl."""
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(volume_dir / "reference.mhd")))
+    return (reference.reshape(len(reference), -1) > 0).any(axis=1).astype(int)
+
+
+def read_csv(path) -> list:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_cli(module, *args, cwd=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=cwd or REPO)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    if not SQUEEZENET_H5.is_file():
+        pytest.skip(f"{SQUEEZENET_H5} absent")
+    return trained_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    return heldout_volumes(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def cli_run(run_folder, heldout, tmp_path_factory):
+    """`python -m octtl.predict` on the held-out volumes with Grad-CAM; (process, output folder)."""
+    out = tmp_path_factory.mktemp("predict")
+    proc = run_cli("octtl.predict", f"--model={run_folder / 'best.keras'}", f"--input={heldout}",
+                   f"--output={out / 'predictions.csv'}", f"--gradcam_dir={out / 'gradcam'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, out
+
+
+@needs_weights
+def test_predictions_on_heldout_volumes(cli_run, heldout):
+    proc, out = cli_run
+    rows = read_csv(out / "predictions.csv")
+    assert list(rows[0]) == ["volume_id", "slice", "p_fluid", "prediction", "label"]
+    assert len(rows) == HELDOUT_VOLUMES * BSCANS
+    folders = sorted(p for p in heldout.rglob("TRAIN*") if p.is_dir())
+    expected = [(f.name, s, label) for f in folders for s, label in enumerate(reference_labels(f))]
+    assert [(r["volume_id"], int(r["slice"]), int(r["label"])) for r in rows] == expected
+
+    p = np.array([float(r["p_fluid"]) for r in rows])
+    predicted = np.array([int(r["prediction"]) for r in rows])
+    labels = np.array([label for _, _, label in expected])
+    np.testing.assert_array_equal(predicted, (p > 0.5).astype(int))
+    accuracy, majority = np.mean(predicted == labels), max(labels.mean(), 1 - labels.mean())
+    assert accuracy > majority, (accuracy, majority)
+    assert f"accuracy {accuracy:.4f} (majority class {majority:.4f})" in proc.stdout
+
+
+@needs_weights
+def test_volume_summary_matches_rows(cli_run):
+    proc, out = cli_run
+    rows = read_csv(out / "predictions.csv")
+    summary = read_csv(out / "predictions_volumes.csv")
+    assert list(summary[0]) == ["volume_id", "n_bscans", "n_fluid_predicted", "max_p_fluid", "fluid_slices"]
+    assert [s["volume_id"] for s in summary] == sorted({r["volume_id"] for r in rows})
+    for s in summary:
+        mine = [r for r in rows if r["volume_id"] == s["volume_id"]]
+        fluid = [int(r["slice"]) for r in mine if r["prediction"] == "1"]
+        assert int(s["n_bscans"]) == len(mine)
+        assert int(s["n_fluid_predicted"]) == len(fluid)
+        assert float(s["max_p_fluid"]) == max(float(r["p_fluid"]) for r in mine)
+        assert inference.parse_slices(s["fluid_slices"]) == fluid
+        assert f"{s['volume_id']}  " in proc.stdout
+
+
+@needs_weights
+def test_gradcam_pngs_and_pointing_game(cli_run):
+    proc, out = cli_run
+    rows = read_csv(out / "predictions.csv")
+    table = read_csv(out / "gradcam" / "gradcam.csv")
+    predicted = {(r["volume_id"], r["slice"]) for r in rows if r["prediction"] == "1"}
+    pngs = sorted(p.name for p in (out / "gradcam").glob("*.png"))
+    assert len(pngs) == len(predicted) > 0
+    assert {(r["volume_id"], r["slice"]) for r in table if r["png"]} == predicted
+    with Image.open(out / "gradcam" / pngs[0]) as picture:
+        assert picture.size == (SIDE, SIDE) and picture.mode == "RGB"
+    scored = [r for r in table if r["peak_in_fluid"] != ""]
+    assert len(scored) == sum(r["label"] == "1" for r in rows)  # every reference-fluid B-scan
+    score = np.mean([int(r["peak_in_fluid"]) for r in scored])
+    chance = np.mean([float(r["chance_hit"]) for r in scored])
+    assert (f"pointing game {score:.4f} on {len(scored)} fluid B-scans with a reference "
+            f"(random heatmap {chance:.4f})") in proc.stdout
+    assert score > chance
+
+
+@needs_weights
+def test_records_input_repeats_training_predictions(run_folder, tmp_path):
+    """The run's own validation predictions come back from predict on its records: same preprocessing."""
+    result = json.loads((run_folder / training.RESULT).read_text())
+    report = inference.run(run_folder / "best.keras", result["data_dir"], tmp_path / "p.csv")
+    assert report.kind == "records" and len(report.rows) == result["train_size"] + result["val_size"]
+    by_key = {(r["volume_id"], r["slice"]): r for r in read_csv(tmp_path / "p.csv")}
+    validation = read_csv(run_folder / training.PREDICTIONS)
+    for row in validation:
+        mine = by_key[(row["volume_id"], row["slice"])]
+        assert mine["label"] == row["label"]
+        assert float(mine["p_fluid"]) == pytest.approx(float(row["p_fluid"]), abs=1e-5)
+
+
+@needs_weights
+def test_every_input_kind_gives_the_same_probabilities(run_folder, heldout, tmp_path):
+    volume = sorted(p for p in heldout.rglob("TRAIN*") if p.is_dir())[0]
+    model = run_folder / "best.keras"
+    whole = read_csv(_run(model, volume / "oct.mhd", tmp_path / "one"))
+    assert [r["volume_id"] for r in whole] == [volume.name] * BSCANS and "label" in whole[0]
+
+    # An .mhd of another name is an unlabelled volume named after the file.
+    named = tmp_path / "scan.mhd"
+    named.write_text((volume / "oct.mhd").read_text().replace("oct.raw", str(volume / "oct.raw")))
+    alone = read_csv(_run(model, named, tmp_path / "named"))
+    assert {r["volume_id"] for r in alone} == {"scan"} and "label" not in alone[0]
+    assert [r["p_fluid"] for r in alone] == [r["p_fluid"] for r in whole]
+
+    # Volumes without reference: no label column.
+    bare = tmp_path / "bare" / volume.name
+    bare.mkdir(parents=True)
+    for name in ("oct.mhd", "oct.raw"):
+        shutil.copy(volume / name, bare / name)
+    assert "label" not in read_csv(_run(model, tmp_path / "bare", tmp_path / "b"))[0]
+
+    # B-scans saved as PNG files (lossless) predict exactly as in the volume.
+    pixels = volumes.to_uint8(sitk.GetArrayFromImage(sitk.ReadImage(str(volume / "oct.mhd"))))
+    (tmp_path / "pngs" / "eye").mkdir(parents=True)
+    for k in (2, 7):
+        Image.fromarray(pixels[k]).save(tmp_path / "pngs" / "eye" / f"b{k}.png")
+    pictures = read_csv(_run(model, tmp_path / "pngs", tmp_path / "i"))
+    assert [r["volume_id"] for r in pictures] == ["eye/b2", "eye/b7"]
+    np.testing.assert_allclose([float(r["p_fluid"]) for r in pictures],
+                               [float(whole[k]["p_fluid"]) for k in (2, 7)], atol=1e-6)
+
+
+def _run(model, input_path, out_dir) -> pathlib.Path:
+    report = inference.run(model, input_path, out_dir / "p.csv")
+    assert report.output == out_dir / "p.csv"
+    return report.output
+
+
+@pytest.fixture(scope="module")
+def small_center_model(tmp_path_factory):
+    """An untrained 64 px centre-crop SqueezeNet run: enough to test failures and shapes."""
+    return fake_run(tmp_path_factory.mktemp("fake") / "run", image_size=64, crop="center")
+
+
+@pytest.fixture
+def tiny_volume(tmp_path):
+    """A 3 x 40 x 48 uint16 volume with reference: too small for a 64 px centre crop."""
+    from conftest import write_volume
+
+    return write_volume(tmp_path / "tiny" / "TRAIN001", np.full((3, 40, 48), 30000, np.uint16),
+                        np.zeros((3, 40, 48), np.uint8))
+
+
+def _bad_cases(tmp_path, model, tiny_volume, heldout):
+    """(model, input, gradcam_dir, error type, message) for each kind of bad input."""
+    no_config = tmp_path / "elsewhere" / "model.keras"
+    no_config.parent.mkdir()
+    shutil.copy(model, no_config)
+    garbage = tmp_path / "garbage" / "best.keras"
+    garbage.parent.mkdir()
+    garbage.write_text("not a model")
+    shutil.copy(model.parent / training.RESULT, garbage.parent / training.RESULT)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    (tmp_path / "empty").mkdir()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "old.png").write_bytes(b"x")
+    volume = sorted(p for p in heldout.rglob("TRAIN*") if p.is_dir())[0]
+    return [
+        (no_config, volume, None, inference.ModelError, f"{no_config}: not an octtl model: no result.json beside it"),
+        (garbage, volume, None, inference.ModelError, f"{garbage}: not an octtl model: Keras cannot load it"),
+        (tmp_path / "none.keras", volume, None, inference.ModelError, "none.keras: no such model file"),
+        (model, text, None, InputError, f"{text}: not an input predict can read; expected a .mhd volume"),
+        (model, tmp_path / "empty", None, InputError, "empty: holds nothing predict can read"),
+        (model, tmp_path / "missing", None, InputError, "missing: does not exist"),
+        (model, tiny_volume, None, InputError,
+         "oct.mhd: B-scans of 40x48 pixels are smaller than the 64x64 centre crop this squeezenet model"),
+        (model, volume, busy, InputError, "busy: Grad-CAM folder exists and is not empty"),
+    ]
+
+
+def test_bad_inputs_fail_clearly_and_write_nothing(small_center_model, tiny_volume, heldout, tmp_path):
+    for model, input_path, gradcam_dir, error, message in _bad_cases(tmp_path, small_center_model, tiny_volume,
+                                                                     heldout):
+        out = tmp_path / "out"
+        with pytest.raises(error) as info:
+            inference.run(model, input_path, out / "p.csv", gradcam_dir=gradcam_dir)
+        assert message in str(info.value) and "\n" not in str(info.value)
+        assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["old.png"]
+
+
+def test_failure_midway_leaves_no_partial_output(small_center_model, tiny_volume, heldout, tmp_path):
+    """A bad second volume after a good one: no CSV, no Grad-CAM folder, no temporary leftovers."""
+    mixed = tmp_path / "mixed"
+    volume = sorted(p for p in heldout.rglob("TRAIN*") if p.is_dir())[0]
+    shutil.copytree(volume, mixed / "a" / volume.name)
+    shutil.copytree(tiny_volume, mixed / "b" / tiny_volume.name)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="smaller than the 64x64 centre crop"):
+        inference.run(small_center_model, mixed, out / "p.csv", gradcam_dir=out / "cam")
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_cli_error_is_one_line(small_center_model, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    proc = run_cli("octtl.predict", f"--model={small_center_model}", f"--input={text}",
+                   f"--output={tmp_path / 'p.csv'}")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"predict: error: {text}: not an input predict can read; expected a .mhd volume, a folder "
+                    "of volumes (oct.mhd), a TFRecord folder (bscans-*-of-*.tfrecord) or image files (.png, .jpg, "
+                    ".jpeg, .tif, .tiff, .bmp)")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_centre_crop_model_on_large_bscans(small_center_model, tmp_path):
+    """Unlabelled volume, centre crop: one row per B-scan, probabilities as the model gives them."""
+    from conftest import write_volume
+
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 256, (4, 80, 100), dtype=np.uint8)
+    write_volume(tmp_path / "in" / "EYE1", volume)
+    report = inference.run(small_center_model, tmp_path / "in", tmp_path / "p.csv", gradcam_dir=tmp_path / "cam",
+                           threshold=0.0)
+    assert report.metrics is None and report.pointing_game is None
+    rows = read_csv(tmp_path / "p.csv")
+    assert list(rows[0]) == ["volume_id", "slice", "p_fluid", "prediction"] and len(rows) == 4
+    model = keras.saving.load_model(small_center_model)
+    crops = data.rescale(data.crop(volume[..., None], 64, "center"), "paper")
+    np.testing.assert_allclose([float(r["p_fluid"]) for r in rows], model.predict(crops, verbose=0)[:, 1],
+                               atol=1e-6)
+    assert len(list((tmp_path / "cam").glob("*.png"))) == 4  # threshold 0: every B-scan is predicted fluid
+
+
+@pytest.mark.parametrize("slices, text", [([], ""), ([4], "4"), ([3, 4, 5, 9], "3-5 9"), ([0, 2, 3], "0 2-3")])
+def test_slice_runs(slices, text):
+    assert inference.format_slices(slices) == text
+    assert inference.parse_slices(text) == slices
+
+
+def test_metrics():
+    m = inference.metrics([0, 0, 1, 1, 1], [0.1, 0.7, 0.8, 0.9, 0.4], 0.5)
+    assert m == {"n": 5, "accuracy": 0.6, "majority_rate": 0.6, "auc": pytest.approx(5 / 6)}
+    assert inference.metrics([1, 1], [0.2, 0.9], 0.5)["auc"] is None
