@@ -31,6 +31,7 @@ class Metadata:
     irf: np.ndarray
     srf: np.ndarray
     ped: np.ndarray
+    sources: np.ndarray  # image/source: the image file stem, or "<volume id>:<slice>"
 
     def __len__(self):
         return len(self.labels)
@@ -52,14 +53,22 @@ def read_metadata(records_dir) -> Metadata:
         return scan_metadata(records_dir)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    if not rows or list(rows[0]) != list(records.INDEX_COLUMNS):
+    # Datasets converted before image/source existed lack its column.
+    if not rows or list(rows[0]) not in (list(records.INDEX_COLUMNS), list(records.INDEX_COLUMNS[:-1])):
         raise InputError(f"{path}: expected columns {','.join(records.INDEX_COLUMNS)}")
     if [int(r["index"]) for r in rows] != list(range(len(rows))):
         raise InputError(f"{path}: index column is not 0..{len(rows) - 1} in order")
     column = lambda name, dtype: np.array([r[name] for r in rows], dtype=dtype)  # noqa: E731
-    return Metadata(labels=column("label", np.int64), volume_ids=column("volume_id", object),
-                    slices=column("slice", np.int64), vendors=column("vendor", object),
-                    irf=column("irf", np.int64), srf=column("srf", np.int64), ped=column("ped", np.int64))
+    volume_ids, slices = column("volume_id", object), column("slice", np.int64)
+    sources = column("source", object) if "source" in rows[0] else np.array([""] * len(rows), dtype=object)
+    return Metadata(labels=column("label", np.int64), volume_ids=volume_ids, slices=slices,
+                    vendors=column("vendor", object), irf=column("irf", np.int64), srf=column("srf", np.int64),
+                    ped=column("ped", np.int64), sources=_named_sources(sources, volume_ids, slices))
+
+
+def _named_sources(sources, volume_ids, slices) -> np.ndarray:
+    """image/source, with "<volume id>:<slice>" where a dataset converted before it existed has none."""
+    return np.array([s or f"{v}:{int(k)}" for s, v, k in zip(sources, volume_ids, slices)], dtype=object)
 
 
 def scan_metadata(records_dir) -> Metadata:
@@ -72,10 +81,11 @@ def scan_metadata(records_dir) -> Metadata:
             columns[key].append(values)
     get = lambda key: np.concatenate(columns[key]) if columns[key] else np.array([])  # noqa: E731
     decode = lambda key: np.array([v.decode() for v in get(key)], dtype=object)  # noqa: E731
-    return Metadata(labels=get(records.LABEL).astype(np.int64), volume_ids=decode(records.VOLUME_ID),
-                    slices=get(records.SLICE).astype(np.int64), vendors=decode(records.VENDOR),
-                    irf=get(records.IRF).astype(np.int64), srf=get(records.SRF).astype(np.int64),
-                    ped=get(records.PED).astype(np.int64))
+    volume_ids, slices = decode(records.VOLUME_ID), get(records.SLICE).astype(np.int64)
+    return Metadata(labels=get(records.LABEL).astype(np.int64), volume_ids=volume_ids, slices=slices,
+                    vendors=decode(records.VENDOR), irf=get(records.IRF).astype(np.int64),
+                    srf=get(records.SRF).astype(np.int64), ped=get(records.PED).astype(np.int64),
+                    sources=_named_sources(decode(records.SOURCE), volume_ids, slices))
 
 
 def crop(image, image_size: int, mode: str = "center"):
@@ -100,7 +110,7 @@ def rescale(images, mode: str = "paper"):
 
 
 def dataset(records_dir, indices: Sequence[int], image_size: int, batch_size: int, *,
-            training: bool, seed: int = 0, crop_mode: str = "center", rescale_mode: str = "paper",
+            training: bool, seed: int = 0, crop_mode: str = "center", rescale_mode: str = "none",
             cache: bool = True, num_examples: Optional[int] = None,
             drop_remainder: bool = False) -> tf.data.Dataset:
     """(images, labels) batches of the examples at `indices` of a converted dataset.
@@ -115,7 +125,8 @@ def dataset(records_dir, indices: Sequence[int], image_size: int, batch_size: in
       image_size: side of the square crop fed to the network.
       training: shuffle each epoch when True.
       crop_mode: 'center' (the paper) or 'resize'.
-      rescale_mode: 'paper' ([-1, 1] float32) or 'none' (uint8).
+      rescale_mode: 'none' (uint8: octtl models scale their inputs themselves) or 'paper' ([-1, 1] float32,
+        what models saved before that expect in paper mode).
       cache: keep decoded crops in memory after the first pass.
       num_examples: total examples in the dataset, if the caller already knows it.
       drop_remainder: drop the last partial batch (MATLAB's training default, which the paper used).

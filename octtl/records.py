@@ -34,6 +34,7 @@ VOLUME_ID = "volume/id"
 SLICE = "volume/slice"
 VENDOR = "volume/vendor"
 IRF, SRF, PED = "fluid/irf", "fluid/srf", "fluid/ped"
+SOURCE = "image/source"
 
 FEATURES = {
     IMAGE: tf.io.FixedLenFeature([], tf.string),
@@ -46,6 +47,8 @@ FEATURES = {
     IRF: tf.io.FixedLenFeature([], tf.int64),
     SRF: tf.io.FixedLenFeature([], tf.int64),
     PED: tf.io.FixedLenFeature([], tf.int64),
+    # Records written before image/source existed parse with an empty one.
+    SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
 # The small features, for reading metadata without touching the image bytes.
 METADATA_FEATURES = {k: v for k, v in FEATURES.items() if k != IMAGE}
@@ -53,7 +56,7 @@ METADATA_FEATURES = {k: v for k, v in FEATURES.items() if k != IMAGE}
 CLASSES = ("normal", "fluid")
 MANIFEST = "manifest.json"
 INDEX = "index.csv"
-INDEX_COLUMNS = ("index", "shard", "volume_id", "slice", "label", "vendor", "irf", "srf", "ped")
+INDEX_COLUMNS = ("index", "shard", "volume_id", "slice", "label", "vendor", "irf", "srf", "ped", "source")
 SHARD_PATTERN = "bscans-*-of-*.tfrecord"
 
 
@@ -70,12 +73,13 @@ def _bytes(value: bytes):
 
 
 def encode(png: bytes, height: int, width: int, label: int, volume_id: str, slice_index: int,
-           vendor: str, irf: int, srf: int, ped: int) -> bytes:
+           vendor: str, irf: int, srf: int, ped: int, source: str) -> bytes:
     """One B-scan as a serialized tf.train.Example with exactly the keys of FEATURES."""
     feature = {
         IMAGE: _bytes(png), HEIGHT: _int64(height), WIDTH: _int64(width), LABEL: _int64(label),
         VOLUME_ID: _bytes(volume_id.encode()), SLICE: _int64(slice_index),
         VENDOR: _bytes(vendor.lower().encode()), IRF: _int64(irf), SRF: _int64(srf), PED: _int64(ped),
+        SOURCE: _bytes(source.encode()),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -99,8 +103,8 @@ def shard_paths(records_dir) -> list:
 
 def _load(item, codes, min_voxels, allow_unlabeled):
     """Reads and PNG-encodes one source item: a volume folder or an (image path, label) pair."""
-    if isinstance(item, tuple):
-        bscans = volumes_lib.read_image_file(*item)
+    if isinstance(item, volumes_lib.ImageItem):
+        bscans = volumes_lib.read_image_file(item)
     else:
         bscans = volumes_lib.read_volume(item, codes=codes, min_voxels=min_voxels,
                                          allow_unlabeled=allow_unlabeled)
@@ -120,8 +124,8 @@ def _print_progress(done, total, bscans, item):
 def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str = "all",
             fluid_codes: Sequence[int] = (1, 2, 3), min_fluid_voxels: int = 1,
             classes: Optional[Sequence[str]] = None, num_shards: int = 0, workers: int = 4,
-            allow_unlabeled: bool = False, skip_bad: bool = False, settings: Optional[dict] = None,
-            progress: Optional[Callable] = _print_progress) -> dict:
+            allow_unlabeled: bool = False, skip_bad: bool = False, group_regex: Optional[str] = None,
+            settings: Optional[dict] = None, progress: Optional[Callable] = _print_progress) -> dict:
     """Converts RETOUCH volumes or class image folders under `input_dir` to sharded TFRecords.
 
     Nothing appears at `output_dir` until every shard, the index and the manifest are
@@ -137,6 +141,8 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str
       workers: threads reading and encoding (SimpleITK, numpy and zlib release the GIL).
       allow_unlabeled: skip volumes without reference.mhd instead of failing.
       skip_bad: convert the good volumes and list the bad ones instead of failing.
+      group_regex: image_folders only: its first capture group, applied to each file stem, is the
+        image's volume/id (e.g. the patient), so that grouped folds keep a patient's images together.
       settings: recorded in the manifest as `flags`.
 
     Returns:
@@ -160,11 +166,14 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str
         class_names = list(CLASSES)
         what = "volumes (folders holding oct.mhd)" + ("" if vendor == "all" else f" of vendor {vendor}")
     elif input_format == "image_folders":
-        items = volumes_lib.find_images(input_dir, classes)
+        items = volumes_lib.find_images(input_dir, classes, group_regex)
         class_names = list(classes)
         what = "images (" + ", ".join(volumes_lib.IMAGE_SUFFIXES) + ")"
     else:
         raise volumes_lib.InputError(f"--input_format must be retouch or image_folders, got {input_format}")
+    if group_regex and input_format != "image_folders":
+        raise volumes_lib.InputError("--group_regex applies to --input_format=image_folders only "
+                                     "(volumes are grouped by their folder)")
     if not items:
         raise volumes_lib.InputError(f"{input_dir}: no {what} found")
 
@@ -176,6 +185,9 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str
     try:
         manifest = _write(items, staging, class_names, fluid_codes, min_fluid_voxels,
                           num_shards, workers, allow_unlabeled, skip_bad, progress)
+        if input_format == "image_folders":
+            manifest.update(group_regex=group_regex or None,
+                            num_groups=len({item.volume_id for item in items}))
         manifest.update(input_dir=str(input_dir), input_format=input_format,
                         fluid_labels=list(fluid_codes), min_fluid_voxels=min_fluid_voxels,
                         flags=dict(settings or {}),
@@ -193,7 +205,7 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str
 def _write(items, staging, class_names, codes, min_voxels, num_shards, workers,
            allow_unlabeled, skip_bad, progress):
     """Reads items in parallel and writes them, in item order, into contiguous shards."""
-    if isinstance(items[0], tuple):
+    if isinstance(items[0], volumes_lib.ImageItem):
         planned = len(items)
     else:
         planned = sum(_bscan_count(folder) for folder in items)
@@ -226,7 +238,7 @@ def _write(items, staging, class_names, codes, min_voxels, num_shards, workers,
                         for f in futures.values():
                             f.cancel()
                         raise
-                    skipped.append({"item": str(item[0] if isinstance(item, tuple) else item), "error": str(e)})
+                    skipped.append({"item": str(getattr(item, "path", item)), "error": str(e)})
                     print(f"skipped: {e}", file=sys.stderr)
                     continue
                 if bscans is None:
@@ -240,13 +252,13 @@ def _write(items, staging, class_names, codes, min_voxels, num_shards, workers,
                     height, width = bscans.images.shape[1:]
                     values = dict(label=int(bscans.labels[k]), volume_id=bscans.volume_id,
                                   slice=int(bscans.slices[k]), vendor=bscans.vendor,
-                                  irf=int(bscans.irf[k]), srf=int(bscans.srf[k]), ped=int(bscans.ped[k]))
-                    writers[shard].write(encode(png, height, width, values["label"], values["volume_id"],
-                                                values["slice"], values["vendor"], values["irf"],
-                                                values["srf"], values["ped"]))
+                                  irf=int(bscans.irf[k]), srf=int(bscans.srf[k]), ped=int(bscans.ped[k]),
+                                  source=str(bscans.sources[k]))
+                    writers[shard].write(encode(png, height, width, **{
+                        "slice_index" if key == "slice" else key: value for key, value in values.items()}))
                     shard_counts[shard] += 1
                     rows.append(dict(index=index, shard=shard, **values))
-                if not isinstance(item, tuple):
+                if not isinstance(item, volumes_lib.ImageItem):
                     volume_rows.append({
                         "id": bscans.volume_id, "vendor": bscans.vendor, "path": str(item),
                         "shape": list(bscans.images.shape), "num_bscans": len(bscans),

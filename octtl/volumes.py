@@ -25,6 +25,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from octtl.errors import InputError  # noqa: F401  (raised here; imported from here by older callers)
+
 VENDORS = ("cirrus", "spectralis", "topcon")
 FLUID_CODES = {"irf": 1, "srf": 2, "ped": 3}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -44,8 +46,6 @@ _ELEMENT_BYTES = {
 }
 
 
-class InputError(ValueError):
-    """Bad input data; the message names the file and what is wrong with it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +60,25 @@ class BScans:
     srf: np.ndarray
     ped: np.ndarray
     slices: np.ndarray  # int64 B-scan index within the volume
+    sources: np.ndarray  # str per B-scan: the image file stem, or "<volume id>:<slice>" for volumes
 
     def __len__(self):
         return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageItem:
+    """One image of an image folder: its class label and where it goes in the records."""
+
+    path: pathlib.Path
+    label: int
+    volume_id: str  # the file stem, or the group a --group_regex found in it (e.g. the patient)
+    slice: int  # position of the image within its group, in stem order
+
+
+def volume_sources(volume_id: str, slices) -> np.ndarray:
+    """The `image/source` of each B-scan of a volume: "<volume id>:<slice>"."""
+    return np.array([f"{volume_id}:{int(s)}" for s in slices], dtype=object)
 
 
 def find_volumes(input_dir) -> list:
@@ -233,11 +249,12 @@ def read_volume(folder, *, codes=(1, 2, 3), min_voxels=1, allow_unlabeled=False)
         raise InputError(f"{oct_path}: {e}") from None
     vendor = vendor_from_path(folder) or vendor_from_geometry(volume.shape, image.GetSpacing()[1])
     counts = fluid_counts(reference)
+    slices = np.arange(len(pixels), dtype=np.int64)
     return BScans(
         volume_id=folder.name, vendor=vendor, images=pixels,
         labels=fluid_labels(reference, codes, min_voxels),
         irf=counts["irf"], srf=counts["srf"], ped=counts["ped"],
-        slices=np.arange(len(pixels), dtype=np.int64))
+        slices=slices, sources=volume_sources(folder.name, slices))
 
 
 def peek_vendor(folder) -> str:
@@ -256,35 +273,68 @@ def peek_vendor(folder) -> str:
     return vendor_from_geometry((dims[2], dims[1], dims[0]), spacing[1])
 
 
-def find_images(input_dir, classes: Sequence[str]) -> list:
-    """(path, label) for each image in `input_dir/<class>/`, label = position in `classes`."""
+def find_images(input_dir, classes: Sequence[str], group_regex: Optional[str] = None) -> list:
+    """An ImageItem for each image in `input_dir/<class>/`, label = position in `classes`.
+
+    Without `group_regex` each image is its own group (`volume_id` = its file stem, slice 0). With it, the
+    first capture group of the pattern applied to the stem names the group (e.g. Kermany's patient id in
+    `DME-1234-2`), so folds grouped by volume keep a patient's images together; images of a group are
+    numbered in stem order.
+    """
     root = pathlib.Path(input_dir)
     if not root.is_dir():
         raise InputError(f"{root}: input directory does not exist")
     if not classes:
         raise InputError("--classes is required with --input_format=image_folders")
-    items = []
+    pattern = _compile_group_regex(group_regex)
+    found = []
     for label, name in enumerate(classes):
         folder = root / name
         if not folder.is_dir():
             raise InputError(f"{folder}: class folder is missing")
         files = sorted(p for p in folder.iterdir()
                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        items.extend((p, label) for p in files)
+        found.extend((p, label) for p in files)
     stems = {}
-    for path, _ in items:
+    for path, _ in found:
         if path.stem in stems:
             raise InputError(f"{path}: file stem {path.stem!r} also used by {stems[path.stem]}; "
-                             "volume/id must be unique")
+                             "image/source must be unique")
         stems[path.stem] = path
-    return items
+    groups = {}
+    for path, _ in found:
+        groups[path.stem] = _group_of(path, pattern) if pattern else path.stem
+    members = {}
+    for stem in sorted(groups):
+        members.setdefault(groups[stem], []).append(stem)
+    position = {stem: k for group in members.values() for k, stem in enumerate(group)}
+    return [ImageItem(path, label, groups[path.stem], position[path.stem]) for path, label in found]
 
 
-def read_image_file(path, label: int) -> BScans:
-    """One image file as a single 8-bit gray B-scan with its class label."""
+def _compile_group_regex(group_regex: Optional[str]):
+    if not group_regex:
+        return None
+    try:
+        pattern = re.compile(group_regex)
+    except re.error as e:
+        raise InputError(f"--group_regex={group_regex}: not a regular expression ({e})") from None
+    if pattern.groups < 1:
+        raise InputError(f"--group_regex={group_regex}: needs a capture group, e.g. ^[A-Z]+-(\\d+)-\\d+$")
+    return pattern
+
+
+def _group_of(path: pathlib.Path, pattern) -> str:
+    match = pattern.search(path.stem)
+    if match is None or not match.group(1):
+        raise InputError(f"{path}: file stem {path.stem!r} does not match --group_regex={pattern.pattern}")
+    return match.group(1)
+
+
+def read_image_file(item: ImageItem) -> BScans:
+    """One image file as a single 8-bit gray B-scan with its class label, group and place in the group."""
     from PIL import Image, UnidentifiedImageError  # Only image folders need Pillow.
 
-    path = pathlib.Path(path)
+    path = pathlib.Path(item.path)
     try:
         with Image.open(path) as image:
             image.load()
@@ -292,9 +342,9 @@ def read_image_file(path, label: int) -> BScans:
     except (OSError, UnidentifiedImageError) as e:
         raise InputError(f"{path}: unreadable image ({e})") from None
     unknown = np.array([-1], np.int64)  # Image folders carry no voxel annotation.
-    return BScans(volume_id=path.stem, vendor="unknown", images=array[None],
-                  labels=np.array([label], np.int64), irf=unknown, srf=unknown, ped=unknown,
-                  slices=np.zeros(1, np.int64))
+    return BScans(volume_id=item.volume_id, vendor="unknown", images=array[None],
+                  labels=np.array([item.label], np.int64), irf=unknown, srf=unknown, ped=unknown,
+                  slices=np.array([item.slice], np.int64), sources=np.array([path.stem], dtype=object))
 
 
 def _gray(image) -> np.ndarray:

@@ -20,7 +20,7 @@ from octtl_tools import to_tfrecord
 
 INT64_KEYS = ("image/height", "image/width", "image/class/label", "volume/slice",
               "fluid/irf", "fluid/srf", "fluid/ped")
-BYTES_KEYS = ("image/encoded", "volume/id", "volume/vendor")
+BYTES_KEYS = ("image/encoded", "volume/id", "volume/vendor", "image/source")
 
 
 def run_cli(*args):
@@ -67,6 +67,7 @@ def test_records_match_volumes_exactly(small_volumes, tmp_path):
     for example, (vid, k, bscan, ref) in zip(examples, expected_rows):
         assert value(example, "volume/id") == vid.encode()
         assert value(example, "volume/slice") == k
+        assert value(example, "image/source") == f"{vid}:{k}".encode()
         assert value(example, "volume/vendor") == b"spectralis"
         assert value(example, "fluid/irf") == int((ref == 1).sum())
         assert value(example, "fluid/srf") == int((ref == 2).sum())
@@ -93,9 +94,11 @@ def test_records_match_volumes_exactly(small_volumes, tmp_path):
     assert manifest["flags"]["num_shards"] == 2
     with open(out / "index.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["volume_id"], int(r["slice"]), int(r["label"])) for r in rows] == [
-        (value(e, "volume/id").decode(), value(e, "volume/slice"), value(e, "image/class/label"))
-        for e in examples]
+    assert list(rows[0]) == ["index", "shard", "volume_id", "slice", "label", "vendor", "irf", "srf", "ped",
+                             "source"]
+    assert [(r["volume_id"], int(r["slice"]), int(r["label"]), r["source"]) for r in rows] == [
+        (value(e, "volume/id").decode(), value(e, "volume/slice"), value(e, "image/class/label"),
+         value(e, "image/source").decode()) for e in examples]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
 
 
@@ -147,6 +150,51 @@ def test_image_folders(tmp_path):
     assert manifest["classes"] == ["NORMAL", "DME", "CNV"]
     assert manifest["class_counts"] == {"NORMAL": 1, "DME": 1, "CNV": 2}
     assert manifest["num_examples"] == 4
+    assert [value(e, "image/source").decode() for e in examples] == [v for v, _ in got]
+    assert manifest["group_regex"] is None and manifest["num_groups"] == 4
+
+
+def test_group_regex_names_patients(tmp_path, capsys):
+    """Kermany-style stems: the patient becomes volume/id, images numbered per patient in stem order."""
+    root = tmp_path / "kermany"
+    stems = {"NORMAL": ["NORMAL-17-1", "NORMAL-17-2", "NORMAL-5-1", "NORMAL-88-1"],
+             "DME": ["DME-17-3", "DME-42-1", "DME-42-10", "DME-42-2"]}
+    for cls, names in stems.items():
+        (root / cls).mkdir(parents=True)
+        for k, stem in enumerate(names):
+            Image.fromarray(np.full((8, 9), 10 * k, np.uint8)).save(root / cls / f"{stem}.png")
+    out = tmp_path / "out"
+    run_cli(f"--input_dir={root}", f"--output_dir={out}", "--input_format=image_folders", "--classes=NORMAL,DME",
+            r"--group_regex=^[A-Z]+-(\d+)-\d+$")
+    got = [(value(e, "image/source").decode(), value(e, "volume/id").decode(), value(e, "volume/slice"),
+            value(e, "image/class/label")) for e in read_examples(out)]
+    # Patient 17 has images in both classes; its slices follow the sorted stems DME-17-3, NORMAL-17-1, NORMAL-17-2.
+    assert got == [("NORMAL-17-1", "17", 1, 0), ("NORMAL-17-2", "17", 2, 0), ("NORMAL-5-1", "5", 0, 0),
+                   ("NORMAL-88-1", "88", 0, 0), ("DME-17-3", "17", 0, 1), ("DME-42-1", "42", 0, 1),
+                   ("DME-42-10", "42", 1, 1), ("DME-42-2", "42", 2, 1)]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["group_regex"] == r"^[A-Z]+-(\d+)-\d+$" and manifest["num_groups"] == 4
+    assert "8 images of 4 groups" in capsys.readouterr().out
+    with open(out / "index.csv", newline="") as f:
+        assert [r["source"] for r in csv.DictReader(f)] == [g[0] for g in got]
+
+
+@pytest.mark.parametrize("regex, message", [
+    (r"^[A-Z]+-(\d+)-\d+$", "NORMAL/scan_7.png: file stem 'scan_7' does not match --group_regex"),
+    (r"^[A-Z]+-\d+", "needs a capture group"),
+    ("([", "not a regular expression"),
+])
+def test_group_regex_refusals(tmp_path, regex, message):
+    root = tmp_path / "in"
+    (root / "NORMAL").mkdir(parents=True)
+    (root / "DME").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "NORMAL" / "scan_7.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "DME" / "DME-1-1.png")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}", "--input_format=image_folders",
+                "--classes=NORMAL,DME", f"--group_regex={regex}")
+    assert message in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
+    assert not (tmp_path / "out").exists()
 
 
 def _replace_reference(folder, reference):

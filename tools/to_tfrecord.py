@@ -9,10 +9,7 @@ import sys
 from absl import app
 from absl import flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from octtl import records  # noqa: E402  (after quieting TensorFlow)
-from octtl import volumes  # noqa: E402
+from octtl import volumes
 
 _INPUT_DIR = flags.DEFINE_string("input_dir", None, "Folder searched for volumes (or class folders).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "New or empty folder for shards and manifest.")
@@ -27,6 +24,9 @@ _WORKERS = flags.DEFINE_integer("workers", min(4, os.cpu_count() or 1),
 _INPUT_FORMAT = flags.DEFINE_enum("input_format", "retouch", ["retouch", "image_folders"],
                                   "retouch: folders with oct.mhd/reference.mhd; image_folders: one folder per class.")
 _CLASSES = flags.DEFINE_list("classes", None, "image_folders: class folder names; label = position.")
+_GROUP_REGEX = flags.DEFINE_string(
+    "group_regex", None, "image_folders: the first capture group of this regex on each file stem becomes "
+    r"volume/id (e.g. '^[A-Z]+-(\d+)-\d+$' gives Kermany's patient), so --group_by_volume keeps patients whole.")
 _ALLOW_UNLABELED = flags.DEFINE_bool("allow_unlabeled", False, "Skip volumes without reference.mhd.")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Convert the good volumes and list the bad ones.")
 
@@ -44,15 +44,21 @@ def main(argv):
         codes = [int(c) for c in _FLUID_LABELS.value]
     except ValueError:
         sys.exit(f"to_tfrecord: error: --fluid_labels must be integers, got {','.join(_FLUID_LABELS.value)}")
+    from octtl import console
+
+    console.start_tensorflow()
+    from octtl import records
+
     settings = {name: flags.FLAGS[name].value for name in (
         "input_dir", "output_dir", "vendor", "fluid_labels", "min_fluid_voxels", "num_shards",
-        "workers", "input_format", "classes", "allow_unlabeled", "skip_bad")}
+        "workers", "input_format", "classes", "allow_unlabeled", "skip_bad", "group_regex")}
     try:
         manifest = records.convert(
             _INPUT_DIR.value, _OUTPUT_DIR.value, input_format=_INPUT_FORMAT.value,
             vendor=_VENDOR.value, fluid_codes=codes, min_fluid_voxels=_MIN_FLUID_VOXELS.value,
             classes=_CLASSES.value, num_shards=_NUM_SHARDS.value, workers=_WORKERS.value,
-            allow_unlabeled=_ALLOW_UNLABELED.value, skip_bad=_SKIP_BAD.value, settings=settings)
+            allow_unlabeled=_ALLOW_UNLABELED.value, skip_bad=_SKIP_BAD.value, group_regex=_GROUP_REGEX.value,
+            settings=settings)
     except volumes.InputError as e:
         sys.exit(f"to_tfrecord: error: {e}")
     print(summary(manifest, _OUTPUT_DIR.value))
@@ -61,8 +67,13 @@ def main(argv):
 def summary(manifest, output_dir) -> str:
     """The manifest in a few lines: counts per class and vendor, shards, skipped inputs."""
     n = manifest["num_examples"]
-    lines = [f"{output_dir}: {n} B-scans in {len(manifest['shards'])} shard(s) from "
-             f"{manifest['num_volumes']} {'volumes' if manifest['volumes'] else 'images'}"]
+    if manifest["volumes"]:
+        origin = f"{manifest['num_volumes']} volume{'s' * (manifest['num_volumes'] != 1)}"
+    else:
+        origin = f"{n} image{'s' * (n != 1)}"
+        if manifest.get("group_regex"):
+            origin += f" of {manifest['num_groups']} groups (--group_regex)"
+    lines = [f"{output_dir}: {n} B-scans in {len(manifest['shards'])} shard(s) from {origin}"]
     lines.append("  " + ", ".join(f"{name} {count} ({count / n:.0%})"
                                    for name, count in manifest["class_counts"].items()))
     vendors = {}

@@ -1,0 +1,12 @@
+"""The error types octtl raises for things a user can fix; entry modules turn each into one line and exit 1.
+
+Each message names the file or flag and says what is wrong with it, so the line alone is enough to act on.
+"""
+
+
+class InputError(ValueError):
+    """Bad input data or settings; the message names the file or flag and what is wrong with it."""
+
+
+class WeightsError(Exception):
+    """Weights that cannot be found, fetched, converted or loaded exactly into the network."""
