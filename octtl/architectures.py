@@ -7,10 +7,7 @@ Keras model. Parameter counts are Table I's except where noted (googlenet).
 import dataclasses
 from typing import Callable, Optional
 
-import keras
-from keras import layers
-
-from octtl.nets import alexnet, googlenet, resnet18, squeezenet
+import importlib
 
 _KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -29,6 +26,7 @@ class WeightsFile:
             converts it.
         preprocess: Input scaling these weights expect where it is not the network's `Architecture.preprocess`
             (a network with ImageNet weights from two sources); None where it is.
+        file_size: Bytes, where known: a file of another size is not this one, without hashing it.
     """
 
     file_name: str
@@ -37,6 +35,7 @@ class WeightsFile:
     has_classifier: bool
     convert_from: Optional[str] = None
     preprocess: Optional[str] = None
+    file_size: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,16 +74,30 @@ class Architecture:
     table_params_millions: Optional[float] = None
 
 
-def _application(constructor, x, top, **kwargs):
-    """keras.applications backbone without its top, then `top` rebuilt with Keras' layer names.
+def _application(name, top):
+    """A builder: keras.applications' `name` without its top, then `top` rebuilt with Keras' layer names.
 
-    Rebuilding the top ourselves (rather than include_top=True) lets the network take other input sizes.
+    Rebuilding the top ourselves (rather than include_top=True) lets the network take other input sizes. Keras
+    is imported when a network is built, not with the registry, so listing the networks stays instant.
     """
-    backbone = constructor(include_top=False, weights=None, input_tensor=x, **kwargs)
-    return top(backbone.output)
+
+    def build(x):
+        import keras
+
+        backbone = getattr(keras.applications, name)(include_top=False, weights=None, input_tensor=x)
+        return top(backbone.output)
+
+    return build
+
+
+def _net(module):
+    """A builder: `octtl.nets.<module>.build`, imported when a network is built."""
+    return lambda x: importlib.import_module(f"octtl.nets.{module}").build(x)
 
 
 def _fc_top(x):
+    from keras import layers
+
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(4096, activation="relu", name="fc1")(x)
     # keras.applications' VGG16 is inference-only and omits the original's dropout after fc6/fc7 (MATLAB's
@@ -96,6 +109,8 @@ def _fc_top(x):
 
 
 def _pooled_top(x):
+    from keras import layers
+
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return layers.Dense(1000, activation="softmax", name="predictions")(x)
 
@@ -136,7 +151,7 @@ _ENTRIES = (
         depth=16,
         input_size=224,
         largest_batch=32,
-        builder=lambda x: _application(keras.applications.VGG16, x, _fc_top),
+        builder=_application("VGG16", _fc_top),
         classifier="predictions",
         min_input_size=32,
         preprocess="caffe",
@@ -159,8 +174,8 @@ _ENTRIES = (
         depth=8,
         input_size=227,
         largest_batch=64,
-        builder=alexnet.build,
-        classifier=alexnet.CLASSIFIER,
+        builder=_net("alexnet"),
+        classifier="fc8",
         min_input_size=63,
         preprocess="torch",
         imagenet=_converted("alexnet", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
@@ -173,7 +188,7 @@ _ENTRIES = (
         depth=164,
         input_size=299,
         largest_batch=16,
-        builder=lambda x: _application(keras.applications.InceptionResNetV2, x, _pooled_top),
+        builder=_application("InceptionResNetV2", _pooled_top),
         classifier="predictions",
         min_input_size=75,
         preprocess="tf",
@@ -191,7 +206,7 @@ _ENTRIES = (
         depth=48,
         input_size=299,
         largest_batch=64,
-        builder=lambda x: _application(keras.applications.InceptionV3, x, _pooled_top),
+        builder=_application("InceptionV3", _pooled_top),
         classifier="predictions",
         min_input_size=75,
         preprocess="tf",
@@ -209,7 +224,7 @@ _ENTRIES = (
         depth=71,
         input_size=299,
         largest_batch=16,
-        builder=lambda x: _application(keras.applications.Xception, x, _pooled_top),
+        builder=_application("Xception", _pooled_top),
         classifier="predictions",
         min_input_size=71,
         preprocess="tf",
@@ -227,7 +242,7 @@ _ENTRIES = (
         depth=201,
         input_size=224,
         largest_batch=16,
-        builder=lambda x: _application(keras.applications.DenseNet201, x, _pooled_top),
+        builder=_application("DenseNet201", _pooled_top),
         classifier="predictions",
         min_input_size=32,
         # Keras' DenseNet weights came from the torch (fb.resnet.torch) models: [0, 1] then mean/std.
@@ -246,8 +261,8 @@ _ENTRIES = (
         depth=18,
         input_size=224,
         largest_batch=64,
-        builder=resnet18.build,
-        classifier=resnet18.CLASSIFIER,
+        builder=_net("resnet18"),
+        classifier="fc",
         min_input_size=32,
         preprocess="torch",
         imagenet=_converted("resnet18", "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
@@ -260,8 +275,8 @@ _ENTRIES = (
         depth=22,
         input_size=224,
         largest_batch=64,
-        builder=googlenet.build,
-        classifier=googlenet.CLASSIFIER,
+        builder=_net("googlenet"),
+        classifier="fc",
         min_input_size=32,
         # The torchvision weights were ported from TensorFlow; its transform_input maps inputs to [-1, 1].
         preprocess="tf",
@@ -276,7 +291,7 @@ _ENTRIES = (
         depth=53,
         input_size=224,
         largest_batch=64,
-        builder=lambda x: _application(keras.applications.MobileNetV2, x, _pooled_top),
+        builder=_application("MobileNetV2", _pooled_top),
         classifier="predictions",
         min_input_size=32,
         preprocess="tf",
@@ -296,8 +311,8 @@ _ENTRIES = (
         depth=18,
         input_size=227,
         largest_batch=64,
-        builder=squeezenet.build,
-        classifier=squeezenet.CLASSIFIER,
+        builder=_net("squeezenet"),
+        classifier="conv10",
         min_input_size=32,
         # The Keras release converted DeepScale's Caffe model; gray inputs make the BGR order moot.
         preprocess="caffe",
@@ -308,6 +323,7 @@ _ENTRIES = (
                 "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5",
                 "17154246284f555591549ac2c83e127abfbf4307dc4b0060fdaa2931d0fa38da",
                 has_classifier=False,
+                file_size=3002560,
             ),
             # torchvision's squeezenet1_1 is the same network trained in PyTorch; its file also holds conv10.
             *_converted(
@@ -324,10 +340,18 @@ _ENTRIES = (
 
 ARCHITECTURES = {entry.name: entry for entry in _ENTRIES}
 
+# Not Table I: networks for tests, where the protocol is the point and a real network would only cost time.
+TESTING = {
+    "tiny": Architecture(
+        name="tiny", params_millions=0.019, depth=3, input_size=32, largest_batch=256, builder=_net("tiny"),
+        classifier="predictions", min_input_size=8, preprocess="tf", imagenet=(), source="octtl.nets.tiny",
+        notes="For tests only; no ImageNet weights."),
+}
+
 
 def get(name):
-    """Returns the registry entry for `name`, or raises ValueError listing the valid names."""
-    try:
-        return ARCHITECTURES[name]
-    except KeyError:
-        raise ValueError(f"Unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}") from None
+    """Returns the registry entry for `name` (or a test-only network), or raises ValueError listing the names."""
+    entry = ARCHITECTURES.get(name) or TESTING.get(name)
+    if entry is None:
+        raise ValueError(f"Unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return entry

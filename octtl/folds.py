@@ -13,14 +13,15 @@ whose class ratios are only approximately stratified.
 from typing import Optional, Sequence
 
 import numpy as np
-from sklearn import model_selection
 
-DESIGNS = ("baseline", "limited")
+from octtl.protocol import DESIGNS
 
 
 def assign_folds(labels: Sequence[int], folds: int = 10, seed: int = 0,
                  groups: Optional[Sequence] = None) -> np.ndarray:
     """The fold number (0..folds-1) of each example, stratified by label, deterministic for a seed."""
+    from sklearn import model_selection  # imported here so that entry modules' --help stays instant
+
     labels = np.asarray(labels)
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")

@@ -18,13 +18,12 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import REPO
-from octtl import architectures, models, torchvision_weights
+from conftest import REPO, SQUEEZENET_H5
+from octtl import architectures, models, pretrained, torchvision_weights
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-SQUEEZENET_H5 = pathlib.Path(__file__).resolve().parents[2] / "shared/weights/squeezenet_v1.1_imagenet_notop.h5"
 MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
 TOLERANCE = 1e-4
@@ -291,7 +290,7 @@ def test_converted_network_matches_torch(converted):
     rgb = rgb_images(size)
     top = torchvision_weights.converted_files(arch)[1]
     scale, offset = models.BACKBONE_SCALING[top.preprocess or architectures.get(arch).preprocess]
-    network = keras.Model(model.get_layer("backbone_scaling").output, model.layers[-1].input)
+    network = keras.Model(model.get_layer(models.INPUT_SCALING).output, model.layers[-1].input)
     actual = keras.ops.convert_to_numpy(network((rgb * scale + offset).astype("float32"), training=False))
     np.testing.assert_allclose(actual, torch_logits(arch, state_dict, rgb), rtol=0, atol=TOLERANCE)
 
@@ -299,7 +298,7 @@ def test_converted_network_matches_torch(converted):
 def test_no_top_file_serves_the_head_swap(converted):
     arch, state_dict, weights_dir = converted
     notop, _ = torchvision_weights.converted_files(arch)
-    assert models.imagenet_weights_path(arch, weights_dir=str(weights_dir)) == str(weights_dir / notop.file_name)
+    assert pretrained.resolve(arch, "imagenet", weights_dir=str(weights_dir)).path == str(weights_dir / notop.file_name)
     with h5py.File(weights_dir / notop.file_name, "r") as f:
         stored = sum(1 for group in f["layers"].values() if "vars" in group and len(group["vars"]))
     classifier = architectures.get(arch).classifier
@@ -322,7 +321,6 @@ def test_alexnet_fc6_takes_torch_channel_first_flatten():
         np.testing.assert_array_equal(fc6[(h * 6 + w) * 256 + c], torch_rows[c * 36 + h * 6 + w])
 
 
-@pytest.mark.skipif(not SQUEEZENET_H5.is_file(), reason=f"{SQUEEZENET_H5} not present")
 def test_squeezenet_takes_both_imagenet_sources(tmp_path):
     state_dict = squeezenet_state_dict(seed=4)
     notop_path, _ = torchvision_weights.write("squeezenet", {k: v.numpy() for k, v in state_dict.items()},
@@ -344,7 +342,7 @@ def test_squeezenet_takes_both_imagenet_sources(tmp_path):
     for num_classes, family in ((2, "caffe"), (1000, "torch")):  # the Keras file is preferred but has no conv10
         model = models.build("squeezenet", num_classes=num_classes, weights="imagenet", weights_dir=str(weights_dir),
                              preprocess="backbone", image_size=64)
-        scaling = model.get_layer("backbone_scaling").get_config()
+        scaling = model.get_layer(models.INPUT_SCALING).get_config()
         np.testing.assert_allclose(scaling["offset"], models.BACKBONE_SCALING[family][1])
 
 
@@ -352,17 +350,47 @@ def test_squeezenet_takes_both_imagenet_sources(tmp_path):
 def test_missing_files_error_gives_the_import_command(arch, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv(models.WEIGHTS_DIR_ENV, raising=False)
+    monkeypatch.delenv(pretrained.WEIGHTS_DIR_ENV, raising=False)
     monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: pytest.fail("must not download"))
+
+    def no_network(url, path):
+        raise OSError(f"<urlopen error [Errno -3] Temporary failure in name resolution> ({url})")
+
+    monkeypatch.setattr(pretrained, "download_checkpoint", no_network)
     checkpoint = tmp_path / "torch/hub/checkpoints" / os.path.basename(torchvision_weights.checkpoint_url(arch))
     command = f"python tools/import_torchvision_weights.py --arch={arch} --checkpoint={checkpoint}"
-    assert models.import_command(arch) == command
+    assert pretrained.import_command(arch) == command
     # squeezenet's Keras file serves the head swap; only its 1000-class build needs the conversion.
+    said = []
     with pytest.raises(models.WeightsError) as error:
-        models.build(arch, num_classes=1000, weights="imagenet", weights_dir=str(tmp_path / "weights"))
+        models.build(arch, num_classes=1000, weights=pretrained.resolve(
+            arch, "imagenet", num_classes=1000, weights_dir=str(tmp_path / "weights"), say=said.append))
     message = str(error.value)
-    assert f"`{command}`" in message and str(tmp_path / "keras/models") in message
-    assert "\n" not in message
+    assert f"`{command}`" in message and f"put it at {checkpoint}" in message
+    assert "\n" not in message and said == [
+        f"weights: downloading torchvision's {arch} checkpoint {torchvision_weights.checkpoint_url(arch)}"]
+
+
+def test_imagenet_converts_a_cached_checkpoint_on_first_use(tmp_path, monkeypatch):
+    """torch installed and the checkpoint in torch's cache: --weights=imagenet converts it once, in one line."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(pretrained.WEIGHTS_DIR_ENV, raising=False)
+    state_dict = resnet18_state_dict(seed=5)
+    checkpoint = pretrained.torch_hub_checkpoint(torchvision_weights.checkpoint_url("resnet18"))
+    os.makedirs(os.path.dirname(checkpoint))
+    torch.save(state_dict, checkpoint)
+    # A made-up state dict cannot carry the sha256 prefix torchvision's file name promises; that check has its own test.
+    monkeypatch.setattr(torchvision_weights, "_check_name", lambda arch, path: None)
+    said = []
+    weights = pretrained.resolve("resnet18", "imagenet", say=said.append)
+    assert weights.path == str(tmp_path / "keras/models/resnet18_imagenet_notop.weights.h5")
+    assert weights.scaling == "torch" and len(said) == 1 and said[0].startswith("weights: converting torchvision's")
+    model = models.build("resnet18", weights=weights, image_size=32)
+    np.testing.assert_array_equal(model.get_layer("conv1").get_weights()[0],
+                                  state_dict["conv1.weight"].numpy().transpose(2, 3, 1, 0))
+    said.clear()
+    assert pretrained.resolve("resnet18", "imagenet", say=said.append).path == weights.path and not said
 
 
 def run_tool(*args, timeout=300):

@@ -1,4 +1,4 @@
-"""Converts a torchvision ImageNet checkpoint into the Keras weights files that `--weights=imagenet` loads.
+r"""Converts a torchvision ImageNet checkpoint into the Keras weights files that `--weights=imagenet` loads.
 
   python tools/import_torchvision_weights.py --arch=resnet18 \
       --checkpoint=$HOME/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth
@@ -15,27 +15,35 @@ import sys
 from absl import app
 from absl import flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from octtl import architectures
+from octtl import pretrained
 
-from octtl import models  # noqa: E402  (after quieting TensorFlow)
-from octtl import torchvision_weights  # noqa: E402
-
-_ARCH = flags.DEFINE_enum("arch", None, list(torchvision_weights.SOURCES), "Network whose checkpoint it is.")
+_ARCH = flags.DEFINE_enum("arch", None, [name for name, entry in architectures.ARCHITECTURES.items()
+                                         if any(f.convert_from for f in entry.imagenet)],
+                          "Network whose checkpoint it is.")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "torchvision state dict (.pth); default: torch.hub's cached copy of the ImageNet one.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Folder for the Keras files; default: the Keras cache, $KERAS_HOME/models.")
 
-flags.mark_flag_as_required("arch")
+REQUIRED = ("arch",)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value is None]
+    if missing:
+        sys.exit(f"import_torchvision_weights: error: {', '.join(missing)} required")
+    from octtl import console
+
+    console.start_tensorflow()
+    from octtl import torchvision_weights
+
     arch = _ARCH.value
     checkpoint = os.path.expanduser(
-        _CHECKPOINT.value or models.torch_hub_checkpoint(torchvision_weights.checkpoint_url(arch)))
-    output_dir = os.path.expanduser(_OUTPUT_DIR.value or models.keras_models_dir())
+        _CHECKPOINT.value or pretrained.torch_hub_checkpoint(torchvision_weights.checkpoint_url(arch)))
+    output_dir = os.path.expanduser(_OUTPUT_DIR.value or pretrained.keras_models_dir())
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         sys.exit(f"import_torchvision_weights: error: --output_dir={output_dir}: not a directory")
     try:
@@ -48,9 +56,9 @@ def main(argv):
     except OSError as e:
         sys.exit(f"import_torchvision_weights: error: --output_dir={output_dir}: cannot write ({e})")
     print(f"{checkpoint}: {len(state_dict)} tensors -> {notop}, {top}")
-    searched = [d for d in (os.environ.get(models.WEIGHTS_DIR_ENV), models.keras_models_dir()) if d]
+    searched = [d for d in (os.environ.get(pretrained.WEIGHTS_DIR_ENV), pretrained.keras_models_dir()) if d]
     if os.path.abspath(output_dir) not in map(os.path.abspath, searched):
-        print(f"weights='imagenet' finds them with --weights_dir={output_dir} or {models.WEIGHTS_DIR_ENV}={output_dir}")
+        print(f"weights='imagenet' finds them with --weights_dir={output_dir} or {pretrained.WEIGHTS_DIR_ENV}={output_dir}")
 
 
 def run():
