@@ -61,7 +61,7 @@ def bare(config, metadata, fold):
 
 def octtl_run(config, fold):
     start = time.perf_counter()
-    result = training.train(config, fold, verbose=0)
+    result = training.train(config, fold, say=lambda line: None, progress=False)
     assert result["status"] == "ok", result
     return time.perf_counter() - start
 

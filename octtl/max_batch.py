@@ -12,14 +12,12 @@ and says so: that number is not a GPU's.
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app
+from absl import flags
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from octtl import architectures  # noqa: E402
-from octtl import batch_probe  # noqa: E402
-from octtl import experiments  # noqa: E402
+from octtl import architectures
+from octtl import batch_probe
+from octtl import experiments
 
 _ARCH = flags.DEFINE_enum("arch", "all", ["all", *architectures.ARCHITECTURES], "Network (Table I), or all.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input side in pixels; default each network's.",
@@ -40,6 +38,9 @@ def main(argv):
         if size < architectures.get(arch).min_input_size:
             sys.exit(f"max_batch: error: --image_size={size}: {arch} needs at least "
                      f"{architectures.get(arch).min_input_size}")
+    from octtl import console
+
+    console.start_tensorflow()
     import tensorflow as tf
 
     from octtl import training

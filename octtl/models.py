@@ -16,22 +16,26 @@ loads its own ImageNet files), and never partially: a missing layer, an extra la
 different number of classes; it then keeps its Glorot initialisation.
 """
 
-import hashlib
-import os
+import dataclasses
 import re
 import tempfile
 import zipfile
+from typing import Optional
 
 import h5py
 import keras
 import numpy as np
 from keras import layers
 
-from octtl import architectures
+from octtl import architectures, pretrained
+from octtl.errors import WeightsError
+from octtl.pretrained import IMAGENET_CLASSES, WEIGHTS_DIR_ENV  # noqa: F401  (part of this module's interface)
 
+# `auto` picks `backbone` for a known ImageNet file and `paper` otherwise (see `resolve_preprocess`).
 PREPROCESS = ("paper", "backbone")
+PREPROCESS_CHOICES = ("auto",) + PREPROCESS
 # Per-channel (R, G, B as the first conv sees them) scale and offset from 0..255 to what each family of
-# ImageNet weights was trained on; one Rescaling layer, so no weights and nothing to load.
+# ImageNet weights was trained on, and the paper's [-1, 1]; one Rescaling layer, so nothing to load.
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 BACKBONE_SCALING = {
@@ -39,15 +43,67 @@ BACKBONE_SCALING = {
     "torch": (1 / (255 * _IMAGENET_STD), -_IMAGENET_MEAN / _IMAGENET_STD),
     "caffe": (np.ones(3), -np.array([103.939, 116.779, 123.68])),  # BGR mean pixel; gray makes order moot
 }
+PAPER_SCALING = BACKBONE_SCALING["tf"]  # the paper's [-1, 1] is TensorFlow's convention
+SCALING_WORDS = {"paper": "[-1, 1]", "tf": "[-1, 1]", "torch": "[0, 1] then ImageNet mean/std",
+                 "caffe": "0..255 minus the ImageNet mean pixel"}
+INPUT_SCALING = "input_scaling"
+# Models saved before the scaling moved inside every model: backbone mode had this layer, paper mode none.
+LEGACY_BACKBONE_SCALING = "backbone_scaling"
 HEAD = "head"
 HEAD_SOFTMAX = "head_softmax"
-WEIGHTS_DIR_ENV = "OCTTL_WEIGHTS_DIR"
-IMPORT_TOOL = "tools/import_torchvision_weights.py"
-IMAGENET_CLASSES = 1000
 
 
-class WeightsError(Exception):
-    """Weights that cannot be found, fetched or loaded exactly into the network."""
+@dataclasses.dataclass(frozen=True)
+class InputScaling:
+    """How a model maps its 0..255 gray inputs: the resolved `--preprocess` and the family of numbers it uses."""
+
+    preprocess: str  # 'paper' or 'backbone'
+    family: str  # 'tf' (also the paper's [-1, 1]), 'torch' or 'caffe'
+
+    @property
+    def scale_offset(self):
+        return PAPER_SCALING if self.preprocess == "paper" else BACKBONE_SCALING[self.family]
+
+    def describe(self) -> str:
+        if self.preprocess == "paper":
+            return "paper ([-1, 1], as the paper fed every network)"
+        return f"backbone ({self.family}: {SCALING_WORDS[self.family]}, what the weights were trained on)"
+
+
+def resolve_preprocess(preprocess: str, weights: pretrained.Weights, arch: str) -> InputScaling:
+    """The input scaling a run uses: `auto` is `backbone` for a known ImageNet file, `paper` otherwise.
+
+    `paper` and `backbone` are taken as given; `backbone` without a known file uses the network's registry family.
+
+    Raises:
+        ValueError: An unknown `preprocess`.
+    """
+    if preprocess not in PREPROCESS_CHOICES:
+        raise ValueError(f"preprocess must be one of {PREPROCESS_CHOICES}; got {preprocess!r}")
+    if preprocess == "auto":
+        preprocess = "backbone" if weights.imagenet is not None else "paper"
+    family = weights.scaling or architectures.get(arch).preprocess
+    return InputScaling(preprocess, "tf" if preprocess == "paper" else family)
+
+
+def scaling_mismatch(scaling: InputScaling, weights_scaling: Optional[str]) -> Optional[float]:
+    """How many times the input range differs from what the weights were trained on, when over ten; else None.
+
+    Compares the spread of 0..255 after each scaling (the mean per-channel scale): the paper's [-1, 1] is 127.5
+    times narrower than the 0..255 that caffe-trained weights (VGG16, SqueezeNet) saw.
+    """
+    if weights_scaling is None:
+        return None
+    fed = float(np.mean(scaling.scale_offset[0]))
+    expected = float(np.mean(BACKBONE_SCALING[weights_scaling][0]))
+    ratio = max(fed, expected) / min(fed, expected)
+    return ratio if ratio > 10 else None
+
+
+def has_input_scaling(model) -> bool:
+    """Whether a (saved) model scales its 0..255 inputs itself; old paper-mode models expect [-1, 1] instead."""
+    names = {layer.name for layer in model.layers}
+    return INPUT_SCALING in names or LEGACY_BACKBONE_SCALING in names
 
 
 def build(
@@ -58,33 +114,31 @@ def build(
     weights_dir=None,
     trainable_from=None,
     freeze_batchnorm=None,
-    preprocess="paper",
+    preprocess="auto",
 ):
     """Builds a Table I network, head-swapped to `num_classes` unless that is ImageNet's 1000.
 
     Args:
-        arch: A key of `octtl.architectures.ARCHITECTURES`.
+        arch: A key of `octtl.architectures.ARCHITECTURES` (or the test-only networks).
         num_classes: Classes of the new head; 1000 keeps the whole ImageNet classifier instead.
-        weights: 'imagenet', 'none' (random initialisation) or the path of a `.weights.h5`, legacy Keras `.h5`
-            or `.keras` file. A path whose file name is one of the registry's ImageNet files counts as that file
-            for `preprocess='backbone'`.
+        weights: 'imagenet', 'none' (random initialisation), the path of a `.weights.h5`, legacy Keras `.h5`
+            or `.keras` file, or a `pretrained.Weights` already resolved.
         image_size: Square input size; defaults to the network's native one (Table I).
-        weights_dir: Directory searched first for ImageNet files; then $OCTTL_WEIGHTS_DIR, then the Keras
-            cache ($KERAS_HOME/models), then the file is downloaded where a public URL exists.
+        weights_dir: Directory searched first for ImageNet files (see `octtl.pretrained`).
         trainable_from: Name of the first trainable layer; the layers before it in `model.layers` (topological)
             order are frozen. None trains all.
         freeze_batchnorm: Freeze BatchNormalization layers (see module docstring); None freezes them exactly
             when weights are loaded.
-        preprocess: 'paper': inputs arrive already in [-1, 1] (the paper's scaling for every network);
-            'backbone': inputs arrive as 0..255 and a Rescaling layer maps them to what the network's ImageNet
-            weights expect (`Architecture.preprocess`, or the loaded ImageNet file's own `preprocess`).
+        preprocess: 'auto', 'paper' or 'backbone' (see `resolve_preprocess`), or an `InputScaling`. The model
+            always takes 0..255 gray and its first layer, `input_scaling`, maps it: to [-1, 1] ('paper') or to
+            what the weights were trained on ('backbone').
 
     Returns:
-        A keras.Model named `arch` mapping (batch, size, size, 1) images, uint8 gray or float, to
+        A keras.Model named `arch` mapping (batch, size, size, 1) images, uint8 gray or float 0..255, to
         (batch, num_classes) softmax probabilities.
 
     Raises:
-        ValueError: Unknown architecture, layer name, or an input size the network cannot take.
+        ValueError: Unknown architecture, layer name, preprocess, or an input size the network cannot take.
         WeightsError: Weights that cannot be found, fetched or loaded exactly.
     """
     entry = architectures.get(arch)
@@ -95,26 +149,23 @@ def build(
         raise ValueError(f"num_classes must be at least 2; got {num_classes}")
 
     swapped = num_classes != IMAGENET_CLASSES
-    path, weights_file = _weights_path(entry, weights, swapped, weights_dir)
+    if not isinstance(weights, pretrained.Weights):
+        weights = pretrained.resolve(arch, weights, num_classes, weights_dir)
+    scaling = preprocess if isinstance(preprocess, InputScaling) else resolve_preprocess(preprocess, weights, arch)
 
     image = keras.Input((size, size, 1), name="image")
     # The ImageNet weights expect three channels; the B-scans are gray.
     rgb = layers.Concatenate(name="gray_to_rgb")([image, image, image])
-    if preprocess == "backbone":
-        # SqueezeNet's two ImageNet sources (Caffe via Keras, torchvision) were trained on different scalings.
-        family = (weights_file and weights_file.preprocess) or entry.preprocess
-        scale, offset = BACKBONE_SCALING[family]
-        rgb = layers.Rescaling(scale.tolist(), offset.tolist(), name="backbone_scaling")(rgb)
-    elif preprocess != "paper":
-        raise ValueError(f"preprocess must be one of {PREPROCESS}; got {preprocess!r}")
+    scale, offset = scaling.scale_offset
+    rgb = layers.Rescaling(scale.tolist(), offset.tolist(), name=INPUT_SCALING)(rgb)
     model = keras.Model(image, entry.builder(rgb), name=entry.name)
     if swapped:
         model = _swap_head(model, entry.classifier, num_classes)
-    if path is not None:
-        _load_weights(model, path, entry, swapped)
+    if weights.path is not None:
+        _load_weights(model, weights.path, entry, swapped)
 
     if freeze_batchnorm is None:
-        freeze_batchnorm = path is not None
+        freeze_batchnorm = weights.path is not None
     for layer in model.layers:
         if freeze_batchnorm and isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
@@ -125,31 +176,6 @@ def build(
         for layer in model.layers[: names.index(trainable_from)]:
             layer.trainable = False
     return model
-
-
-def imagenet_weights_path(arch, num_classes=2, weights_dir=None):
-    """The local ImageNet weights file `build(arch, weights='imagenet')` would load, fetching it if it can."""
-    entry = architectures.get(arch)
-    return _find_imagenet(entry, num_classes != IMAGENET_CLASSES, weights_dir)[1]
-
-
-def keras_models_dir():
-    """The Keras cache, $KERAS_HOME/models: searched by `weights='imagenet'`, where downloads and conversions go."""
-    return os.path.join(_keras_home(), "models")
-
-
-def torch_hub_checkpoint(url):
-    """Where torch.hub (hence any torchvision download) caches the checkpoint at `url`."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "torch"
-    )
-    return os.path.join(torch_home, "hub", "checkpoints", url.rsplit("/", 1)[-1])
-
-
-def import_command(arch):
-    """The command that converts `arch`'s torchvision checkpoint into the files `weights='imagenet'` finds."""
-    url = next(f.convert_from for f in architectures.get(arch).imagenet if f.convert_from)
-    return f"python {IMPORT_TOOL} --arch={arch} --checkpoint={torch_hub_checkpoint(url)}"
 
 
 def _activation_name(layer):
@@ -192,93 +218,6 @@ def _swap_head(full, classifier, num_classes):
     # float32 so that mixed-precision training still computes probabilities and loss in full precision.
     outputs = layers.Activation("softmax", dtype="float32", name=HEAD_SOFTMAX)(x)
     return keras.Model(full.input, outputs, name=full.name)
-
-
-def _keras_home():
-    return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-
-
-def _weights_path(entry, weights, swapped, weights_dir):
-    """Resolves `weights` to (local file, its registry WeightsFile or None); (None, None) for random weights."""
-    if weights is None or weights == "none":
-        return None, None
-    if weights == "imagenet":
-        weights_file, path = _find_imagenet(entry, swapped, weights_dir)
-        return path, weights_file
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights={path!r}: no such file (expected 'imagenet', 'none' or a weights file)")
-    known = [f for f in entry.imagenet if f.file_name == os.path.basename(path)]
-    return path, (known[0] if known else None)
-
-
-def _file_hash(path, expected):
-    hasher = hashlib.md5() if len(expected) == 32 else hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def _find_imagenet(entry, swapped, weights_dir):
-    """Finds `entry`'s ImageNet file locally, else downloads it, else says where to put it or how to make it.
-
-    Returns:
-        (the registry's WeightsFile, local path).
-    """
-    candidates = [f for f in entry.imagenet if swapped or f.has_classifier]
-    if not candidates:
-        raise WeightsError(
-            f"The ImageNet weights of {entry.name} lack the 1000-class classifier; build with num_classes != 1000"
-        )
-    directories = [d for d in (weights_dir, os.environ.get(WEIGHTS_DIR_ENV)) if d]
-    directories.append(keras_models_dir())
-    for candidate in candidates:
-        for directory in directories:
-            path = os.path.join(directory, candidate.file_name)
-            if os.path.isfile(path):
-                if candidate.file_hash and _file_hash(path, candidate.file_hash) != candidate.file_hash:
-                    raise WeightsError(
-                        f"{path} is not {entry.name}'s ImageNet file: its checksum is not {candidate.file_hash}"
-                    )
-                return candidate, path
-
-    where = " or ".join(directories)
-    converted = [f for f in entry.imagenet if f.convert_from]
-    convert = ""
-    if converted:
-        convert = (
-            f"convert torchvision's checkpoint {converted[0].convert_from} once with `{import_command(entry.name)}`, "
-            f"which writes {' and '.join(f.file_name for f in converted)} into {keras_models_dir()}"
-        )
-    downloadable = [f for f in candidates if f.url]
-    if not downloadable:
-        without_classifier = [f.file_name for f in entry.imagenet if not f.has_classifier and not f.convert_from]
-        if not swapped and without_classifier:
-            reason = f"{', '.join(without_classifier)} lacks the 1000-class classifier that num_classes=1000 keeps"
-        else:
-            reason = "no ready-made Keras file exists"
-        remedy = convert or f"put {candidates[0].file_name} there"
-        raise WeightsError(
-            f"No ImageNet weights for {entry.name} in {where}: {reason}. {remedy[0].upper()}{remedy[1:]}; "
-            "or pass weights=<path>."
-        )
-    wanted = downloadable[0]
-    try:
-        path = keras.utils.get_file(
-            wanted.file_name,
-            wanted.url,
-            file_hash=wanted.file_hash,
-            cache_subdir="models",
-            cache_dir=_keras_home(),
-        )
-    except Exception as error:  # Keras reports an unreachable URL as a plain Exception.
-        alternative = f" Or {convert}." if convert else ""
-        raise WeightsError(
-            f"Could not fetch {entry.name}'s ImageNet weights {wanted.file_name} from {wanted.url} ({error}). "
-            f"Offline, download that file elsewhere and put it in {where}, or pass weights=<path>.{alternative}"
-        ) from error
-    return wanted, path
 
 
 def _snake_case(name):

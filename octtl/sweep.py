@@ -1,4 +1,4 @@
-"""Runs the paper's study: every network x batch size x design x fold, one `octtl.train` process per run.
+r"""Runs the paper's study: every network x batch size x design x fold, one `octtl.train` process per run.
 
   python -m octtl.sweep --flagfile=flags/paper_sweep.cfg [--dry_run]
   python -m octtl.sweep --data_dir=data/records --logdir=runs --archs=vgg16,alexnet --batches=8,16 \
@@ -32,11 +32,10 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from octtl import architectures  # noqa: E402
-from octtl import data  # noqa: E402
 from octtl import experiments  # noqa: E402
 from octtl import folds as folds_lib  # noqa: E402
 from octtl import train as _train  # noqa: E402  (defines the training flags, which pass through to each run)
-from octtl.volumes import InputError  # noqa: E402
+from octtl.errors import InputError  # noqa: E402
 
 _ARCHS = flags.DEFINE_list("archs", ["all"], "Networks: all, or a comma-separated list of Table I names.")
 _BATCHES = flags.DEFINE_list("batches", ["auto"],
@@ -119,6 +118,8 @@ def fit_to_data(runs, data_dir, designs):
 
     Every task computes the same split from the same records, so the plan stays the same on every machine.
     """
+    from octtl import data
+
     metadata = data.read_metadata(data_dir)
     groups = metadata.volume_ids if _value("group_by_volume") else None
     smallest = experiments.smallest_train_sets(metadata.labels, designs, _value("folds"), _value("seed"), groups)
@@ -151,6 +152,9 @@ def main(argv):
     runs = experiments.plan(designs, archs, batches, _value("folds"))
     if data_dir is not None:
         try:
+            from octtl import console
+
+            console.start_tensorflow()  # reading the records' index imports TensorFlow: quietly
             runs, dropped = fit_to_data(runs, data_dir, designs)
         except (InputError, ValueError) as e:
             sys.exit(f"sweep: error: {e}")

@@ -7,24 +7,21 @@ Results land in LOGDIR/{design}/{arch}/batch{batch}/fold{fold}/ (result.json, pr
 flags.txt, best.keras, TensorBoard events); `tensorboard --logdir=LOGDIR` shows them.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app
+from absl import flags
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from octtl import architectures  # noqa: E402
-from octtl import folds  # noqa: E402
+from octtl import architectures
+from octtl import protocol
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Records written by tools/to_tfrecord.py.")
 _LOGDIR = flags.DEFINE_string("logdir", "runs", "Root of the run folders and TensorBoard logs.")
 _ARCH = flags.DEFINE_enum("arch", None, list(architectures.ARCHITECTURES), "Network (Table I).")
 _BATCH = flags.DEFINE_integer("batch", None, "Mini-batch size.", lower_bound=1)
-_DESIGN = flags.DEFINE_enum("design", "baseline", list(folds.DESIGNS),
+_DESIGN = flags.DEFINE_enum("design", protocol.DESIGNS[0], list(protocol.DESIGNS),
                             "baseline: train 9 folds, validate 1 (90/10); limited: train 1, validate 9.")
-_FOLDS = flags.DEFINE_integer("folds", 10, "Cross-validation folds.", lower_bound=2)
+_FOLDS = flags.DEFINE_integer("folds", protocol.FOLDS, "Cross-validation folds.", lower_bound=2)
 _FOLD = flags.DEFINE_integer("fold", 0, "Fold to run; -1 runs every fold in turn.", lower_bound=-1)
 _WEIGHTS = flags.DEFINE_string("weights", "imagenet", "imagenet, none (random init) or a weights file.")
 _WEIGHTS_FALLBACK = flags.DEFINE_enum(
@@ -32,20 +29,24 @@ _WEIGHTS_FALLBACK = flags.DEFINE_enum(
     "With --weights=imagenet: if the ImageNet file cannot be had, say so and train from scratch. "
     "Unset (the default), missing weights are an error.")
 _WEIGHTS_DIR = flags.DEFINE_string("weights_dir", None, "Folder searched first for ImageNet weights files.")
-_LR = flags.DEFINE_float("lr", 1e-4, "SGD learning rate.")
-_MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-_MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 10, "Epoch limit.", lower_bound=1)
-_CHECKS_PER_EPOCH = flags.DEFINE_integer("checks_per_epoch", 2, "Validation-loss checks per epoch.", lower_bound=1)
-_PATIENCE = flags.DEFINE_integer("patience", 5, "Stop after more than this many checks without improvement.",
-                                 lower_bound=0)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of folds, shuffling and initialisation.")
+_LR = flags.DEFINE_float("lr", protocol.LR, "SGD learning rate.")
+_MOMENTUM = flags.DEFINE_float("momentum", protocol.MOMENTUM, "SGD momentum.")
+_MAX_EPOCHS = flags.DEFINE_integer("max_epochs", protocol.MAX_EPOCHS, "Epoch limit.", lower_bound=1)
+_CHECKS_PER_EPOCH = flags.DEFINE_integer("checks_per_epoch", protocol.CHECKS_PER_EPOCH,
+                                         "Validation-loss checks per epoch.", lower_bound=1)
+_PATIENCE = flags.DEFINE_integer("patience", protocol.PATIENCE,
+                                 "Stop after more than this many checks without improvement.", lower_bound=0)
+_SEED = flags.DEFINE_integer("seed", protocol.SEED, "Seed of folds, shuffling and initialisation.")
 _GROUP_BY_VOLUME = flags.DEFINE_bool("group_by_volume", False,
-                                     "Keep each volume's B-scans in one fold (the paper did not).")
+                                     "Keep each volume's (or patient's) B-scans in one fold (the paper did not).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input side in pixels; default the network's.")
-_PREPROCESS = flags.DEFINE_enum("preprocess", "paper", ["paper", "backbone"],
-                                "paper: [-1, 1] for every network; backbone: each network's ImageNet scaling.")
+_PREPROCESS = flags.DEFINE_enum(
+    "preprocess", "auto", ["auto", "paper", "backbone"],
+    "auto: backbone for known ImageNet weights, paper otherwise; paper: [-1, 1] for every network (the paper); "
+    "backbone: the scaling the network's ImageNet weights were trained with.")
 _CROP = flags.DEFINE_enum("crop", "center", ["center", "resize"], "center: the paper's crop; resize: whole B-scan.")
-_EVAL_BATCH = flags.DEFINE_integer("eval_batch", None, "Validation batch size; default max(2*batch, 64).",
+_EVAL_BATCH = flags.DEFINE_integer("eval_batch", None,
+                                   f"Validation batch size; default max(2*batch, {protocol.MIN_EVAL_BATCH}).",
                                    lower_bound=1)
 _MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "float16 compute on GPU; softmax stays float32.")
 _JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
@@ -63,35 +64,20 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Redo a run that already has 
 REQUIRED = ("data_dir", "arch", "batch")
 
 
-def config_from_flags(fold: int, weights: str):
+def config_from_flags():
+    """The run settings the flags give, as octtl.training's plain Config."""
     from octtl import training
 
     return training.Config(
         data_dir=_DATA_DIR.value, logdir=_LOGDIR.value, arch=_ARCH.value, batch=_BATCH.value,
-        design=_DESIGN.value, folds=_FOLDS.value, fold=fold, weights=weights,
-        weights_dir=_WEIGHTS_DIR.value, lr=_LR.value, momentum=_MOMENTUM.value,
-        max_epochs=_MAX_EPOCHS.value, checks_per_epoch=_CHECKS_PER_EPOCH.value, patience=_PATIENCE.value,
-        seed=_SEED.value, group_by_volume=_GROUP_BY_VOLUME.value, image_size=_IMAGE_SIZE.value,
-        preprocess=_PREPROCESS.value, crop=_CROP.value, eval_batch=_EVAL_BATCH.value,
+        design=_DESIGN.value, folds=_FOLDS.value, fold=_FOLD.value, weights=_WEIGHTS.value,
+        weights_fallback=_WEIGHTS_FALLBACK.value, weights_dir=_WEIGHTS_DIR.value, lr=_LR.value,
+        momentum=_MOMENTUM.value, max_epochs=_MAX_EPOCHS.value, checks_per_epoch=_CHECKS_PER_EPOCH.value,
+        patience=_PATIENCE.value, seed=_SEED.value, group_by_volume=_GROUP_BY_VOLUME.value,
+        image_size=_IMAGE_SIZE.value, preprocess=_PREPROCESS.value, crop=_CROP.value, eval_batch=_EVAL_BATCH.value,
         mixed_precision=_MIXED_PRECISION.value, jit_compile=_JIT_COMPILE.value, strategy=_STRATEGY.value,
         early_stop=_EARLY_STOP.value, max_iterations=_MAX_ITERATIONS.value, eval_every=_EVAL_EVERY.value,
         overwrite=_OVERWRITE.value)
-
-
-def resolve_weights() -> str:
-    """--weights, or 'none' with one line of explanation when the fallback is asked for and needed."""
-    from octtl import models
-
-    weights = _WEIGHTS.value
-    if weights != "imagenet" or _WEIGHTS_FALLBACK.value is None:
-        return weights
-    try:
-        models.imagenet_weights_path(_ARCH.value, weights_dir=_WEIGHTS_DIR.value)
-    except models.WeightsError as e:
-        print(f"train: ImageNet weights for {_ARCH.value} unavailable ({str(e).splitlines()[0]}); "
-              f"--weights_fallback=none: training from scratch", file=sys.stderr)
-        return "none"
-    return weights
 
 
 def main(argv):
@@ -100,24 +86,28 @@ def main(argv):
     missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value is None]
     if missing:
         sys.exit(f"train: error: {', '.join(missing)} required")
-    from octtl import models, training
-    from octtl.volumes import InputError
+    if _FOLD.value >= _FOLDS.value:
+        sys.exit(f"train: error: --fold={_FOLD.value}: must be in 0..{_FOLDS.value - 1} or -1")
+    from octtl import console
 
-    gpus = training.configure_devices(_MIXED_PRECISION.value)
-    print(f"train: {len(gpus)} GPU(s)" + (", mixed precision" if _MIXED_PRECISION.value else ""),
-          file=sys.stderr)
+    gpus = console.start_tensorflow()
+    from octtl import training
+    from octtl.errors import InputError, WeightsError
+
+    training.configure_devices(_MIXED_PRECISION.value)
+    if gpus:
+        print(f"train: {len(gpus)} GPU(s)" + (", mixed precision" if _MIXED_PRECISION.value else ""), flush=True)
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    config = config_from_flags()
     try:
-        weights = resolve_weights()
-        fold_list = list(range(_FOLDS.value)) if _FOLD.value == -1 else [_FOLD.value]
-        if fold_list[-1] >= _FOLDS.value:
-            raise InputError(f"--fold={_FOLD.value}: must be in 0..{_FOLDS.value - 1} or -1")
-        training.write_hparams_config(_LOGDIR.value)
+        fold_list = list(range(config.folds)) if config.fold == -1 else [config.fold]
+        training.write_hparams_config(config.logdir)
         failed = 0
         for fold in fold_list:
-            result = training.train(config_from_flags(fold, weights), fold, flags.FLAGS.flags_into_string())
-            print(training.summary_line(result), flush=True)
+            result = training.train(config, fold, say=say)
+            say(training.summary_line(result))
             failed += result["status"] != "ok"
-    except (InputError, models.WeightsError) as e:
+    except (InputError, WeightsError) as e:
         sys.exit(f"train: error: {e}")
     if failed:
         sys.exit(1)

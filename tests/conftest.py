@@ -15,6 +15,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The SqueezeNet v1.1 ImageNet file packaged with octtl, under the registry's name; the shared copy beside a
+# checkout carries another name (tests that need a file under a foreign name copy this one).
+SQUEEZENET_H5 = REPO / "octtl" / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
 def write_volume(folder, oct_array, reference=None, spacing=(0.0113, 0.0039, 0.12)):
@@ -48,3 +51,54 @@ def small_volumes(tmp_path):
         write_volume(root / "RETOUCH-TrainingSet-Spectralis" / vid, volume, reference)
         arrays[vid] = (volume, reference)
     return root, arrays
+
+
+HELDOUT_VOLUMES, BSCANS, SIDE = 6, 20, 128
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> pathlib.Path:
+    """Run folder of a SqueezeNet fine-tuned from ImageNet on 12 synthetic volumes (128 px B-scans resized to 96).
+
+    The one trained model of the session (about 10 s on 2 cores): predict, export and Grad-CAM tests share it.
+    The run folder is what octtl.train writes (best.keras beside result.json); `auto` scaling is the weights'.
+    """
+    from octtl import records, synthetic, training
+
+    root = tmp_path_factory.mktemp("octtl-trained")
+    synthetic.write_dataset(root / "volumes", volumes=12, bscans=BSCANS, height=SIDE, width=SIDE, seed=3)
+    records.convert(root / "volumes", root / "records", progress=None)
+    config = training.Config(data_dir=str(root / "records"), logdir=str(root / "runs"), arch="squeezenet", batch=16,
+                             folds=5, weights="imagenet", group_by_volume=True, image_size=96, crop="resize",
+                             max_epochs=4)
+    result = training.train(config, 0, say=lambda line: None, progress=False)
+    assert result["status"] == "ok" and result["preprocess"] == "backbone", result
+    return pathlib.Path(result["run_dir"])
+
+
+@pytest.fixture(scope="session")
+def heldout(tmp_path_factory) -> pathlib.Path:
+    """Six volumes of another seed than the training data: none of them was seen in training."""
+    from octtl import synthetic
+
+    root = tmp_path_factory.mktemp("octtl-heldout")
+    synthetic.write_dataset(root, volumes=HELDOUT_VOLUMES, bscans=BSCANS, height=SIDE, width=SIDE, seed=11)
+    return root
+
+
+def fake_run(folder, arch="squeezenet", image_size=64, crop="center", preprocess="paper") -> pathlib.Path:
+    """An untrained model saved as octtl.train saves one (best.keras + result.json); returns the model path."""
+    import json
+
+    import keras
+
+    from octtl import models, training
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(1)
+    model = models.build(arch, weights="none", image_size=image_size, preprocess=preprocess)
+    model.save(folder / training.BEST_MODEL)
+    (folder / training.RESULT).write_text(json.dumps(
+        {"arch": arch, "image_size": image_size, "crop": crop, "preprocess": preprocess, "status": "ok"}))
+    return folder / training.BEST_MODEL

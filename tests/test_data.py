@@ -33,7 +33,7 @@ def test_metadata_from_index_equals_records(converted):
     meta = data.read_metadata(out)
     scanned = data.scan_metadata(out)
     assert len(meta) == 18
-    for field in ("labels", "volume_ids", "slices", "vendors", "irf", "srf", "ped"):
+    for field in ("labels", "volume_ids", "slices", "vendors", "irf", "srf", "ped", "sources"):
         np.testing.assert_array_equal(getattr(meta, field), getattr(scanned, field))
     assert meta.labels.tolist() == [int(r.any()) for r in references]
     assert meta.volume_ids.tolist() == [f"TRAIN{25 + i // 6:03d}" for i in range(18)]
@@ -50,22 +50,22 @@ def test_eval_dataset_order_and_pixels(converted, size):
         labels.append(y.numpy())
     images, labels = np.concatenate(images), np.concatenate(labels)
     order = sorted(indices)
-    assert images.shape == (5, size, size, 1) and images.dtype == np.float32
+    # uint8 crops: the models scale their inputs themselves.
+    assert images.shape == (5, size, size, 1) and images.dtype == np.uint8
     assert labels.tolist() == [int(references[i].any()) for i in order]
     for image, i in zip(images, order):
-        expected = center(eight_bit[i], size).astype(np.float32) / 127.5 - 1.0
-        np.testing.assert_allclose(image[..., 0], expected, atol=1e-6)
+        np.testing.assert_array_equal(image[..., 0], center(eight_bit[i], size))
 
 
-def test_uint8_and_resize_modes(converted):
+def test_paper_rescale_and_resize_modes(converted):
     out, eight_bit, _ = converted
-    x, _ = next(iter(data.dataset(out, [0], 24, 1, training=False, rescale_mode="none")))
-    assert x.dtype.name == "uint8"
-    np.testing.assert_array_equal(x.numpy()[0, ..., 0], center(eight_bit[0], 24))
+    x, _ = next(iter(data.dataset(out, [0], 24, 1, training=False, rescale_mode="paper")))
+    assert x.dtype.name == "float32"
+    np.testing.assert_allclose(x.numpy()[0, ..., 0], center(eight_bit[0], 24) / 127.5 - 1.0, atol=1e-6)
     x, _ = next(iter(data.dataset(out, [0], 24, 1, training=False, crop_mode="resize")))
     assert x.shape == (1, 24, 24, 1)
     # A resize keeps the whole B-scan: its mean brightness stays that of the full image.
-    assert abs((x.numpy().mean() + 1) * 127.5 - eight_bit[0].mean()) < 2.0
+    assert abs(x.numpy().mean() - eight_bit[0].mean()) < 2.0
 
 
 def test_training_reshuffles_every_epoch_deterministically(converted):

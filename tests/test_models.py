@@ -1,7 +1,5 @@
 """build(): the ten Table I networks, the paper's head swap, and strict weight loading."""
 
-import os
-import pathlib
 import shutil
 
 import h5py
@@ -9,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import SQUEEZENET_H5
 from octtl import architectures, models
 
 # Learnable parameters of the 1000-class networks, millions: Table I, except googlenet (see the registry).
@@ -37,11 +36,8 @@ SMALL_SIZE = {
     "mobilenetv2": 32,
     "squeezenet": 32,
 }
-SQUEEZENET_H5 = pathlib.Path(__file__).resolve().parents[2] / "shared/weights/squeezenet_v1.1_imagenet_notop.h5"
-SQUEEZENET_FILE = architectures.get("squeezenet").imagenet[0].file_name
 # Keras' tensor conversion under numpy 2, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
-needs_squeezenet_h5 = pytest.mark.skipif(not SQUEEZENET_H5.is_file(), reason=f"{SQUEEZENET_H5} not present")
 
 
 def learnable_params(model):
@@ -160,7 +156,6 @@ def test_legacy_file_with_other_layer_names_loads_by_order(tmp_path):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(old), keras.ops.convert_to_numpy(new))
 
 
-@needs_squeezenet_h5
 def test_squeezenet_loads_the_real_imagenet_weights():
     model = models.build("squeezenet", weights=str(SQUEEZENET_H5))
     loaded = 0
@@ -180,69 +175,8 @@ def test_squeezenet_loads_the_real_imagenet_weights():
     assert not np.allclose(*(keras.ops.convert_to_numpy(a) for a in activations), atol=1e-3)
 
 
-@needs_squeezenet_h5
-@pytest.mark.parametrize("place", ["weights_dir", "env", "keras_cache"])
-def test_imagenet_file_is_found_offline(place, tmp_path, monkeypatch):
-    directory = tmp_path / ("keras/models" if place == "keras_cache" else "weights")
-    directory.mkdir(parents=True)
-    (directory / SQUEEZENET_FILE).symlink_to(SQUEEZENET_H5)  # checked by sha256 on the way in
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.delenv(models.WEIGHTS_DIR_ENV, raising=False)
-    if place == "env":
-        monkeypatch.setenv(models.WEIGHTS_DIR_ENV, str(directory))
-    monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: pytest.fail("must not download"))
-
-    weights_dir = str(directory) if place == "weights_dir" else None
-    model = models.build("squeezenet", weights="imagenet", image_size=32, weights_dir=weights_dir)
-    with h5py.File(SQUEEZENET_H5, "r") as f:
-        np.testing.assert_array_equal(model.get_layer("conv1").get_weights()[0], f["conv1/uniform1"])
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """No weights anywhere, and downloads fail the way Keras reports them without network."""
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.delenv(models.WEIGHTS_DIR_ENV, raising=False)
-
-    def no_network(fname, origin, **kwargs):
-        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(keras.utils, "get_file", no_network)
-
-
-@pytest.mark.parametrize("arch", ["squeezenet", "inceptionv3", "vgg16"])
-def test_offline_download_failure_says_what_to_put_where(arch, offline, tmp_path):
-    wanted = architectures.get(arch).imagenet[0].file_name
-    with pytest.raises(models.WeightsError, match="URL fetch failure") as error:
-        models.build(arch, weights="imagenet", weights_dir=str(tmp_path / "weights"))
-    assert wanted in str(error.value)
-    assert str(tmp_path / "weights") in str(error.value) and "weights=<path>" in str(error.value)
-
-
-@pytest.mark.parametrize("arch", ["alexnet", "resnet18", "googlenet"])
-def test_imagenet_for_torchvision_nets_names_the_checkpoint(arch, offline):
-    with pytest.raises(models.WeightsError, match=r"download\.pytorch\.org/models/.*\.pth") as error:
-        models.build(arch, weights="imagenet")
-    assert f"{arch}_imagenet.weights.h5" in str(error.value)
-
-
-def test_squeezenet_imagenet_has_no_1000_class_classifier(offline):
-    with pytest.raises(models.WeightsError, match="num_classes"):
-        models.build("squeezenet", num_classes=1000, weights="imagenet")
-
-
-def test_wrong_imagenet_file_fails_its_checksum(offline, tmp_path):
-    directory = tmp_path / "weights"
-    directory.mkdir()
-    models.build("squeezenet", image_size=32).save(str(directory / SQUEEZENET_FILE))
-    with pytest.raises(models.WeightsError, match="checksum"):
-        models.build("squeezenet", weights="imagenet", weights_dir=str(directory))
-
-
 @pytest.fixture
 def squeezenet_h5_copy(tmp_path):
-    if not SQUEEZENET_H5.is_file():
-        pytest.skip(f"{SQUEEZENET_H5} not present")
     path = tmp_path / "squeezenet.h5"
     shutil.copyfile(SQUEEZENET_H5, path)
     return path

@@ -16,13 +16,13 @@ from absl import flags
 from absl.testing import flagsaver
 from sklearn import metrics
 
-from conftest import REPO
+from conftest import REPO, SQUEEZENET_H5
 from octtl import records, synthetic, train, training
 
-SQUEEZENET_H5 = REPO.parent / "shared" / "weights" / "squeezenet_v1.1_imagenet_notop.h5"
-RESULT_KEYS = {"arch", "batch", "design", "fold", "folds", "seed", "weights", "image_size", "train_size",
-               "val_size", "best_accuracy", "best_auc", "iterations_to_best", "iterations", "epochs",
-               "early_stopped", "checks", "wall_seconds", "train_images_per_second", "status"}
+RESULT_KEYS = {"arch", "batch", "design", "fold", "folds", "seed", "weights", "weights_file", "weights_scaling",
+               "image_size", "preprocess", "crop", "train_size", "val_size", "majority_rate", "best_accuracy",
+               "best_auc", "iterations_to_best", "iterations", "epochs", "early_stopped", "checks", "wall_seconds",
+               "train_images_per_second", "status"}
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,7 @@ def read_events(run_dir):
 @pytest.fixture(scope="module")
 def finished_run(records_dir, tmp_path_factory):
     logdir = tmp_path_factory.mktemp("runs")
-    weights = str(SQUEEZENET_H5) if SQUEEZENET_H5.is_file() else "none"
-    run_train(*small_args(records_dir, logdir, f"--weights={weights}", "--eval_every=5"))
+    run_train(*small_args(records_dir, logdir, f"--weights={SQUEEZENET_H5}", "--eval_every=5"))
     return logdir / "baseline" / "squeezenet" / "batch8" / "fold0"
 
 
@@ -86,7 +85,8 @@ def test_outputs_are_complete_and_consistent(finished_run):
 
     with open(finished_run / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["volume_id", "slice", "label", "p_fluid"]
+    assert list(rows[0]) == ["volume_id", "slice", "label", "p_fluid", "source"]
+    assert [r["source"] for r in rows] == [f"{r['volume_id']}:{r['slice']}" for r in rows]
     assert len(rows) == result["val_size"]
     labels = np.array([int(r["label"]) for r in rows])
     p = np.array([float(r["p_fluid"]) for r in rows])
@@ -97,8 +97,19 @@ def test_outputs_are_complete_and_consistent(finished_run):
     model = keras.saving.load_model(finished_run / "best.keras")
     meta_rows = [(r["volume_id"], int(r["slice"])) for r in rows]
     assert len(set(meta_rows)) == len(rows)
-    assert "--arch=squeezenet" in (finished_run / "flags.txt").read_text().splitlines()
     assert model.output_shape == (None, 2)
+    # The packaged file under its registry name: a known ImageNet file, so auto resolved to its caffe scaling.
+    assert (result["weights_scaling"], result["preprocess"]) == ("caffe", "backbone")
+    assert result["majority_rate"] == max(labels.mean(), 1 - labels.mean())
+
+
+def test_flags_txt_holds_octtls_flags_with_the_values_used(finished_run):
+    lines = (finished_run / "flags.txt").read_text().splitlines()
+    names = [line[2:].split("=", 1)[0] for line in lines]
+    train_flags = {f.name for f in flags.FLAGS.get_flags_for_module(train)}
+    assert set(names) <= train_flags and len(names) == len(set(names))
+    assert {"--arch=squeezenet", "--fold=0", "--preprocess=backbone", "--image_size=64", "--batch=8",
+            "--lr=0.0001"} <= set(lines)
 
 
 def test_best_model_reproduces_predictions(finished_run, records_dir):
@@ -133,8 +144,7 @@ def test_rerun_is_a_noop_and_overwrite_redoes(finished_run, records_dir, capsys)
     logdir = finished_run.parents[3]
     before = (finished_run / "result.json").read_text()
     mtime = (finished_run / "result.json").stat().st_mtime_ns
-    weights = str(SQUEEZENET_H5) if SQUEEZENET_H5.is_file() else "none"
-    run_train(*small_args(records_dir, logdir, f"--weights={weights}", "--eval_every=5"))
+    run_train(*small_args(records_dir, logdir, f"--weights={SQUEEZENET_H5}", "--eval_every=5"))
     assert "(already done)" in capsys.readouterr().out
     assert (finished_run / "result.json").stat().st_mtime_ns == mtime
     assert (finished_run / "result.json").read_text() == before
