@@ -190,27 +190,30 @@ def to_bscan(heatmap: np.ndarray, shape, crop: str) -> np.ndarray:
 
 
 def overlay(bscan: np.ndarray, heatmap: np.ndarray, box=None, mask=None) -> np.ndarray:
-    """An RGB uint8 picture of a B-scan under its heatmap (jet, more opaque where hotter).
+    """An RGB uint8 picture of a B-scan under its heatmap: heat shows only where it is, brightest where hottest.
+
+    The colormap is inferno, perceptually ordered from black through red to pale yellow, so the hottest cell is
+    also the brightest (jet's maximum is a dark maroon); opacity grows with heat, so cold areas show the B-scan.
 
     Args:
       bscan: (rows, cols) uint8.
       heatmap: (rows, cols) in [0, 1], as `to_bscan` gives.
-      box: (top, bottom, left, right) of the heatmap maximum's cell (`cell_box`), outlined in magenta.
-      mask: reference fluid (bool), outlined in white so a reader sees whether the maximum is on it.
+      box: (top, bottom, left, right) of the heatmap maximum's cell (`cell_box`), outlined in cyan.
+      mask: reference fluid (bool), outlined in green so a reader sees whether the maximum is on it.
     """
     from matplotlib import colormaps  # Only overlays need matplotlib.
 
     gray = np.repeat(bscan.astype(np.float32)[..., None] / 255.0, 3, axis=2)
-    colour = colormaps["jet"](heatmap)[..., :3].astype(np.float32)
-    alpha = 0.6 * heatmap[..., None]
+    colour = colormaps["inferno"](heatmap)[..., :3].astype(np.float32)
+    alpha = 0.75 * heatmap[..., None]
     picture = (1.0 - alpha) * gray + alpha * colour
     if mask is not None and mask.any():
         padded = np.pad(mask, 1, mode="edge")
         interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
-        picture[mask & ~interior] = 1.0
+        picture[mask & ~interior] = np.array([0.0, 1.0, 0.0], np.float32)
     if box is not None:
         top, bottom, left, right = box
-        magenta = np.array([1.0, 0.0, 1.0], np.float32)
-        picture[top, left:right] = picture[bottom - 1, left:right] = magenta
-        picture[top:bottom, left] = picture[top:bottom, right - 1] = magenta
+        cyan = np.array([0.0, 1.0, 1.0], np.float32)
+        picture[top, left:right] = picture[bottom - 1, left:right] = cyan
+        picture[top:bottom, left] = picture[top:bottom, right - 1] = cyan
     return np.rint(np.clip(picture, 0.0, 1.0) * 255.0).astype(np.uint8)

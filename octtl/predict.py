@@ -1,22 +1,19 @@
-"""Predicts macular fluid on new OCT data with a trained octtl model, optionally with Grad-CAM overlays.
+r"""Predicts macular fluid on new OCT data with a trained octtl model, optionally with Grad-CAM overlays.
 
-  python -m octtl.predict --model=runs/demo/baseline/squeezenet/batch16/fold0/best.keras \
-      --input=data/synthetic --output=predictions.csv [--gradcam_dir=gradcam] [--threshold=0.5]
+  python -m octtl.predict --model=runs/baseline/squeezenet/batch16/fold0/best.keras \
+      --input=data/synthetic --output=predictions.csv [--gradcam_dir=gradcam] [--threshold=0.5] [--overwrite]
 
 --input is one .mhd volume, a folder of volumes (RETOUCH layout, reference optional), a TFRecord folder or
-image files; the crop and rescaling are the model's own, read from the result.json of its run. Writes
-predictions.csv (volume_id,slice,p_fluid,prediction[,label]) and the per-volume summary
+image files; the crop and scaling are the model's own, read from the result.json of its run. Writes
+predictions.csv (volume_id,slice,p_fluid,prediction,source[,label]) and the per-volume summary
 <output stem>_volumes.csv beside it, and prints the summary, accuracy/AUC when labels exist and, with
---gradcam_dir and reference masks, the Grad-CAM pointing game.
+--gradcam_dir and reference masks, the Grad-CAM pointing game. Existing outputs are refused without --overwrite.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import app
+from absl import flags
 
 _MODEL = flags.DEFINE_string("model", None, "best.keras of an octtl run (its result.json beside it).")
 _INPUT = flags.DEFINE_string("input", None, "A .mhd volume, a folder of volumes, a TFRecord folder or image files.")
@@ -25,20 +22,31 @@ _GRADCAM_DIR = flags.DEFINE_string("gradcam_dir", None,
                                    "Absent or empty folder for Grad-CAM PNGs of the B-scans predicted fluid.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "A B-scan is predicted fluid when p_fluid > threshold.",
                                 lower_bound=0.0, upper_bound=1.0)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
 
-flags.mark_flags_as_required(["model", "input"])
+REQUIRED = ("model", "input")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from octtl import inference
-    from octtl.volumes import InputError
+    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value is None]
+    if missing:
+        sys.exit(f"predict: error: {', '.join(missing)} required")
+    from octtl import prediction
+    from octtl.errors import InputError
 
     try:
-        report = inference.run(_MODEL.value, _INPUT.value, _OUTPUT.value, gradcam_dir=_GRADCAM_DIR.value,
-                               threshold=_THRESHOLD.value)
-    except inference.ModelError as e:
+        prediction.check_outputs(_OUTPUT.value, _GRADCAM_DIR.value, _OVERWRITE.value)
+    except InputError as e:
+        sys.exit(f"predict: error: {e}")
+    from octtl import console
+
+    console.start_tensorflow()
+    try:
+        report = prediction.predict(_MODEL.value, _INPUT.value, _OUTPUT.value, gradcam_dir=_GRADCAM_DIR.value,
+                                    threshold=_THRESHOLD.value, overwrite=_OVERWRITE.value)
+    except prediction.ModelError as e:
         sys.exit(f"predict: error: --model: {e}")
     except InputError as e:
         sys.exit(f"predict: error: {e}")

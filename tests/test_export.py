@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from octtl import inference, volumes
-from test_predict import SQUEEZENET_H5, fake_run, heldout_volumes, run_cli, trained_run
+from conftest import fake_run
+from octtl import exporting, prediction, volumes
+from test_predict import run_cli
 
 # Runs with `python -I` (no PYTHONPATH, no user site, no current directory on sys.path) and refuses any import
 # of octtl, so the graph must stand on TensorFlow alone.
@@ -55,31 +56,28 @@ def serve_in_fresh_process(jobs, cwd) -> dict:
 
 
 def keras_p_fluid(model_path, bscans) -> np.ndarray:
-    model, config = inference.load_model(model_path)
-    predictor = inference.Predictor(model, config)
-    return predictor(predictor.inputs(bscans))
+    model, config = prediction.load_model(model_path)
+    predictor = prediction.Predictor(model, config)
+    return predictor(predictor.inputs(list(bscans)))
 
 
 @pytest.fixture(scope="module")
-def trained_model(tmp_path_factory):
-    if not SQUEEZENET_H5.is_file():
-        pytest.skip(f"{SQUEEZENET_H5} absent")
-    return trained_run(tmp_path_factory) / "best.keras"
+def trained_model(trained_run):
+    return trained_run / "best.keras"
 
 
-@pytest.mark.skipif(not SQUEEZENET_H5.is_file(), reason=f"{SQUEEZENET_H5} absent")
-def test_saved_models_serve_like_keras_without_octtl(trained_model, tmp_path_factory, tmp_path):
+def test_saved_models_serve_like_keras_without_octtl(trained_model, heldout, tmp_path):
     # The trained model (resize crop, ImageNet scaling) through the CLI ...
     proc = run_cli("octtl.export", f"--model={trained_model}", f"--output={tmp_path / 'trained' / '1'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "serving_default takes uint8 bscans" in proc.stdout
-    metadata = json.loads((tmp_path / "trained" / "1" / inference.EXPORT_METADATA).read_text())
+    metadata = json.loads((tmp_path / "trained" / "1" / exporting.EXPORT_METADATA).read_text())
     assert (metadata["arch"], metadata["crop"], metadata["preprocess"]) == ("squeezenet", "resize", "backbone")
     # ... and an untrained centre-crop model with the paper's [-1, 1] scaling through the library.
     center = fake_run(tmp_path / "run", arch="resnet18", image_size=64, crop="center", preprocess="paper")
-    inference.export(center, tmp_path / "center")
+    exporting.export(center, tmp_path / "center")
 
-    folder = sorted(p for p in heldout_volumes(tmp_path_factory).rglob("TRAIN*") if p.is_dir())[0]
+    folder = sorted(p for p in heldout.rglob("TRAIN*") if p.is_dir())[0]
     heldout = volumes.to_uint8(sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oct.mhd"))))[:12]
     rng = np.random.default_rng(0)
     cases = {
@@ -116,11 +114,11 @@ def test_export_refuses_bad_model_and_busy_output(tmp_path):
     proc = run_cli("octtl.export", f"--model={model}", f"--output={tmp_path / 'busy'}")
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last == f"export: error: --output: {tmp_path / 'busy'}: exists and is not empty"
+    assert last == f"export: error: --output={tmp_path / 'busy'}: folder exists and is not empty (pass --overwrite to replace it)"
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["keep.txt"]
-    with pytest.raises(inference.ModelError, match="no result.json beside it"):
+    with pytest.raises(prediction.ModelError, match="no result.json beside it"):
         (tmp_path / "loose").mkdir()
         os.link(model, tmp_path / "loose" / "m.keras")
-        inference.export(tmp_path / "loose" / "m.keras", tmp_path / "out")
+        exporting.export(tmp_path / "loose" / "m.keras", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "loose", "run"]  # no staging leftovers

@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from octtl import architectures, data, gradcam, inference, models
-from test_predict import SQUEEZENET_H5, heldout_volumes, trained_run
+from octtl import architectures, data, gradcam, models, prediction
+from octtl.scans import read_input
 
 # The last convolutional block of each network, where Grad-CAM looks. Sizes are the smallest each network
 # takes, except AlexNet at its native 227 px, where an identity adaptive pool follows pool5.
@@ -154,19 +154,27 @@ def test_overlay_draws_box_and_outline():
     mask[10:20, 10:20] = True
     picture = gradcam.overlay(bscan, heat, box=(25, 35, 30, 45), mask=mask)
     assert picture.shape == (40, 50, 3) and picture.dtype == np.uint8
-    assert tuple(picture[25, 30]) == (255, 0, 255) and tuple(picture[30, 35]) == (100, 100, 100)
-    assert tuple(picture[10, 15]) == (255, 255, 255) and tuple(picture[15, 15]) == (100, 100, 100)
+    assert tuple(picture[25, 30]) == (0, 255, 255) and tuple(picture[30, 35]) == (100, 100, 100)
+    assert tuple(picture[10, 15]) == (0, 255, 0) and tuple(picture[15, 15]) == (100, 100, 100)
 
 
-@pytest.mark.skipif(not SQUEEZENET_H5.is_file(), reason=f"{SQUEEZENET_H5} absent")
-def test_trained_model_points_at_fluid_better_than_random_heatmaps(tmp_path_factory):
-    model, config = inference.load_model(trained_run(tmp_path_factory) / "best.keras")
-    predictor, cam = inference.Predictor(model, config), gradcam.GradCam(model)
+def test_overlay_is_brightest_where_hottest_and_clear_where_cold():
+    bscan = np.full((1, 5), 100, np.uint8)
+    heat = np.array([[0.0, 0.25, 0.5, 0.75, 1.0]], np.float32)
+    picture = gradcam.overlay(bscan, heat).astype(float)
+    brightness = picture[0] @ np.array([0.2126, 0.7152, 0.0722])  # relative luminance of sRGB
+    assert tuple(picture[0, 0]) == (100, 100, 100)  # no heat: the B-scan as it is
+    assert brightness[-1] == brightness.max() and brightness[-1] > brightness[0]
+
+
+def test_trained_model_points_at_fluid_better_than_random_heatmaps(trained_run, heldout):
+    model, config = prediction.load_model(trained_run / "best.keras")
+    predictor, cam = prediction.Predictor(model, config), gradcam.GradCam(model)
     assert cam.layer.name == "fire9.concat"
     hits, cells = [], []
-    for scans in inference.read_input(heldout_volumes(tmp_path_factory)):
+    for scans in read_input(heldout):
         fluid = np.nonzero(scans.labels == 1)[0]
-        for k, heatmap in zip(fluid, cam(predictor.inputs(scans.images[fluid]))):
+        for k, heatmap in zip(fluid, cam(predictor.inputs([scans.images[k] for k in fluid]))):
             hits.append(gradcam.pointing_hit(heatmap, scans.masks[k], config.image_size, config.crop))
             cells.append(gradcam.cell_hits(scans.masks[k], heatmap.shape, config.image_size, config.crop))
     score = np.mean(hits)

@@ -1,8 +1,7 @@
-"""Tests of octtl.inference and `python -m octtl.predict` on synthetic volumes.
+"""Tests of octtl.prediction, octtl.scans and `python -m octtl.predict` on synthetic volumes.
 
-A SqueezeNet fine-tuned from its ImageNet weights (about 10 s on 2 CPU cores) is trained once per session and
-applied to held-out volumes drawn from another seed. The CLI runs in subprocesses: the absl flags of the entry
-modules (octtl.train, octtl.predict, octtl.export) share names and cannot all be defined in one process.
+The session's SqueezeNet fine-tuned from its ImageNet weights (conftest's `trained_run`) is applied to
+held-out volumes drawn from another seed.
 """
 
 import csv
@@ -19,63 +18,9 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import REPO
-from octtl import data, inference, models, records, synthetic, training, volumes
-from octtl.volumes import InputError
-
-SQUEEZENET_H5 = REPO.parent / "shared" / "weights" / "squeezenet_v1.1_imagenet_notop.h5"
-needs_weights = pytest.mark.skipif(not SQUEEZENET_H5.is_file(),
-                                   reason=f"{SQUEEZENET_H5} absent: a model trained from scratch learns too little")
-HELDOUT_VOLUMES, BSCANS, SIDE = 6, 20, 128
-
-
-def _session_dir(tmp_path_factory, name) -> pathlib.Path:
-    """A folder shared by every test module of the session, so the model trains once."""
-    return tmp_path_factory.getbasetemp() / name
-
-
-def trained_run(tmp_path_factory) -> pathlib.Path:
-    """Run folder of a SqueezeNet fine-tuned on 12 synthetic volumes (whole 128 px B-scans resized to 96 px).
-
-    ImageNet scaling (`preprocess='backbone'`) at the paper's learning rate learns within 4 epochs; the run
-    folder is what octtl.train writes (best.keras beside result.json).
-    """
-    root = _session_dir(tmp_path_factory, "octtl-trained")
-    run = training.run_dir(root / "runs", "baseline", "squeezenet", 16, 0)
-    if (run / training.RESULT).is_file():
-        return run
-    shutil.rmtree(root, ignore_errors=True)
-    synthetic.write_dataset(root / "volumes", volumes=12, bscans=BSCANS, height=SIDE, width=SIDE, seed=3)
-    records.convert(root / "volumes", root / "records", progress=None)
-    config = training.Config(data_dir=str(root / "records"), logdir=str(root / "runs"), arch="squeezenet", batch=16,
-                             folds=5, weights=str(SQUEEZENET_H5), group_by_volume=True, image_size=96,
-                             crop="resize", preprocess="backbone", max_epochs=4)
-    result = training.train(config, 0, verbose=0)
-    assert result["status"] == "ok", result
-    return run
-
-
-def heldout_volumes(tmp_path_factory) -> pathlib.Path:
-    """Six volumes of another seed than the training data: none of them was seen in training."""
-    root = _session_dir(tmp_path_factory, "octtl-heldout")
-    if not root.is_dir():
-        staging = _session_dir(tmp_path_factory, "octtl-heldout.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        synthetic.write_dataset(staging, volumes=HELDOUT_VOLUMES, bscans=BSCANS, height=SIDE, width=SIDE, seed=11)
-        os.rename(staging, root)
-    return root
-
-
-def fake_run(folder, arch="squeezenet", image_size=64, crop="center", preprocess="paper") -> pathlib.Path:
-    """An untrained model saved as octtl.train saves one (best.keras + result.json); returns the model path."""
-    folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(1)
-    model = models.build(arch, weights="none", image_size=image_size, preprocess=preprocess)
-    model.save(folder / training.BEST_MODEL)
-    (folder / training.RESULT).write_text(json.dumps(
-        {"arch": arch, "image_size": image_size, "crop": crop, "preprocess": preprocess, "status": "ok"}))
-    return folder / training.BEST_MODEL
+from conftest import BSCANS, HELDOUT_VOLUMES, REPO, SIDE, fake_run
+from octtl import data, prediction, training, volumes
+from octtl.errors import InputError
 
 
 def reference_labels(volume_dir) -> np.ndarray:
@@ -96,15 +41,8 @@ def run_cli(module, *args, cwd=None):
 
 
 @pytest.fixture(scope="module")
-def run_folder(tmp_path_factory):
-    if not SQUEEZENET_H5.is_file():
-        pytest.skip(f"{SQUEEZENET_H5} absent")
-    return trained_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def heldout(tmp_path_factory):
-    return heldout_volumes(tmp_path_factory)
+def run_folder(trained_run):
+    return trained_run
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +55,15 @@ def cli_run(run_folder, heldout, tmp_path_factory):
     return proc, out
 
 
-@needs_weights
 def test_predictions_on_heldout_volumes(cli_run, heldout):
     proc, out = cli_run
     rows = read_csv(out / "predictions.csv")
-    assert list(rows[0]) == ["volume_id", "slice", "p_fluid", "prediction", "label"]
+    assert list(rows[0]) == ["volume_id", "slice", "p_fluid", "prediction", "source", "label"]
     assert len(rows) == HELDOUT_VOLUMES * BSCANS
     folders = sorted(p for p in heldout.rglob("TRAIN*") if p.is_dir())
     expected = [(f.name, s, label) for f in folders for s, label in enumerate(reference_labels(f))]
     assert [(r["volume_id"], int(r["slice"]), int(r["label"])) for r in rows] == expected
+    assert [r["source"] for r in rows] == [f"{v}:{s}" for v, s, _ in expected]
 
     p = np.array([float(r["p_fluid"]) for r in rows])
     predicted = np.array([int(r["prediction"]) for r in rows])
@@ -136,7 +74,6 @@ def test_predictions_on_heldout_volumes(cli_run, heldout):
     assert f"accuracy {accuracy:.4f} (majority class {majority:.4f})" in proc.stdout
 
 
-@needs_weights
 def test_volume_summary_matches_rows(cli_run):
     proc, out = cli_run
     rows = read_csv(out / "predictions.csv")
@@ -149,11 +86,10 @@ def test_volume_summary_matches_rows(cli_run):
         assert int(s["n_bscans"]) == len(mine)
         assert int(s["n_fluid_predicted"]) == len(fluid)
         assert float(s["max_p_fluid"]) == max(float(r["p_fluid"]) for r in mine)
-        assert inference.parse_slices(s["fluid_slices"]) == fluid
+        assert prediction.parse_slices(s["fluid_slices"]) == fluid
         assert f"{s['volume_id']}  " in proc.stdout
 
 
-@needs_weights
 def test_gradcam_pngs_and_pointing_game(cli_run):
     proc, out = cli_run
     rows = read_csv(out / "predictions.csv")
@@ -173,11 +109,10 @@ def test_gradcam_pngs_and_pointing_game(cli_run):
     assert score > chance
 
 
-@needs_weights
 def test_records_input_repeats_training_predictions(run_folder, tmp_path):
     """The run's own validation predictions come back from predict on its records: same preprocessing."""
     result = json.loads((run_folder / training.RESULT).read_text())
-    report = inference.run(run_folder / "best.keras", result["data_dir"], tmp_path / "p.csv")
+    report = prediction.predict(run_folder / "best.keras", result["data_dir"], tmp_path / "p.csv")
     assert report.kind == "records" and len(report.rows) == result["train_size"] + result["val_size"]
     by_key = {(r["volume_id"], r["slice"]): r for r in read_csv(tmp_path / "p.csv")}
     validation = read_csv(run_folder / training.PREDICTIONS)
@@ -187,7 +122,6 @@ def test_records_input_repeats_training_predictions(run_folder, tmp_path):
         assert float(mine["p_fluid"]) == pytest.approx(float(row["p_fluid"]), abs=1e-5)
 
 
-@needs_weights
 def test_every_input_kind_gives_the_same_probabilities(run_folder, heldout, tmp_path):
     volume = sorted(p for p in heldout.rglob("TRAIN*") if p.is_dir())[0]
     model = run_folder / "best.keras"
@@ -220,7 +154,7 @@ def test_every_input_kind_gives_the_same_probabilities(run_folder, heldout, tmp_
 
 
 def _run(model, input_path, out_dir) -> pathlib.Path:
-    report = inference.run(model, input_path, out_dir / "p.csv")
+    report = prediction.predict(model, input_path, out_dir / "p.csv")
     assert report.output == out_dir / "p.csv"
     return report.output
 
@@ -257,15 +191,15 @@ def _bad_cases(tmp_path, model, tiny_volume, heldout):
     (busy / "old.png").write_bytes(b"x")
     volume = sorted(p for p in heldout.rglob("TRAIN*") if p.is_dir())[0]
     return [
-        (no_config, volume, None, inference.ModelError, f"{no_config}: not an octtl model: no result.json beside it"),
-        (garbage, volume, None, inference.ModelError, f"{garbage}: not an octtl model: Keras cannot load it"),
-        (tmp_path / "none.keras", volume, None, inference.ModelError, "none.keras: no such model file"),
+        (no_config, volume, None, prediction.ModelError, f"{no_config}: not an octtl model: no result.json beside it"),
+        (garbage, volume, None, prediction.ModelError, f"{garbage}: not an octtl model: Keras cannot load it"),
+        (tmp_path / "none.keras", volume, None, prediction.ModelError, "none.keras: no such model file"),
         (model, text, None, InputError, f"{text}: not an input predict can read; expected a .mhd volume"),
         (model, tmp_path / "empty", None, InputError, "empty: holds nothing predict can read"),
         (model, tmp_path / "missing", None, InputError, "missing: does not exist"),
         (model, tiny_volume, None, InputError,
          "oct.mhd: B-scans of 40x48 pixels are smaller than the 64x64 centre crop this squeezenet model"),
-        (model, volume, busy, InputError, "busy: Grad-CAM folder exists and is not empty"),
+        (model, volume, busy, InputError, "busy: folder exists and is not empty (pass --overwrite"),
     ]
 
 
@@ -274,7 +208,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(small_center_model, tiny_volu
                                                                      heldout):
         out = tmp_path / "out"
         with pytest.raises(error) as info:
-            inference.run(model, input_path, out / "p.csv", gradcam_dir=gradcam_dir)
+            prediction.predict(model, input_path, out / "p.csv", gradcam_dir=gradcam_dir)
         assert message in str(info.value) and "\n" not in str(info.value)
         assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["old.png"]
@@ -288,7 +222,7 @@ def test_failure_midway_leaves_no_partial_output(small_center_model, tiny_volume
     shutil.copytree(tiny_volume, mixed / "b" / tiny_volume.name)
     out = tmp_path / "out"
     with pytest.raises(InputError, match="smaller than the 64x64 centre crop"):
-        inference.run(small_center_model, mixed, out / "p.csv", gradcam_dir=out / "cam")
+        prediction.predict(small_center_model, mixed, out / "p.csv", gradcam_dir=out / "cam")
     assert sorted(p.name for p in out.iterdir()) == []
 
 
@@ -312,13 +246,13 @@ def test_centre_crop_model_on_large_bscans(small_center_model, tmp_path):
     rng = np.random.default_rng(0)
     volume = rng.integers(0, 256, (4, 80, 100), dtype=np.uint8)
     write_volume(tmp_path / "in" / "EYE1", volume)
-    report = inference.run(small_center_model, tmp_path / "in", tmp_path / "p.csv", gradcam_dir=tmp_path / "cam",
+    report = prediction.predict(small_center_model, tmp_path / "in", tmp_path / "p.csv", gradcam_dir=tmp_path / "cam",
                            threshold=0.0)
-    assert report.metrics is None and report.pointing_game is None
+    assert report.metrics is None and report.explained.pointing_game is None
     rows = read_csv(tmp_path / "p.csv")
-    assert list(rows[0]) == ["volume_id", "slice", "p_fluid", "prediction"] and len(rows) == 4
+    assert list(rows[0]) == ["volume_id", "slice", "p_fluid", "prediction", "source"] and len(rows) == 4
     model = keras.saving.load_model(small_center_model)
-    crops = data.rescale(data.crop(volume[..., None], 64, "center"), "paper")
+    crops = data.crop(volume[..., None], 64, "center")  # the model scales its 0..255 inputs itself
     np.testing.assert_allclose([float(r["p_fluid"]) for r in rows], model.predict(crops, verbose=0)[:, 1],
                                atol=1e-6)
     assert len(list((tmp_path / "cam").glob("*.png"))) == 4  # threshold 0: every B-scan is predicted fluid
@@ -326,11 +260,11 @@ def test_centre_crop_model_on_large_bscans(small_center_model, tmp_path):
 
 @pytest.mark.parametrize("slices, text", [([], ""), ([4], "4"), ([3, 4, 5, 9], "3-5 9"), ([0, 2, 3], "0 2-3")])
 def test_slice_runs(slices, text):
-    assert inference.format_slices(slices) == text
-    assert inference.parse_slices(text) == slices
+    assert prediction.format_slices(slices) == text
+    assert prediction.parse_slices(text) == slices
 
 
 def test_metrics():
-    m = inference.metrics([0, 0, 1, 1, 1], [0.1, 0.7, 0.8, 0.9, 0.4], 0.5)
+    m = prediction.metrics([0, 0, 1, 1, 1], [0.1, 0.7, 0.8, 0.9, 0.4], 0.5)
     assert m == {"n": 5, "accuracy": 0.6, "majority_rate": 0.6, "auc": pytest.approx(5 / 6)}
-    assert inference.metrics([1, 1], [0.2, 0.9], 0.5)["auc"] is None
+    assert prediction.metrics([1, 1], [0.2, 0.9], 0.5)["auc"] is None

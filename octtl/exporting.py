@@ -1,0 +1,77 @@
+"""Exports a trained octtl model as a TensorFlow SavedModel that takes raw uint8 B-scans of any size.
+
+The crop of the model's training run is traced into the graph (its scaling is inside the model already, or, for
+paper-mode models saved before it moved there, traced in too), so `tf.saved_model.load` or TF Serving can use
+it with TensorFlow alone, without octtl. Signature `serving_default`: input `bscans`, uint8 (batch, rows,
+columns), one size per call; output `p_fluid`, float32 (batch,). With a centre crop, B-scans smaller than the
+crop fail (as predict refuses them). `octtl_export.json` beside `saved_model.pb` records the run config. For TF
+Serving, pass a version folder (`.../octtl/1`).
+"""
+
+import dataclasses
+import json
+import pathlib
+import shutil
+
+from octtl import outputs, prediction
+
+EXPORT_METADATA = "octtl_export.json"
+SERVING_INPUT = "bscans"
+SERVING_OUTPUT = "p_fluid"
+
+
+def check_output(output_dir, overwrite: bool = False):
+    """Refuses a taken or impossible output folder before anything is loaded (needs no TensorFlow)."""
+    outputs.check_target(output_dir, "--output", overwrite, folder=True)
+
+
+def export(model_path, output_dir, overwrite: bool = False) -> dict:
+    """Writes the SavedModel of `model_path` into `output_dir` (absent or empty, unless `overwrite`).
+
+    Returns:
+      The metadata written to octtl_export.json.
+
+    Raises:
+      prediction.ModelError: the model file. InputError: the output folder.
+    """
+    import keras
+    import tensorflow as tf
+
+    from octtl import data
+
+    output_dir = pathlib.Path(output_dir)
+    check_output(output_dir, overwrite)
+    model, config = prediction.load_model(model_path)
+    size = config.image_size
+    rescale = prediction.rescale_mode(model, config)
+
+    def serve(bscans):
+        if config.crop == "center":
+            shape = tf.shape(bscans)
+            tf.debugging.assert_greater_equal(
+                tf.minimum(shape[1], shape[2]), size,
+                message=f"B-scans must be at least {size}x{size} pixels for the centre crop of this model")
+        cropped = data.crop(bscans[..., None], size, config.crop)
+        inputs = tf.cast(data.rescale(cropped, rescale), tf.float32)
+        return {SERVING_OUTPUT: tf.cast(model(inputs, training=False)[:, 1], tf.float32)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    # The first endpoint is also saved as serving_default, the signature TF Serving calls.
+    archive.add_endpoint("serve", serve,
+                         input_signature=[tf.TensorSpec([None, None, None], tf.uint8, name=SERVING_INPUT)])
+    metadata = {**dataclasses.asdict(config), "fluid_codes": list(config.fluid_codes), "model": str(model_path),
+                "signature": "serving_default",
+                "input": f"{SERVING_INPUT}: uint8 (batch, rows, columns)",
+                "output": f"{SERVING_OUTPUT}: float32 (batch,), the softmax probability of fluid"}
+    staging = outputs.staging_dir(output_dir, "--output")
+    try:
+        try:
+            archive.write_out(str(staging / "saved_model"), verbose=False)
+        except OSError as e:
+            raise prediction.InputError(f"--output={output_dir}: cannot write ({e.strerror or e})") from None
+        (staging / "saved_model" / EXPORT_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+        outputs.publish(staging / "saved_model", output_dir, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return metadata

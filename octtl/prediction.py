@@ -1,0 +1,421 @@
+"""Applies a trained octtl model to new OCT data: fluid probabilities, per-volume summaries and Grad-CAM.
+
+A model file is an octtl model when `result.json` (written by octtl.train into the run folder, next to
+`best.keras`) lies beside it with `status` ok and the `arch`, `image_size`, `preprocess` and `crop` the model
+was trained with. The crop is repeated here with `octtl.data.crop`; the scaling is inside the model (its
+`input_scaling` layer), except in paper-mode models saved before it moved there, which get `octtl.data.rescale`.
+The reference codes that count as fluid come from the training data's `manifest.json` when `result.json`'s
+`data_dir` still holds it, else RETOUCH's default (codes 1-3, one voxel).
+
+A B-scan is predicted fluid when p_fluid > threshold, the rule octtl.train's accuracy uses. TensorFlow is
+imported only by the functions that need it, so a command can check its outputs first.
+"""
+
+import csv
+import dataclasses
+import json
+import pathlib
+import shutil
+from typing import Optional
+
+import numpy as np
+
+from octtl import outputs
+from octtl.errors import InputError
+from octtl.scans import Scans, input_kind, read_input
+
+PREDICTION_COLUMNS = ("volume_id", "slice", "p_fluid", "prediction", "source")
+LABEL_COLUMN = "label"
+SUMMARY_COLUMNS = ("volume_id", "n_bscans", "n_fluid_predicted", "max_p_fluid", "fluid_slices")
+# peak_*: the B-scan box of the heatmap's maximum cell (bottom/right exclusive); chance_hit: the probability
+# that a random heatmap's maximum lands on fluid in that B-scan (see octtl.gradcam).
+GRADCAM_COLUMNS = ("volume_id", "slice", "p_fluid", "label", "peak_top", "peak_bottom", "peak_left", "peak_right",
+                   "peak_in_fluid", "chance_hit", "png")
+GRADCAM_TABLE = "gradcam.csv"
+_RUN_KEYS = ("arch", "image_size", "preprocess", "crop")
+RESULT = "result.json"
+
+
+class ModelError(Exception):
+    """A model file that is not a usable octtl model; the message names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What a model was trained with that inference must repeat."""
+
+    arch: str
+    image_size: int
+    preprocess: str
+    crop: str
+    fluid_codes: tuple = (1, 2, 3)
+    min_fluid_voxels: int = 1
+
+
+def read_run_config(model_path) -> RunConfig:
+    """The config of the run that wrote `model_path`, from the result.json beside it."""
+    model_path = pathlib.Path(model_path)
+    path = model_path.parent / RESULT
+    if not path.is_file():
+        raise ModelError(f"{model_path}: not an octtl model: no {RESULT} beside it "
+                         "(octtl.train writes one into each run folder, next to best.keras)")
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: unreadable ({e})") from None
+    if not isinstance(result, dict):
+        raise ModelError(f"{path}: not an octtl result (expected a JSON object)")
+    missing = [key for key in _RUN_KEYS if key not in result]
+    if missing:
+        raise ModelError(f"{path}: not an octtl result: no {', '.join(missing)}")
+    if result.get("status", "ok") != "ok":
+        raise ModelError(f"{path}: the run failed ({result.get('error', 'no error recorded')}); it has no model")
+    if result["preprocess"] not in ("paper", "backbone") or result["crop"] not in ("center", "resize"):
+        raise ModelError(f"{path}: unknown preprocess {result['preprocess']!r} or crop {result['crop']!r}")
+    from octtl import records
+
+    codes, min_voxels = (1, 2, 3), 1
+    manifest = pathlib.Path(str(result.get("data_dir", ""))) / records.MANIFEST
+    if result.get("data_dir") and manifest.is_file():
+        try:
+            facts = json.loads(manifest.read_text())
+            codes = tuple(int(c) for c in facts.get("fluid_labels", codes))
+            min_voxels = int(facts.get("min_fluid_voxels", min_voxels))
+        except (OSError, ValueError, TypeError):
+            pass  # The training data's label rule is a refinement; the default is RETOUCH's.
+    return RunConfig(arch=str(result["arch"]), image_size=int(result["image_size"]),
+                     preprocess=result["preprocess"], crop=result["crop"], fluid_codes=codes,
+                     min_fluid_voxels=min_voxels)
+
+
+def load_model(model_path):
+    """Loads an octtl model and its run config, checking that the two agree.
+
+    Returns:
+      (keras.Model, RunConfig).
+
+    Raises:
+      ModelError: a missing file, a file Keras cannot load, no result.json, or a model of another shape.
+    """
+    import keras
+
+    model_path = pathlib.Path(model_path)
+    if not model_path.is_file():
+        raise ModelError(f"{model_path}: no such model file")
+    config = read_run_config(model_path)
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as e:  # Keras raises ValueError, OSError or zip errors depending on what the file is.
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{model_path}: not an octtl model: Keras cannot load it ({reason})") from None
+    size = config.image_size
+    want_in, want_out = (None, size, size, 1), (None, 2)
+    if not isinstance(model, keras.Model) or model.input_shape != want_in or model.output_shape != want_out:
+        raise ModelError(
+            f"{model_path}: not an octtl model for its {RESULT}: expected input {want_in} and output "
+            f"{want_out}, got {getattr(model, 'input_shape', None)} and {getattr(model, 'output_shape', None)}")
+    return model, config
+
+
+def rescale_mode(model, config: RunConfig) -> str:
+    """octtl.data.rescale's mode for a model: 'none' when it scales its inputs itself, else the paper's."""
+    from octtl import models
+
+    return "none" if models.has_input_scaling(model) or config.preprocess != "paper" else "paper"
+
+
+def check_shape(scans: Scans, config: RunConfig):
+    """Fails on B-scans the model's crop cannot take without showing it padding it never saw."""
+    size = config.image_size
+    for rows, cols in sorted({image.shape for image in scans.images}):
+        if config.crop == "center" and (rows < size or cols < size):
+            raise InputError(
+                f"{scans.source}: B-scans of {rows}x{cols} pixels are smaller than the {size}x{size} centre crop "
+                f"this {config.arch} model was trained with (crop=center in its {RESULT})")
+
+
+class Predictor:
+    """Fluid probabilities of uint8 B-scans through a model's own training preprocessing."""
+
+    def __init__(self, model, config: RunConfig, batch_size: int = 32):
+        import tensorflow as tf
+
+        self.model, self.config, self.batch_size = model, config, batch_size
+        self.rescale = rescale_mode(model, config)
+        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def inputs(self, images) -> np.ndarray:
+        """What the model sees: each B-scan cropped (octtl.data.crop), and rescaled where the model does not."""
+        import tensorflow as tf
+
+        from octtl import data
+
+        size = self.config.image_size
+        out = np.zeros((len(images), size, size, 1), np.float32)
+        by_shape = {}
+        for k, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(k)
+        for members in by_shape.values():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start:start + self.batch_size]
+                batch = tf.constant(np.stack([images[k] for k in chunk])[..., None])
+                cropped = data.crop(batch, size, self.config.crop)
+                # 0..255 (or legacy [-1, 1]) as float32, which is what Keras feeds the model in training.
+                out[chunk] = tf.cast(data.rescale(cropped, self.rescale), tf.float32).numpy()
+        return out
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        """p_fluid (float64) of model inputs as `inputs` makes them."""
+        import tensorflow as tf
+
+        out = [self._forward(tf.constant(inputs[start:start + self.batch_size])).numpy()[:, 1]
+               for start in range(0, len(inputs), self.batch_size)]
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def format_slices(slices) -> str:
+    """Slice numbers as space-separated runs, e.g. [3, 4, 5, 9] -> '3-5 9'."""
+    runs = []
+    for s in sorted(int(s) for s in slices):
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    return " ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def parse_slices(text: str) -> list:
+    """The inverse of format_slices."""
+    out = []
+    for part in text.split():
+        first, _, last = part.partition("-")
+        out.extend(range(int(first), int(last or first) + 1))
+    return out
+
+
+def metrics(labels, p_fluid, threshold: float) -> dict:
+    """Accuracy at the threshold, the majority-class rate it should beat, and ROC AUC (None with one class)."""
+    from sklearn import metrics as sk_metrics
+
+    labels, p_fluid = np.asarray(labels), np.asarray(p_fluid)
+    fluid = float(np.mean(labels == 1))
+    both = 0 < fluid < 1
+    return {"n": int(len(labels)), "accuracy": float(np.mean((p_fluid > threshold) == (labels == 1))),
+            "majority_rate": max(fluid, 1.0 - fluid),
+            "auc": float(sk_metrics.roc_auc_score(labels, p_fluid)) if both else None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Explained:
+    """What Grad-CAM produced over a whole input."""
+
+    folder: pathlib.Path
+    layer: str
+    heatmaps: int
+    pointing_game: Optional[float]
+    pointing_chance: Optional[float]
+    pointing_n: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What one prediction run produced; `lines` renders it for the console."""
+
+    kind: str
+    threshold: float
+    rows: list
+    summaries: list
+    metrics: Optional[dict]
+    output: pathlib.Path
+    summary_path: pathlib.Path
+    explained: Optional[Explained] = None
+
+    def lines(self) -> list:
+        n_fluid = sum(r["prediction"] for r in self.rows)
+        volumes = len(self.summaries)
+        out = [f"{len(self.rows)} B-scan{'s' * (len(self.rows) != 1)} of {volumes} volume{'s' * (volumes != 1)} "
+               f"({self.kind}); {n_fluid} predicted fluid (p_fluid > {self.threshold:g})"]
+        width = max([len("volume_id")] + [len(s["volume_id"]) for s in self.summaries])
+        out.append(f"{'volume_id':<{width}}  n_bscans  n_fluid_predicted  max_p_fluid  fluid_slices")
+        for s in self.summaries:
+            out.append(f"{s['volume_id']:<{width}}  {s['n_bscans']:>8}  {s['n_fluid_predicted']:>17}  "
+                       f"{s['max_p_fluid']:>11.4f}  {s['fluid_slices']}")
+        if self.metrics:
+            auc = "n/a (one class)" if self.metrics["auc"] is None else f"{self.metrics['auc']:.4f}"
+            out.append(f"accuracy {self.metrics['accuracy']:.4f} (majority class {self.metrics['majority_rate']:.4f})"
+                       f", AUC {auc}, on {self.metrics['n']} labelled B-scans")
+        if self.explained is not None:
+            e = self.explained
+            out.append(f"Grad-CAM ({e.layer}): {e.heatmaps} heatmaps in {e.folder}")
+            if e.pointing_game is not None:
+                out.append(f"pointing game {e.pointing_game:.4f} on {e.pointing_n} fluid B-scans with a "
+                           f"reference (random heatmap {e.pointing_chance:.4f})")
+        out.append(f"wrote {self.output} and {self.summary_path}")
+        return out
+
+
+def summary_path(output) -> pathlib.Path:
+    """Where the per-volume summary of `output` goes: beside it, `<stem>_volumes.csv`."""
+    output = pathlib.Path(output)
+    return output.with_name(f"{output.stem}_volumes.csv")
+
+
+def check_outputs(output, gradcam_dir=None, overwrite: bool = False):
+    """Refuses taken or impossible output paths before anything is computed (needs no TensorFlow)."""
+    outputs.check_target(output, "--output", overwrite)
+    outputs.check_target(summary_path(output), "--output (its summary)", overwrite)
+    if gradcam_dir is not None:
+        outputs.check_target(gradcam_dir, "--gradcam_dir", overwrite, folder=True)
+
+
+def volume_summary(volume_id: str, slices, p_fluid, predicted) -> dict:
+    """One volume's SUMMARY_COLUMNS: B-scans, how many are predicted fluid, the top p_fluid and which slices."""
+    return {"volume_id": volume_id, "n_bscans": len(p_fluid), "n_fluid_predicted": int(np.sum(predicted)),
+            "max_p_fluid": float(np.max(p_fluid)), "fluid_slices": format_slices(np.asarray(slices)[predicted])}
+
+
+def _rows(scans: Scans, p_fluid: np.ndarray, predicted: np.ndarray) -> list:
+    """predictions.csv rows of one volume; p_fluid in full (repr) so the CSV reproduces the metrics exactly."""
+    rows = []
+    for k, p in enumerate(p_fluid):
+        row = {"volume_id": scans.volume_id, "slice": int(scans.slices[k]), "p_fluid": repr(float(p)),
+               "prediction": int(predicted[k]), "source": scans.sources[k]}
+        if scans.labels is not None:
+            row[LABEL_COLUMN] = int(scans.labels[k])
+        rows.append(row)
+    return rows
+
+
+def _write_csv(path: pathlib.Path, columns, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def predict(model_path, input_path, output, gradcam_dir=None, threshold: float = 0.5, batch_size: int = 32,
+            overwrite: bool = False) -> Report:
+    """Predicts fluid on every B-scan under `input_path` and writes the CSVs (and Grad-CAM PNGs).
+
+    Nothing appears at `output`, its summary or `gradcam_dir` unless the whole input succeeds: everything is
+    written into a staging folder beside `output` and renamed into place at the end.
+
+    Args:
+      model_path: an octtl run's best.keras (result.json beside it).
+      input_path: one of scans.INPUT_KINDS.
+      output: predictions CSV; the per-volume summary goes to `summary_path(output)`.
+      gradcam_dir: absent or empty folder for Grad-CAM PNGs of the B-scans predicted fluid, and gradcam.csv.
+      threshold: p_fluid above it is predicted fluid.
+      batch_size: B-scans per forward pass.
+      overwrite: replace existing outputs.
+
+    Raises:
+      ModelError: the model file. InputError: the input or the output paths.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--threshold={threshold}: must be in [0, 1]")
+    output = pathlib.Path(output)
+    gradcam_dir = pathlib.Path(gradcam_dir) if gradcam_dir else None
+    check_outputs(output, gradcam_dir, overwrite)
+    kind = input_kind(input_path)
+    model, config = load_model(model_path)
+    predictor = Predictor(model, config, batch_size)
+    explainer = _Explainer(model, config, batch_size) if gradcam_dir is not None else None
+
+    staging = outputs.staging_dir(output, "--output")
+    try:
+        rows, summaries, seen = [], [], set()
+        for scans in read_input(input_path, config.fluid_codes, config.min_fluid_voxels):
+            if scans.volume_id in seen:
+                raise InputError(f"{scans.source}: volume id {scans.volume_id} appears twice in the input")
+            seen.add(scans.volume_id)
+            if len(scans.images) == 0:
+                raise InputError(f"{scans.source}: no B-scans")
+            check_shape(scans, config)
+            inputs = predictor.inputs(scans.images)
+            p_fluid = predictor(inputs)
+            predicted = p_fluid > threshold
+            rows.extend(_rows(scans, p_fluid, predicted))
+            summaries.append(volume_summary(scans.volume_id, scans.slices, p_fluid, predicted))
+            if explainer is not None:
+                explainer.explain(scans, inputs, p_fluid, predicted, staging / "gradcam")
+
+        labelled = [r for r in rows if LABEL_COLUMN in r]
+        scores = metrics([r[LABEL_COLUMN] for r in labelled], [float(r["p_fluid"]) for r in labelled],
+                         threshold) if labelled else None
+        columns = PREDICTION_COLUMNS + ((LABEL_COLUMN,) if labelled else ())
+        _write_csv(staging / "predictions.csv", columns, rows)
+        _write_csv(staging / "summary.csv", SUMMARY_COLUMNS,
+                   [{**s, "max_p_fluid": repr(s["max_p_fluid"])} for s in summaries])
+        explained = explainer.finish(staging / "gradcam", gradcam_dir) if explainer is not None else None
+        if explainer is not None:
+            outputs.publish(staging / "gradcam", gradcam_dir, overwrite)
+        outputs.publish(staging / "summary.csv", summary_path(output), overwrite)
+        outputs.publish(staging / "predictions.csv", output, overwrite)
+        return Report(kind=kind, threshold=threshold, rows=rows, summaries=summaries, metrics=scores,
+                      output=output, summary_path=summary_path(output), explained=explained)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class _Explainer:
+    """Grad-CAM over the volumes of one input: PNGs of predicted-fluid B-scans, pointing game on reference fluid.
+
+    The pointing game takes every B-scan the reference calls fluid, predicted fluid or not, so the score
+    describes the heatmaps rather than the threshold.
+    """
+
+    def __init__(self, model, config: RunConfig, batch_size: int):
+        from octtl import gradcam
+
+        self.cam, self.config, self.batch_size = gradcam.GradCam(model), config, batch_size
+        self.rows, self.hits, self.chances = [], [], []
+
+    def explain(self, scans: Scans, inputs, p_fluid, predicted, folder: pathlib.Path):
+        from PIL import Image
+
+        from octtl import gradcam
+
+        folder.mkdir(exist_ok=True)
+        # Reference-fluid B-scans are scored only where a mask says where the fluid is (not in records).
+        scored = scans.labels == 1 if scans.masks is not None else np.zeros(len(p_fluid), bool)
+        chosen = np.nonzero(predicted | scored)[0]
+        size, crop = self.config.image_size, self.config.crop
+        for start in range(0, len(chosen), self.batch_size):
+            batch = chosen[start:start + self.batch_size]
+            for k, heatmap in zip(batch, self.cam(inputs[batch])):
+                shape = scans.images[k].shape
+                cell = gradcam.peak_cell(heatmap)
+                box = gradcam.cell_box(cell, heatmap.shape, size, shape, crop)
+                mask = scans.masks[k] if scans.masks is not None else None
+                row = {"volume_id": scans.volume_id, "slice": int(scans.slices[k]),
+                       "p_fluid": repr(float(p_fluid[k])), "label": "" if scans.labels is None else int(scans.labels[k]),
+                       **dict(zip(("peak_top", "peak_bottom", "peak_left", "peak_right"), box or ("",) * 4)),
+                       "peak_in_fluid": "", "chance_hit": "", "png": ""}
+                if scored[k]:
+                    cells = gradcam.cell_hits(mask, heatmap.shape, size, crop)
+                    row["peak_in_fluid"] = int(cells[cell])
+                    row["chance_hit"] = repr(float(cells.mean()))
+                    self.hits.append(bool(cells[cell]))
+                    self.chances.append(float(cells.mean()))
+                if predicted[k]:
+                    row["png"] = _png_name(scans.volume_id, int(scans.slices[k]))
+                    smooth = gradcam.to_bscan(gradcam.upsample(heatmap[None], size)[0], shape, crop)
+                    picture = gradcam.overlay(scans.images[k], smooth, box, mask)
+                    Image.fromarray(picture).save(folder / row["png"], compress_level=1)
+                self.rows.append(row)
+
+    def finish(self, folder: pathlib.Path, final: pathlib.Path) -> Explained:
+        """Writes gradcam.csv into the staging `folder`; says what the folder will hold once it is `final`."""
+        folder.mkdir(exist_ok=True)
+        _write_csv(folder / GRADCAM_TABLE, GRADCAM_COLUMNS, self.rows)
+        return Explained(folder=final, layer=self.cam.layer.name, heatmaps=sum(1 for r in self.rows if r["png"]),
+                         pointing_game=float(np.mean(self.hits)) if self.hits else None,
+                         pointing_chance=float(np.mean(self.chances)) if self.hits else None,
+                         pointing_n=len(self.hits))
+
+
+def _png_name(volume_id: str, slice_index: int) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in volume_id)
+    return f"{safe}_{slice_index:03d}.png"
+
