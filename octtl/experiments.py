@@ -30,6 +30,7 @@ from octtl import folds as folds_lib
 
 # The same layout and file name as octtl.training (which imports TensorFlow); tests pin the two together.
 RESULT = "result.json"
+PREDICTIONS = "predictions.csv"  # the best model's validation predictions, read by the report's ROC curves
 RESULTS = "results.jsonl"
 LOCK = "results.jsonl.lock"
 MAX_BATCH = "max_batch.json"

@@ -1,4 +1,4 @@
-"""Figs 2-4 of the paper and accuracy by train-set design, drawn from the rows of `octtl.tables`.
+"""Figs 2-4 of the paper, accuracy by train-set design, critical-difference diagrams and pooled ROC curves.
 
 Matplotlib's object API (`Figure`, no pyplot) draws off screen with no global state, so reports run on
 headless machines and in tests.
@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence
 
 from matplotlib.figure import Figure
 
-from octtl import tables
+from octtl import stats, tables
 
 # Fig 3 shows these batch sizes (the ones every network of the paper reached).
 CURVE_BATCHES = (8, 16, 32)
@@ -152,6 +152,61 @@ def accuracy_by_design(rows: Sequence[tables.Row]) -> Figure:
     if names and batches:
         axes[0].legend(fontsize=7, loc="best", ncol=2)
     fig.suptitle("Accuracy by train-set design", fontsize=10)
+    return fig
+
+
+def critical_difference(comparison: tables.MetricComparison, title: str) -> Figure:
+    """Demsar's critical-difference diagram: average ranks on a 1..k axis, the CD bar, and a thick line joining
+    networks the Nemenyi test cannot tell apart at stats.ALPHA (drawn by scikit-posthocs)."""
+    import pandas
+    import scikit_posthocs
+
+    names, k = comparison.archs, len(comparison.archs)
+    fig = Figure(figsize=(_WIDTH, 1.6 + 0.3 * k))
+    # Labels sit outside the axes on both sides; leave them room.
+    fig.subplots_adjust(left=0.25, right=0.75, top=0.72, bottom=0.04)
+    ax = fig.add_subplot()
+    scikit_posthocs.critical_difference_diagram(
+        dict(zip(names, comparison.ranks)), pandas.DataFrame(comparison.pairwise, index=names, columns=names),
+        alpha=stats.ALPHA, ax=ax, label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}",
+        label_props={"fontsize": 9}, color_palette=_colors(names))
+    ax.set_xlim(1, k)
+    ax.set_xticks(range(1, k + 1))
+    # The CD bar above the axis, from rank 1, as in Demsar's figures.
+    top = 1.2
+    ax.plot([1, 1 + comparison.cd], [top, top], color="black", linewidth=1.5, clip_on=False)
+    for x in (1, 1 + comparison.cd):
+        ax.plot([x, x], [top - 0.15, top + 0.15], color="black", linewidth=1.5, clip_on=False)
+    ax.text(1 + comparison.cd / 2, top + 0.25, f"CD = {comparison.cd:.2f}", ha="center", va="bottom", fontsize=9)
+    ax.set_ylim(top=top + 0.1)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def roc(pooled: Sequence[tables.Pooled], title: str) -> Figure:
+    """ROC curves of the predictions pooled over folds, one per (batch, network), with the pooled AUC."""
+    from sklearn import metrics
+
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    colors = _colors([p.row.arch for p in pooled])
+    for p in pooled:
+        if len(p.folds) == 0 or len(set(p.labels.tolist())) < 2:
+            continue
+        fpr, tpr, _ = metrics.roc_curve(p.labels, p.p_fluid)
+        auc = metrics.roc_auc_score(p.labels, p.p_fluid)
+        ax.plot(fpr, tpr, color=colors[p.row.arch], linewidth=1.5,
+                label=f"{p.row.arch}, batch {p.row.batch}: AUC {auc:.2f} ({len(p.folds)} folds)")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (normal B-scans called fluid)")
+    ax.set_ylabel("true positive rate (fluid B-scans found)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right")
     return fig
 
 

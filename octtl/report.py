@@ -3,8 +3,10 @@
   python -m octtl.report --logdir=runs --out_dir=report
 
 Reads LOGDIR/results.jsonl (or, when there is none, every LOGDIR/*/*/batch*/fold*/result.json) and writes
-report/table_{design}.md|csv, fig2/3/4_{design}.png, accuracy_by_design.png and index.html (self-contained:
-figures embedded, opens offline).
+report/table_{design}.md|csv (mean, std and 95% interval), paired_{design}.csv (Friedman, Nemenyi and Wilcoxon
+tests across folds), fig2/3/4_{design}.png, accuracy_by_design.png, cd_{design}_batch{B}.png (critical-difference
+diagrams), roc_{design}.png (from the run folders' predictions.csv) and index.html (self-contained: figures
+embedded, opens offline).
 """
 
 import os
@@ -59,7 +61,10 @@ def main(argv):
         if missing:
             print(f"report: note: {len(missing)} finished runs in {_LOGDIR.value} are not in {source}; "
                   f"python -m octtl.sweep --logdir={_LOGDIR.value} --collect adds them", file=sys.stderr)
-    written = report_page.write_report(results, _OUT_DIR.value, source, _TOP.value)
+    try:
+        written = report_page.write_report(results, _OUT_DIR.value, source, _TOP.value, _LOGDIR.value)
+    except ValueError as e:
+        sys.exit(f"report: error: {e}")
     failed = sum(r.get("status") != "ok" for r in results)
     print(f"report: {len(results)} runs ({failed} failed) from {source} -> {len(written)} files in "
           f"{_OUT_DIR.value}; open {pathlib.Path(_OUT_DIR.value) / 'index.html'}")

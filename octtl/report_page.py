@@ -1,4 +1,6 @@
-"""Writes a report folder: Tables II-III (markdown and CSV), Figs 2-4, accuracy by design, and index.html.
+"""Writes a report folder: Tables II-III (markdown and CSV) with intervals, Figs 2-4, accuracy by design, the
+paired statistics across folds (paired_{design}.csv, critical-difference diagrams), pooled ROC curves, and
+index.html.
 
 index.html embeds every figure as a base64 PNG, so the one file opens offline anywhere; the PNG, CSV and
 markdown files beside it are the same content for other tools.
@@ -11,7 +13,9 @@ import pathlib
 import time
 from typing import Callable, List, Sequence, Tuple
 
-from octtl import figures, tables
+import numpy as np
+
+from octtl import figures, stats, tables
 
 _STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 1em auto; padding: 0 1em; color: #222; }
@@ -22,6 +26,8 @@ td.incomplete { background: #fff3cd; } .note { color: #8a5a00; } img { max-width
 code { background: #f4f4f4; padding: 0 0.2em; }
 .figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 1em; }
 figure { margin: 0; } figcaption { font-size: 0.85em; color: #444; }
+td.significant { font-weight: bold; background: #e3f2e1; } td.num { text-align: right; }
+.method { font-size: 0.9em; color: #333; }
 """
 
 
@@ -45,37 +51,82 @@ def figure_files(rows: Sequence[tables.Row], curves: dict) -> List[Tuple[str, st
     return out
 
 
-def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3) -> List[pathlib.Path]:
+def cd_name(design: str, batch: int) -> str:
+    return f"cd_{design}_batch{batch}.png"
+
+
+def roc_name(design: str) -> str:
+    return f"roc_{design}.png"
+
+
+def statistics_files(rows: Sequence[tables.Row], comparisons: Sequence[tables.Comparison],
+                     pooled: dict) -> List[Tuple[str, str, Callable]]:
+    """(file name, caption, drawing function) of the critical-difference diagrams and the ROC figures."""
+    out = []
+    for c in comparisons:
+        acc = c.accuracy
+        if acc.test == "Friedman":
+            title = (f"{tables.design_label(rows, c.design)}, batch size {c.batch}: average rank of accuracy over "
+                     f"{len(acc.folds)} folds")
+            out.append((cd_name(c.design, c.batch),
+                        f"Critical-difference diagram (Demsar 2006), {title}; 1 = best. Networks joined by a "
+                        f"thick line are not significantly different (Nemenyi, alpha = {stats.ALPHA}); "
+                        f"CD = {acc.cd:.2f}.", functools.partial(figures.critical_difference, acc, title)))
+    for design, entries in pooled.items():
+        if any(p.folds for p in entries):
+            label = tables.design_label(rows, design)
+            out.append((roc_name(design),
+                        f"ROC curves, {label}: validation predictions of every fold pooled (each fold's best "
+                        "model), for the best networks by mean accuracy; the pooled AUC mixes the folds' "
+                        "calibrations, so it differs from the mean of per-fold AUCs in the tables.",
+                        functools.partial(figures.roc, entries, f"ROC, predictions pooled over folds, {label}")))
+    return out
+
+
+def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
+                 logdir=None) -> List[pathlib.Path]:
     """Writes every table, figure and index.html of `results` into `out_dir`; returns the paths written.
 
     Args:
         results: result.json dicts (ok and failed).
         out_dir: Folder to write into (created).
         source: Where the results came from, said on the page.
-        k: Networks per batch size in the top table.
+        k: Networks per batch size in the top table and in the ROC figures.
+        logdir: Root of the run folders, where each run's predictions.csv is (None: no ROC curves).
+
+    Raises:
+        ValueError: a malformed predictions.csv (before anything is written).
     """
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows, failed = tables.aggregate(results)
     curves = tables.accuracy_curves(results)
+    comparisons = tables.comparisons(results)
+    # Read every input before writing anything, so bad input leaves no half-written report.
+    pooled = {design: tables.pooled_predictions(results, logdir, tables.roc_rows(rows, design, k))
+              for design in tables.designs(rows)}
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for design in tables.designs(rows):
         mine = [r for r in rows if r.design == design]
         tables.write_csv(mine, out_dir / f"table_{design}.csv")
-        (out_dir / f"table_{design}.md").write_text(tables.markdown(design, rows, failed, k))
-        written += [out_dir / f"table_{design}.csv", out_dir / f"table_{design}.md"]
+        (out_dir / f"table_{design}.md").write_text(tables.markdown(design, rows, failed, k, comparisons))
+        tables.write_paired_csv([c for c in comparisons if c.design == design], out_dir / f"paired_{design}.csv")
+        written += [out_dir / f"table_{design}.csv", out_dir / f"table_{design}.md", out_dir / f"paired_{design}.csv"]
     images, captions = {}, {}
-    for name, caption, draw in figure_files(rows, curves):
+    for name, caption, draw in figure_files(rows, curves) + statistics_files(rows, comparisons, pooled):
         figures.save(draw(), out_dir / name)
         images[name], captions[name] = (out_dir / name).read_bytes(), caption
         written.append(out_dir / name)
-    (out_dir / "index.html").write_text(page(rows, failed, results, images, captions, source, k))
+    (out_dir / "index.html").write_text(page(rows, failed, results, images, captions, source, k, comparisons,
+                                             pooled))
     written.append(out_dir / "index.html")
     return written
 
 
-def page(rows, failed, results, images, captions, source: str, k: int) -> str:
-    """index.html: per design the top-k and full tables with their notes and figures, then the settings."""
+def page(rows, failed, results, images, captions, source: str, k: int, comparisons=(), pooled=None) -> str:
+    """index.html: per design the top-k and full tables with intervals and notes, the paired statistics, the
+    figures; then the settings."""
+    pooled = pooled or {}
     esc = html.escape
     ok = sum(r.get("status") == "ok" for r in results)
     parts = [
@@ -84,28 +135,38 @@ def page(rows, failed, results, images, captions, source: str, k: int) -> str:
         "<h1>Transfer learning for macular fluid detection: results</h1>",
         f"<p>{len(results)} runs ({ok} ok, {len(results) - ok} failed) from <code>{esc(source)}</code>, "
         f"{time.strftime('%Y-%m-%d %H:%M')}. Mean (sample standard deviation, ddof=1) over folds of each run's "
-        "best validation accuracy and its AUC. Files: "
-        + ", ".join(f'<a href="table_{d}.csv">table_{d}.csv</a>, <a href="table_{d}.md">table_{d}.md</a>'
+        "best validation accuracy and its AUC, as in the paper, with a 95% confidence interval; networks of a "
+        "batch size compared fold by fold (Friedman, Nemenyi, Wilcoxon). Files: "
+        + ", ".join(f'<a href="table_{d}.csv">table_{d}.csv</a>, <a href="table_{d}.md">table_{d}.md</a>, '
+                    f'<a href="paired_{d}.csv">paired_{d}.csv</a>'
                     for d in tables.designs(rows)) + ".</p>",
     ]
     for design in tables.designs(rows):
         mine = [r for r in rows if r.design == design]
         parts.append(f"<h2>{esc(tables.design_label(rows, design).capitalize())}</h2>")
+        parts.append(f'<p class="grouping">{esc(tables.grouping(results, design))}</p>')
         parts.append(f"<h3>{esc(tables.title(design, mine, f'top {k} performers'))}</h3>")
-        parts.append(tables.html_table(tables.top(mine, design, k), ["Batch size", "Architecture", "Accuracy",
-                                                                     "AUC"], True))
+        parts.append(tables.html_table(tables.top(mine, design, k), tables.TOP_COLUMNS, True))
         parts.append("<h3>All networks</h3>")
-        parts.append(tables.html_table(mine, ["Batch size", "Architecture", "Accuracy", "AUC",
-                                              "Iterations to best", "Folds"], True))
+        parts.append(tables.html_table(mine, tables.ALL_COLUMNS, True))
+        parts.append(f'<p class="method">{esc(tables.INTERVAL_NOTE)}</p>')
         for note in tables.notes(design, rows, failed):
             parts.append(f'<p class="note">{esc(note)}</p>')
         broken = tables.failed_lines(design, failed)
         if broken:
             parts.append("<h3>Failed runs (not averaged)</h3><ul>"
                          + "".join(f"<li>{esc(b)}</li>" for b in broken) + "</ul>")
+        parts += statistics_section([c for c in comparisons if c.design == design], images, captions)
+        names = [f"fig2_{design}.png", f"fig4_{design}.png", f"fig3_{design}.png", roc_name(design)]
         parts.append('<div class="figures">' + "".join(
-            _figure(name, images[name], captions[name])
-            for name in (f"fig2_{design}.png", f"fig4_{design}.png", f"fig3_{design}.png")) + "</div>")
+            _figure(name, images[name], captions[name]) for name in names if name in images) + "</div>")
+        missing = [p for p in pooled.get(design, []) if p.missing]
+        if missing:
+            parts.append('<p class="note">' + esc(
+                "ROC: no predictions.csv in the run folders for " + "; ".join(
+                    f"{p.row.arch} batch {p.row.batch} ({len(p.missing)} of {len(p.missing) + len(p.folds)} folds)"
+                    for p in missing)
+                + " (the report reads them from --logdir's run folders)") + "</p>")
     parts.append("<h2>Accuracy by train-set design</h2>")
     parts.append(_figure("accuracy_by_design.png", images["accuracy_by_design.png"],
                          captions["accuracy_by_design.png"]))
@@ -116,6 +177,95 @@ def page(rows, failed, results, images, captions, source: str, k: int) -> str:
             + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+_METHOD = (
+    "Fold i of two runs is the same split only when they share data, design, number of folds, seed and grouping "
+    "by volume; only such runs are compared, fold by fold, on the folds all of them finished. With three or more "
+    "networks: the Friedman test (chi-square corrected for ties; Iman-Davenport F beside it), then the Nemenyi "
+    "test of every pair and a critical-difference diagram (Demsar 2006). With two: the Wilcoxon signed-rank test "
+    "(exact two-sided where possible). No test with fewer than {min_folds} common folds. Folds are not "
+    "independent samples, so these p-values are approximate and tend to be optimistic; bold: p < {alpha}.")
+
+
+def statistics_section(comparisons: Sequence[tables.Comparison], images: dict, captions: dict) -> List[str]:
+    """The HTML of one design's paired statistics: a summary table per batch size, then pairwise tables and
+    critical-difference diagrams."""
+    if not comparisons:
+        return []
+    esc = html.escape
+    parts = ["<h3>Paired comparisons across folds</h3>",
+             f'<p class="method">{esc(_METHOD.format(min_folds=stats.MIN_FOLDS, alpha=stats.ALPHA))}</p>',
+             '<table class="omnibus"><tr><th>Batch size</th><th>Networks</th><th>Common folds</th><th>Test</th>'
+             "<th>Accuracy: statistic</th><th>Accuracy: p</th><th>AUC: statistic</th><th>AUC: p</th></tr>"]
+    for c in comparisons:
+        folds = sorted({len(c.accuracy.folds), len(c.auc.folds)})
+        cells = [_td(str(c.batch)), _td(", ".join(c.archs) or "-"), _td(" / ".join(map(str, folds))),
+                 _td(c.accuracy.test or c.auc.test or "none")]
+        for m in (c.accuracy, c.auc):
+            cells += _omnibus_cells(m)
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table>")
+    for c in comparisons:
+        notes = [f"left out of the comparison: {'; '.join(c.left_out)}"] if c.left_out else []
+        notes += [n for m in (c.accuracy, c.auc) for n in tables.comparison_notes(m)]
+        parts += [f'<p class="note">{esc(f"Batch size {c.batch}, {n}")}</p>' for n in notes]
+    for c in comparisons:
+        if not (c.accuracy.test or c.auc.test):
+            continue
+        test = c.accuracy.pairwise_test or c.auc.pairwise_test
+        parts.append(f"<h4>Batch size {c.batch}: every pair ({esc(test)} test)</h4>")
+        parts.append(pairwise_table(c))
+        name = cd_name(c.design, c.batch)
+        if name in images:
+            parts.append(_figure(name, images[name], captions[name]))
+    return parts
+
+
+def _td(text: str, cls: str = "") -> str:
+    attribute = f' class="{cls}"' if cls else ""
+    return f"<td{attribute}>{html.escape(text)}</td>"
+
+
+def _p_cell(p: float, text: str = "") -> str:
+    """A p-value cell, marked when significant at stats.ALPHA."""
+    significant = np.isfinite(p) and p < stats.ALPHA
+    return _td(text or stats.format_p(p), "num significant" if significant else "num")
+
+
+def _omnibus_cells(m: tables.MetricComparison) -> List[str]:
+    """(statistic, p) cells of one metric's test across networks."""
+    if m.friedman is not None:
+        f = m.friedman
+        if not np.isfinite(f.statistic):
+            return [_td("all tied"), _td("n/a")]
+        return [_td(f"χ² = {f.statistic:.2f}; Iman-Davenport F = {f.iman_davenport:.2f}, "
+                    f"p = {stats.format_p(f.iman_davenport_pvalue)}"),
+                _p_cell(f.pvalue, f"Friedman p = {stats.format_p(f.pvalue)}")]
+    if m.test == "Wilcoxon":
+        p = float(m.pairwise[0, 1])
+        return [_td("Wilcoxon signed-rank"), _p_cell(p, f"Wilcoxon p = {stats.format_p(p)}")]
+    return [_td("-"), _td(f"no test: {m.reason}")]
+
+
+def pairwise_table(c: tables.Comparison) -> str:
+    """Every pair of networks: mean difference of each metric over the common folds, and its p."""
+    rows = ['<table class="pairwise"><tr><th>Network A</th><th>Network B</th>'
+            "<th>Accuracy A − B (mean over folds)</th><th>Accuracy p</th><th>AUC A − B</th><th>AUC p</th></tr>"]
+    order = c.accuracy.archs if c.accuracy.test else c.auc.archs
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            cells = [_td(a), _td(b)]
+            for m in (c.accuracy, c.auc):
+                if not m.test or a not in m.archs or b not in m.archs:
+                    cells += [_td("-"), _td("-")]
+                    continue
+                ia, ib = m.archs.index(a), m.archs.index(b)
+                diff = float(m.scores[:, ia].mean() - m.scores[:, ib].mean())
+                cells += [_td(f"{diff:+.3f}", "num"), _p_cell(float(m.pairwise[ia, ib]))]
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
 
 
 def _figure(name: str, png: bytes, caption: str) -> str:

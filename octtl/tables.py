@@ -1,24 +1,43 @@
 """Tables II-III from run results: mean (standard deviation) over folds per design, batch size and network.
 
 The paper reports each (batch size, network) as "mean (std)" across ten folds; MATLAB's `std` is the sample
-standard deviation (ddof=1), used here too. Failed runs (`status` other than 'ok') are counted and listed,
-never averaged; a (batch, network) with fewer ok folds than the runs asked for is marked.
+standard deviation (ddof=1), used here too. Beyond the paper, each mean has a 95% confidence interval (the
+Nadeau-Bengio corrected resampled t interval, octtl.stats), and the networks of each (design, batch) are
+compared fold by fold (`comparisons`) where their folds are the same splits. Failed runs (`status` other than
+'ok') are counted and listed, never averaged; a (batch, network) with fewer ok folds than the runs asked for is
+marked.
 """
 
+import collections
 import csv
 import dataclasses
 import html
 import math
+import pathlib
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from octtl import experiments, stats
 
 DESIGNS = ("baseline", "limited")  # the paper's order
 TABLE_NUMBERS = {"baseline": "II", "limited": "III"}
 # The columns the issue names first, then the extras.
 COLUMNS = ("design", "batch", "arch", "accuracy_mean", "accuracy_std", "auc_mean", "auc_std",
            "iterations_to_best_mean", "n_folds", "iterations_to_best_std", "folds", "n_failed", "n_auc", "rank",
-           "params", "wall_seconds_mean")
+           "params", "wall_seconds_mean", "accuracy_ci_low", "accuracy_ci_high", "auc_ci_low", "auc_ci_high",
+           "test_train_ratio")
 INCOMPLETE = "†"
+# The paper's columns, each mean followed by its interval.
+TOP_COLUMNS = ("Batch size", "Architecture", "Accuracy", "Accuracy 95% CI", "AUC", "AUC 95% CI")
+ALL_COLUMNS = TOP_COLUMNS + ("Iterations to best", "Folds")
+INTERVAL_NOTE = ("95% CI: corrected resampled t interval of Nadeau and Bengio (2003), mean ± t(k-1) · s · "
+                 "sqrt(1/k + n_val/n_train) over k folds, clipped to [0, 1]. Folds share training data (and, in "
+                 "the limited design, validation data), so they are not independent and the plain t interval "
+                 "would be too narrow.")
+METRICS = {"accuracy": "best_accuracy", "auc": "best_auc"}  # result.json field of each compared metric
+METRIC_NAMES = {"accuracy": "accuracy", "auc": "AUC"}
 
 
 @dataclasses.dataclass
@@ -32,6 +51,9 @@ class Row:
         n_auc: Folds whose AUC is defined (both classes in the validation set).
         rank: Place by mean accuracy among the networks of this design and batch size (1 = best).
         params: Parameters of the trained network.
+        accuracy_ci_low, accuracy_ci_high, auc_ci_low, auc_ci_high: 95% interval of the mean (Nadeau-Bengio).
+        test_train_ratio: Validation over training examples of a fold (from result.json's sizes, else the
+            design's), the correction's n_test/n_train.
     """
 
     design: str
@@ -50,6 +72,11 @@ class Row:
     rank: int
     params: float
     wall_seconds_mean: float
+    accuracy_ci_low: float = math.nan
+    accuracy_ci_high: float = math.nan
+    auc_ci_low: float = math.nan
+    auc_ci_high: float = math.nan
+    test_train_ratio: float = math.nan
 
     @property
     def complete(self) -> bool:
@@ -82,10 +109,14 @@ def aggregate(results: Sequence[dict]) -> Tuple[List[Row], List[dict]]:
         its = mean_std([r["iterations_to_best"] for r in ok])
         params = [r["params"] for r in ok if r.get("params") is not None]
         walls = [r["wall_seconds"] for r in ok if r.get("wall_seconds") is not None]
+        folds = max(int(r.get("folds", len(members))) for r in members)
+        ratio = test_train_ratio(ok, design, folds)
         rows.append(Row(design, batch, arch, acc[0], acc[1], auc[0], auc[1], its[0], len(ok), its[1],
-                        max(int(r.get("folds", len(members))) for r in members), len(members) - len(ok),
+                        folds, len(members) - len(ok),
                         len(aucs), 0, round(statistics.fmean(params)) if params else math.nan,
-                        statistics.fmean(walls) if walls else math.nan))
+                        statistics.fmean(walls) if walls else math.nan,
+                        *stats.corrected_interval([r["best_accuracy"] for r in ok], ratio, bounds=(0, 1)),
+                        *stats.corrected_interval(aucs, ratio, bounds=(0, 1)), ratio))
     rows.sort(key=_order)
     for key in {(r.design, r.batch) for r in rows}:
         for rank, row in enumerate([r for r in rows if (r.design, r.batch) == key], 1):
@@ -93,6 +124,18 @@ def aggregate(results: Sequence[dict]) -> Tuple[List[Row], List[dict]]:
     failed = sorted((r for r in results if r.get("status") != "ok"),
                     key=lambda r: (r["design"], int(r["batch"]), r["arch"], int(r["fold"])))
     return rows, failed
+
+
+def test_train_ratio(ok: Sequence[dict], design: str, folds: int) -> float:
+    """n_test/n_train of a (design, batch, arch): mean validation over mean training size of its ok folds.
+
+    Results without the sizes (written by hand, or before result.json had them) fall back to the design's
+    k-fold ratio, 1/(k-1) for baseline and k-1 for limited.
+    """
+    sized = [r for r in ok if r.get("train_size") and r.get("val_size") is not None]
+    if sized:
+        return statistics.fmean(r["val_size"] for r in sized) / statistics.fmean(r["train_size"] for r in sized)
+    return stats.test_train_ratio(design, folds)
 
 
 def _order(row: Row):
@@ -130,6 +173,13 @@ def cell(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ({'n/a' if math.isnan(std) else f'{std:.{digits}f}'})"
 
 
+def interval(low: float, high: float, digits: int = 2) -> str:
+    """'[0.75, 0.85]'; 'n/a' where undefined (one fold)."""
+    if math.isnan(low) or math.isnan(high):
+        return "n/a"
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def display(row: Row) -> Dict[str, str]:
     """A row's cells as printed in the markdown and HTML tables."""
     mark = "" if row.complete else f" {INCOMPLETE}"
@@ -138,6 +188,8 @@ def display(row: Row) -> Dict[str, str]:
         "Architecture": row.arch,
         "Accuracy": cell(row.accuracy_mean, row.accuracy_std) + mark,
         "AUC": cell(row.auc_mean, row.auc_std) + mark,
+        "Accuracy 95% CI": interval(row.accuracy_ci_low, row.accuracy_ci_high) if row.n_folds else "-",
+        "AUC 95% CI": interval(row.auc_ci_low, row.auc_ci_high) if row.n_auc else "-",
         "Iterations to best": cell(row.iterations_to_best_mean, row.iterations_to_best_std, 0),
         "Folds": f"{row.n_folds} of {row.folds}" + (f", {row.n_failed} failed" if row.n_failed else ""),
     }
@@ -204,20 +256,25 @@ def failed_lines(design: str, failed: Sequence[dict]) -> List[str]:
             for r in failed if r["design"] == design]
 
 
-def markdown(design: str, rows: Sequence[Row], failed: Sequence[dict], k: int = 3) -> str:
-    """A design's tables as markdown: the top-k per batch size (Table II/III), then every network."""
+def markdown(design: str, rows: Sequence[Row], failed: Sequence[dict], k: int = 3,
+             tested: Sequence["Comparison"] = ()) -> str:
+    """A design's tables as markdown: the top-k per batch size (Table II/III), every network, then the paired
+    tests of each batch size (`tested`, from `comparisons`)."""
     mine = [r for r in rows if r.design == design]
     lines = [f"# {title(design, mine, f'top {k} performers')}", ""]
-    lines += _markdown_table(top(mine, design, k), ["Batch size", "Architecture", "Accuracy", "AUC"], True)
+    lines += _markdown_table(top(mine, design, k), TOP_COLUMNS, True)
     lines += ["", f"## All networks, {design_label(rows, design)}", ""]
-    lines += _markdown_table(mine, ["Batch size", "Architecture", "Accuracy", "AUC", "Iterations to best",
-                                    "Folds"], True)
-    extra = notes(design, rows, failed)
+    lines += _markdown_table(mine, ALL_COLUMNS, True)
+    extra = [INTERVAL_NOTE] + notes(design, rows, failed)
     if extra:
         lines += [""] + [f"- {n}" for n in extra]
     broken = failed_lines(design, failed)
     if broken:
         lines += ["", "## Failed runs", ""] + [f"- {b}" for b in broken]
+    mine = [c for c in tested if c.design == design]
+    if mine:
+        lines += ["", "## Paired comparisons across folds", ""]
+        lines += [f"- {line}" for c in mine for line in comparison_lines(c)]
     return "\n".join(lines) + "\n"
 
 
@@ -274,3 +331,281 @@ def settings(results: Sequence[dict],
         if values:
             out[key] = values
     return out
+
+
+def grouping(results: Sequence[dict], design: str) -> str:
+    """Whether a design's folds kept each volume on one side of every split, as a sentence for the page."""
+    values = collections.Counter(r.get("group_by_volume") for r in results if r["design"] == design)
+    if set(values) == {True}:
+        return ("Folds grouped by volume: yes. All B-scans of a volume (one eye of one patient) are on the same "
+                "side of every split.")
+    if set(values) == {False}:
+        return ("Folds grouped by volume: no. As in the paper, B-scans of one volume are spread over training and "
+                "validation; neighbouring B-scans are near-duplicates, so validation scores are optimistic "
+                "(octtl.train --group_by_volume keeps volumes whole).")
+    if set(values) == {None}:
+        return "Folds grouped by volume: not recorded in result.json."
+    counts = ", ".join(f"{values[v]} runs {'yes' if v else 'no' if v is False else 'not recorded'}"
+                       for v in (True, False, None) if values[v])
+    return (f"Folds grouped by volume: mixed ({counts}); runs grouped differently from the others of their batch "
+            "size are left out of the paired comparisons.")
+
+
+@dataclasses.dataclass
+class MetricComparison:
+    """One metric of a (design, batch) compared fold by fold across the paired networks.
+
+    Attributes:
+        metric: 'accuracy' or 'auc'.
+        archs: The networks, best average rank first.
+        folds: Fold indices every one of them has a value for.
+        scores: folds x archs values.
+        ranks: Average rank of each network over the folds (1 = best).
+        test: 'Friedman' (then Nemenyi for the pairs), 'Wilcoxon', or '' when no test was run.
+        reason: Why no test was run ('' when one was).
+        friedman: The Friedman test (three or more networks).
+        pairwise: archs x archs p-values (Nemenyi, or Wilcoxon for two networks).
+        cd: Nemenyi critical difference of average ranks at stats.ALPHA.
+        smallest_p: The smallest p the pairwise test can reach with these folds and networks.
+    """
+
+    metric: str
+    archs: List[str]
+    folds: List[int]
+    scores: np.ndarray
+    ranks: np.ndarray
+    test: str = ""
+    reason: str = ""
+    friedman: Optional[stats.Friedman] = None
+    pairwise: Optional[np.ndarray] = None
+    cd: float = math.nan
+    smallest_p: float = math.nan
+
+    @property
+    def pairwise_test(self) -> str:
+        return "Nemenyi" if self.test == "Friedman" else self.test
+
+
+@dataclasses.dataclass
+class Comparison:
+    """The networks of one (design, batch) whose folds pair up, those left out and why, and both metrics."""
+
+    design: str
+    batch: int
+    archs: List[str]
+    left_out: List[str]
+    accuracy: MetricComparison
+    auc: MetricComparison
+
+
+def comparisons(results: Sequence[dict]) -> List[Comparison]:
+    """Paired comparisons of the networks of every (design, batch), in the tables' order.
+
+    Fold i of two runs is the same split only when the runs share data, design, number of folds, seed and
+    grouping (`stats.pairing_key`). The networks sharing the most common key are compared; each other network
+    is left out with the reason.
+    """
+    cells: Dict[tuple, Dict[str, List[dict]]] = {}
+    for r in results:
+        if r.get("status") == "ok":
+            cells.setdefault((r["design"], int(r["batch"])), {}).setdefault(r["arch"], []).append(r)
+    order = {d: i for i, d in enumerate(DESIGNS)}
+    out = []
+    for design, batch in sorted(cells, key=lambda c: (order.get(c[0], len(order)), c[0], c[1])):
+        by_arch = cells[(design, batch)]
+        left_out, keys = [], {}
+        for arch in sorted(by_arch):
+            mine = collections.Counter(stats.pairing_key(r) for r in by_arch[arch])
+            if len(mine) > 1:
+                common, _ = mine.most_common(1)[0]
+                other = next(k for k in mine if k != common)
+                left_out.append(f"{arch}: its own folds were split differently "
+                                f"({stats.describe_key_difference(other, common)})")
+            else:
+                keys[arch] = next(iter(mine))
+        counts = collections.Counter(keys.values())
+        paired = []
+        if counts:
+            reference = min(counts, key=lambda k: (-counts[k], repr(k)))
+            paired = [a for a in keys if keys[a] == reference]
+            left_out += [f"{a}: {stats.describe_key_difference(keys[a], reference)}"
+                         for a in keys if keys[a] != reference]
+        # A network that finished few folds would leave too few common ones for everybody: leave it out instead.
+        folds = {a: {int(r["fold"]) for r in by_arch[a]} for a in paired}
+        while len(paired) > 2 and len(set.intersection(*(folds[a] for a in paired))) < stats.MIN_FOLDS:
+            fewest = min(paired, key=lambda a: (len(folds[a]), a))
+            paired.remove(fewest)
+            left_out.append(f"{fewest}: only {len(folds[fewest])} ok fold{'s' if len(folds[fewest]) != 1 else ''}")
+        out.append(Comparison(design, batch, paired, left_out,
+                              _compare(by_arch, paired, "accuracy"), _compare(by_arch, paired, "auc")))
+    return out
+
+
+def _compare(by_arch: Dict[str, List[dict]], archs: List[str], metric: str) -> MetricComparison:
+    field = METRICS[metric]
+    values = {a: {int(r["fold"]): float(r[field]) for r in by_arch[a] if r.get(field) is not None} for a in archs}
+    folds = sorted(set.intersection(*(set(v) for v in values.values()))) if archs else []
+    scores = np.array([[values[a][f] for a in archs] for f in folds], float).reshape(len(folds), len(archs))
+    ranks = stats.average_ranks(scores) if folds else np.full(len(archs), math.nan)
+    # Best first: the column order of the pairwise table and the diagram.
+    by_rank = sorted(range(len(archs)), key=lambda i: (ranks[i], archs[i]))
+    archs, scores, ranks = [archs[i] for i in by_rank], scores[:, by_rank], ranks[by_rank]
+    result = MetricComparison(metric, archs, folds, scores, ranks)
+    k, n = len(archs), len(folds)
+    if k < 2:
+        result.reason = "fewer than two networks to compare"
+    elif n < stats.MIN_FOLDS:
+        result.reason = (f"{n} fold{'s' if n != 1 else ''} common to all networks; the paired tests need at least "
+                         f"{stats.MIN_FOLDS}")
+    elif k == 2:
+        result.test = "Wilcoxon"
+        p = stats.wilcoxon(scores[:, 0], scores[:, 1]).pvalue
+        result.pairwise = np.array([[1.0, p], [p, 1.0]])
+    else:
+        result.test = "Friedman"
+        result.friedman = stats.friedman(scores)
+        result.pairwise = stats.nemenyi(scores)
+        result.cd = stats.critical_difference(k, n)
+    if result.test:
+        result.smallest_p = stats.smallest_pairwise_p(k, n)
+    return result
+
+
+def comparison_notes(c: MetricComparison) -> List[str]:
+    """What a reader must know about one metric's comparison: no test and why, or the test's limits."""
+    name = METRIC_NAMES[c.metric]
+    if not c.test:
+        return [f"{name}: no test ({c.reason})."]
+    out = []
+    if c.smallest_p > stats.ALPHA:
+        what = ("exact two-sided Wilcoxon p" if c.test == "Wilcoxon"
+                else f"Nemenyi p for {len(c.archs)} networks")
+        out.append(f"{name}: with {len(c.folds)} folds the smallest {what} is {c.smallest_p:.4g} > {stats.ALPHA}: "
+                   "no pair can be significant at 0.05 whatever the scores.")
+    if c.friedman is not None and not np.isfinite(c.friedman.statistic):
+        out.append(f"{name}: every network scored the same on every fold; nothing to test.")
+    return out
+
+
+def comparison_lines(c: Comparison) -> List[str]:
+    """One (design, batch)'s tests in sentences: the test across networks and the significant pairs, per metric."""
+    out = []
+    for m in (c.accuracy, c.auc):
+        head = f"batch size {c.batch}, {METRIC_NAMES[m.metric]}"
+        if not m.test:
+            out.append(f"{head}: no test ({m.reason})")
+            continue
+        over = f"over {len(m.folds)} folds of {', '.join(m.archs)}"
+        if m.friedman is not None:
+            line = f"{head}: Friedman p = {stats.format_p(m.friedman.pvalue)} {over}"
+        else:
+            line = f"{head}: Wilcoxon p = {stats.format_p(m.pairwise[0, 1])} {over}"
+        pairs = [f"{m.archs[i]} > {m.archs[j]} (p = {stats.format_p(m.pairwise[i, j])})"
+                 for i in range(len(m.archs)) for j in range(i + 1, len(m.archs)) if m.pairwise[i, j] < stats.ALPHA]
+        out.append(f"{line}; {m.pairwise_test} pairs with p < {stats.ALPHA}: {', '.join(pairs) or 'none'}")
+    out += [f"batch size {c.batch}, {n}" for m in (c.accuracy, c.auc) if m.test for n in comparison_notes(m)]
+    if c.left_out:
+        out.append(f"batch size {c.batch}, left out of the comparison: {'; '.join(c.left_out)}")
+    return out
+
+
+PAIRED_COLUMNS = ("design", "batch", "metric", "test", "n_networks", "n_folds", "friedman_chi2", "friedman_p",
+                  "iman_davenport_f", "iman_davenport_p", "critical_difference", "arch_a", "arch_b", "mean_a",
+                  "mean_b", "rank_a", "rank_b", "p")
+
+
+def write_paired_csv(tested: Sequence[Comparison], path):
+    """One line per (batch, metric, pair of networks) tested, with the omnibus test of its batch repeated."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PAIRED_COLUMNS)
+        for comp in tested:
+            for c in (comp.accuracy, comp.auc):
+                if not c.test:
+                    continue
+                fr = c.friedman
+                omnibus = ([fr.statistic, fr.pvalue, fr.iman_davenport, fr.iman_davenport_pvalue, c.cd] if fr
+                           else [math.nan] * 5)
+                means = c.scores.mean(axis=0)
+                for i in range(len(c.archs)):
+                    for j in range(i + 1, len(c.archs)):
+                        writer.writerow([_number(v) for v in (
+                            comp.design, comp.batch, c.metric, c.test, len(c.archs), len(c.folds), *map(float, omnibus),
+                            c.archs[i], c.archs[j], float(means[i]), float(means[j]), float(c.ranks[i]),
+                            float(c.ranks[j]), float(c.pairwise[i, j]))])
+
+
+def roc_rows(rows: Sequence[Row], design: str, k: int = 3) -> List[Row]:
+    """The k best (batch, network) of a design by mean accuracy, each network once (at its best batch size)."""
+    out, seen = [], set()
+    for row in sorted((r for r in rows if r.design == design and r.n_folds), key=_order_across_batches):
+        if row.arch not in seen:
+            seen.add(row.arch)
+            out.append(row)
+    return out[:k]
+
+
+def _order_across_batches(row: Row):
+    design, batch, acc, auc, arch = _order(row)
+    return acc, auc, arch, batch
+
+
+@dataclasses.dataclass
+class Pooled:
+    """The validation predictions of every ok fold of one (design, batch, arch), concatenated.
+
+    Attributes:
+        labels, p_fluid: One entry per validation B-scan and fold.
+        folds: Folds whose predictions.csv was read.
+        missing: Ok folds without a predictions.csv.
+    """
+
+    row: Row
+    labels: np.ndarray
+    p_fluid: np.ndarray
+    folds: List[int]
+    missing: List[int]
+
+
+def pooled_predictions(results: Sequence[dict], logdir, rows: Sequence[Row]) -> List[Pooled]:
+    """The predictions.csv of each row's ok runs under LOGDIR's run folders, pooled over folds.
+
+    Raises:
+        ValueError: a predictions.csv without the columns label and p_fluid, or with a bad value (names it).
+    """
+    out = []
+    for row in rows:
+        labels, scores, found, missing = [], [], [], []
+        runs = sorted((r for r in results if r.get("status") == "ok" and
+                       (r["design"], int(r["batch"]), r["arch"]) == (row.design, row.batch, row.arch)),
+                      key=lambda r: int(r["fold"]))
+        for r in runs:
+            path = experiments.run_of(r).folder(logdir) / experiments.PREDICTIONS if logdir else None
+            if path is None or not path.is_file():
+                missing.append(int(r["fold"]))
+                continue
+            fold_labels, fold_scores = read_predictions(path)
+            labels += fold_labels
+            scores += fold_scores
+            found.append(int(r["fold"]))
+        out.append(Pooled(row, np.array(labels, int), np.array(scores, float), found, missing))
+    return out
+
+
+def read_predictions(path) -> Tuple[List[int], List[float]]:
+    """(labels, p_fluid) of a run's predictions.csv."""
+    path = pathlib.Path(path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"label", "p_fluid"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: not a predictions file (needs the columns label and p_fluid, has "
+                             f"{', '.join(reader.fieldnames or ()) or 'none'})")
+        labels, scores = [], []
+        for number, line in enumerate(reader, 2):
+            try:
+                labels.append(int(line["label"]))
+                scores.append(float(line["p_fluid"]))
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{number}: bad label or p_fluid ({line['label']!r}, "
+                                 f"{line['p_fluid']!r})") from None
+    return labels, scores

@@ -1,20 +1,28 @@
 """Tests of the report (octtl/report.py, octtl/tables.py, octtl/figures.py, octtl/report_page.py).
 
-Results with known values go through `python -m octtl.report`; every mean and std in the CSVs is recomputed
-here with numpy. The end-to-end report of a real sweep is in test_sweep.py.
+Results with known values go through `python -m octtl.report`; every mean, std and interval in the CSVs is
+recomputed here with numpy. A mini sweep's run folders (3 networks, 1 batch size, 5 folds, predictions.csv
+included) give the statistics page, which is also loaded in headless Chromium. The end-to-end report of a real
+sweep is in test_sweep.py; the statistics themselves are checked against published examples in test_stats.py.
 """
 
 import csv
+import html.parser
 import json
+import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 
+import matplotlib.image
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from conftest import REPO
-from octtl import figures, tables
+from octtl import browser, figures, stats, tables
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 FOLDS = 10
@@ -22,7 +30,11 @@ FOLDS = 10
 
 def result(design, batch, arch, fold, accuracy, auc, iterations, params=1_000_000, status="ok", folds=FOLDS):
     r = {"design": design, "batch": batch, "arch": arch, "fold": fold, "folds": folds, "status": status,
-         "weights": "imagenet", "image_size": 224, "wall_seconds": 10.0 + fold}
+         "weights": "imagenet", "image_size": 224, "wall_seconds": 10.0 + fold, "seed": 0,
+         "group_by_volume": False, "data_dir": "data/records",
+         # 1176 B-scans in 10 folds: 117 or 118 validate; the limited design swaps the two sides.
+         "train_size": 1058 + fold % 2 if design == "baseline" else 118 - fold % 2,
+         "val_size": 118 - fold % 2 if design == "baseline" else 1058 + fold % 2}
     if status == "ok":
         r.update(best_accuracy=accuracy, best_auc=auc, iterations_to_best=iterations, params=params,
                  checks=[{"iteration": i, "val_accuracy": accuracy * i / iterations, "val_loss": 0.5,
@@ -105,8 +117,17 @@ def test_every_mean_and_std_matches_numpy(known, report):
                 assert abs(float(row["accuracy_std"]) - acc.std(ddof=1)) < 1e-9
                 assert abs(float(row["auc_std"]) - auc.std(ddof=1)) < 1e-9
                 assert abs(float(row["iterations_to_best_std"]) - its.std(ddof=1)) < 1e-9
+                # Nadeau-Bengio: mean +- t(k-1) s sqrt(1/k + n_val/n_train), clipped to [0, 1].
+                ratio = np.mean([r["val_size"] for r in ok]) / np.mean([r["train_size"] for r in ok])
+                assert float(row["test_train_ratio"]) == pytest.approx(ratio, rel=1e-12)
+                for values, name in ((acc, "accuracy"), (auc, "auc")):
+                    k = len(values)
+                    half = scipy_stats.t.ppf(0.975, k - 1) * values.std(ddof=1) * math.sqrt(1 / k + ratio)
+                    assert float(row[f"{name}_ci_low"]) == pytest.approx(max(values.mean() - half, 0), abs=1e-12)
+                    assert float(row[f"{name}_ci_high"]) == pytest.approx(min(values.mean() + half, 1), abs=1e-12)
             else:
                 assert row["accuracy_std"] == row["auc_std"] == ""  # undefined for one fold, not 0
+                assert row["accuracy_ci_low"] == row["accuracy_ci_high"] == ""
             checked += 1
     assert checked == 16
 
@@ -148,8 +169,15 @@ def test_page_lists_everything_and_says_where_results_came_from(report):
     out, proc = report
     page = (out / "index.html").read_text()
     assert "results.jsonl" in page and "3 failed" in page
-    assert page.count("<table>") == 4 and page.count("data:image/png;base64,") == 7
+    # Per design: top and full tables, the tests of each batch size, and a pairwise table per batch size.
+    assert page.count("<table>") == 4 and page.count('<table class="omnibus">') == 2
+    assert page.count('<table class="pairwise">') == 4
+    # Figs 2-4 per design, accuracy by design, a critical-difference diagram per (design, batch); no ROC: the
+    # results file's run folders are not there, and the page says so.
+    assert page.count("data:image/png;base64,") == 7 + 4 and "roc_" not in page
+    assert "ROC: no predictions.csv in the run folders for vgg16 batch 8 (10 of 10 folds)" in page
     assert "Failed runs (not averaged)" in page and 'class="incomplete"' in page
+    assert "Nadeau and Bengio (2003)" in page and page.count("Folds grouped by volume: no.") == 2
     assert "report: 151 runs (3 failed)" in proc.stdout
 
 
@@ -226,3 +254,230 @@ def test_bad_input_is_one_error_line(tmp_path, content, message):
     error = proc.stderr.strip()
     assert error.startswith("report: error: ") and message in error and len(error.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_paired_comparisons_use_the_folds_every_network_finished(known, report):
+    out, _ = report
+    lines = read_csv(out / "paired_baseline.csv")
+    # baseline/16: alexnet failed folds 0-2, googlenet has no AUC in folds 2 and 5.
+    batch16 = [r for r in lines if r["batch"] == "16"]
+    assert {(r["metric"], r["n_folds"], r["n_networks"], r["test"]) for r in batch16} == {
+        ("accuracy", "7", "4", "Friedman"), ("auc", "6", "4", "Friedman")}
+    assert len(batch16) == 2 * 6  # every pair of 4 networks, for each metric
+    folds = {"accuracy": [3, 4, 5, 6, 7, 8, 9], "auc": [3, 4, 6, 7, 8, 9]}
+    for metric, field in tables.METRICS.items():
+        archs = sorted({r["arch_a"] for r in batch16} | {r["arch_b"] for r in batch16})
+        table = np.array([[next(r[field] for r in known if (r["design"], r["batch"], r["arch"], r["fold"])
+                                == ("baseline", 16, a, f)) for a in archs] for f in folds[metric]])
+        line = next(r for r in batch16 if r["metric"] == metric)
+        assert float(line["friedman_p"]) == pytest.approx(scipy_stats.friedmanchisquare(*table.T).pvalue, rel=1e-9)
+        assert float(line["critical_difference"]) == pytest.approx(
+            stats.nemenyi_q(4) * math.sqrt(4 * 5 / (6 * len(folds[metric]))), rel=1e-9)
+        for r in (r for r in batch16 if r["metric"] == metric):
+            assert float(r["mean_a"]) == pytest.approx(table[:, archs.index(r["arch_a"])].mean(), abs=1e-12)
+    # limited/8: densenet201 finished one fold; it is left out rather than leaving one common fold.
+    limited = [r for r in read_csv(out / "paired_limited.csv") if r["batch"] == "8"]
+    assert {r["n_networks"] for r in limited} == {"3"} and "densenet201" not in str(limited)
+    page = (out / "index.html").read_text()
+    assert "Batch size 8, left out of the comparison: densenet201: only 1 ok fold" in page
+
+
+def paired(results):
+    """(design, batch) -> Comparison."""
+    return {(c.design, c.batch): c for c in tables.comparisons(results)}
+
+
+def test_runs_whose_folds_are_different_splits_are_not_paired():
+    runs = [dict(result("baseline", 8, arch, fold, 0.7 + fold / 100, 0.8, 5), seed=seed)
+            for arch, seed in (("vgg16", 0), ("alexnet", 0), ("googlenet", 0), ("resnet18", 1))
+            for fold in range(FOLDS)]
+    runs += [dict(result("baseline", 8, "xception", fold, 0.7, 0.8, 5), group_by_volume=fold > 4)
+             for fold in range(FOLDS)]
+    c = paired(runs)[("baseline", 8)]
+    assert sorted(c.archs) == ["alexnet", "googlenet", "vgg16"] and c.accuracy.test == "Friedman"
+    assert c.left_out == ["xception: its own folds were split differently (group_by_volume True (the others: False))",
+                          "resnet18: seed 1 (the others: 0)"]
+    # The data identity of result.json, when there is one, decides over the folder's path.
+    moved = [dict(r, data_dir="elsewhere", data={"manifest_sha256": "ab", "num_examples": 1176})
+             if r["arch"] == "alexnet" else dict(r, data={"manifest_sha256": "ab", "num_examples": 1176})
+             for r in runs if r["arch"] in ("vgg16", "alexnet")]
+    assert sorted(paired(moved)[("baseline", 8)].archs) == ["alexnet", "vgg16"]
+
+
+def test_two_networks_get_wilcoxon_and_the_page_says_five_folds_cannot_reach_5_percent(tmp_path):
+    runs = [result("limited", 8, arch, fold, acc + fold / 100, 0.8 + fold / 100, 5, folds=5)
+            for arch, acc in (("vgg16", 0.8), ("alexnet", 0.7)) for fold in range(5)]
+    c = paired(runs)[("limited", 8)]
+    assert c.accuracy.test == "Wilcoxon" and c.accuracy.archs == ["vgg16", "alexnet"]
+    assert c.accuracy.pairwise[0, 1] == pytest.approx(0.0625)  # 5 of 5 folds in favour: 2 / 2^5
+    assert c.auc.pairwise[0, 1] == 1.0  # the same AUC in every fold
+    notes = tables.comparison_notes(c.accuracy)
+    assert notes == ["accuracy: with 5 folds the smallest exact two-sided Wilcoxon p is 0.0625 > 0.05: no pair "
+                     "can be significant at 0.05 whatever the scores."]
+    fewer = paired([r for r in runs if r["fold"] < 4])[("limited", 8)]
+    assert not fewer.accuracy.test and tables.comparison_notes(fewer.accuracy) == [
+        "accuracy: no test (4 folds common to all networks; the paired tests need at least 5)."]
+
+
+def auc_by_hand(labels, scores):
+    """Share of (fluid, normal) pairs the scores order correctly, ties counting half (the Mann-Whitney AUC)."""
+    fluid, normal = scores[labels == 1], scores[labels == 0]
+    diff = fluid[:, None] - normal[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
+MINI = {"vgg16": 1.6, "alexnet": 1.0, "squeezenet": 0.6}  # separation of the classes: vgg16 best
+
+
+def write_run(root, design, arch, batch, fold, labels, p_fluid, folds=5, **extra):
+    """A run folder as octtl.train leaves it: result.json agreeing with predictions.csv."""
+    folder = root / design / arch / f"batch{batch}" / f"fold{fold}"
+    folder.mkdir(parents=True)
+    accuracy = float(((p_fluid > 0.5) == labels).mean())
+    r = dict(result(design, batch, arch, fold, accuracy, auc_by_hand(labels, p_fluid), 6, folds=folds),
+             val_size=len(labels), train_size=4 * len(labels), **extra)
+    (folder / "result.json").write_text(json.dumps(r))
+    with open(folder / "predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["volume_id", "slice", "label", "p_fluid"])
+        for i, (label, p) in enumerate(zip(labels, p_fluid)):
+            writer.writerow([f"TRAIN{25 + i // 8:03d}", i % 8, int(label), repr(float(p))])
+    return r
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    """A mini sweep's run folders (3 networks x batch 8 x 5 folds, baseline design) and its report."""
+    root = tmp_path_factory.mktemp("mini-runs")
+    rng = np.random.default_rng(3)
+    results = []
+    for fold in range(5):
+        labels = rng.permutation(np.repeat([0, 1], 24))  # 48 validation B-scans per fold
+        noise = rng.normal(0, 1, labels.size)
+        for arch, separation in MINI.items():
+            p_fluid = 1 / (1 + np.exp(-(separation * (2 * labels - 1) + noise + rng.normal(0, 0.3, labels.size))))
+            results.append(write_run(root, "baseline", arch, 8, fold, labels, p_fluid))
+    out = root / "report"
+    proc = run_report(f"--logdir={root}", f"--out_dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    return root, out, results
+
+
+def test_mini_sweep_page_shows_the_statistics(mini):
+    root, out, results = mini
+    assert {p.name for p in out.glob("*.png")} >= {"cd_baseline_batch8.png", "roc_baseline.png"}
+    page = (out / "index.html").read_text()
+    table = np.array([[next(r["best_accuracy"] for r in results if (r["arch"], r["fold"]) == (a, f))
+                       for a in MINI] for f in range(5)])
+    friedman_p = scipy_stats.friedmanchisquare(*table.T).pvalue
+    assert f"Friedman p = {stats.format_p(friedman_p)}" in page
+    assert (f"batch size 8, accuracy: Friedman p = {stats.format_p(friedman_p)} over 5 folds of vgg16, alexnet, "
+            "squeezenet") in (out / "table_baseline.md").read_text()
+    pairwise = page.split('<table class="pairwise">')[1].split("</table>")[0]
+    assert pairwise.count("<tr>") == 1 + 3  # header and the 3 pairs
+    assert page.count('alt="cd_baseline_batch8.png"') == 1 and page.count('alt="roc_baseline.png"') == 1
+    # An interval beside every mean: every row of both tables has its two interval cells.
+    for html_table in re.findall(r"<table>.*?</table>", page, re.S):
+        body = html_table.split("</tr>", 1)[1]
+        assert body.count("<tr>") == len(re.findall(r"<td>\[\d\.\d\d, \d\.\d\d\]</td>", body)) / 2 > 0
+    assert "Folds grouped by volume: no." in page and "Nadeau and Bengio (2003)" in page
+    image = matplotlib.image.imread(out / "cd_baseline_batch8.png")
+    assert image.shape[0] > 100 and image[..., :3].std() > 0.05
+
+
+def test_roc_pools_the_folds_predictions(mini):
+    root, _, results = mini
+    rows, _ = tables.aggregate(results)
+    top = tables.roc_rows(rows, "baseline", 2)
+    assert [r.arch for r in top] == ["vgg16", "alexnet"]
+    pooled = tables.pooled_predictions(results, root, top)
+    for p in pooled:
+        assert p.folds == [0, 1, 2, 3, 4] and p.missing == [] and len(p.labels) == 5 * 48
+    fig = figures.roc(pooled, "ROC")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    for p, text in zip(pooled, legend):
+        assert text == f"{p.row.arch}, batch 8: AUC {auc_by_hand(p.labels, p.p_fluid):.2f} (5 folds)"
+    assert tables.pooled_predictions(results, root / "nowhere", top)[0].missing == [0, 1, 2, 3, 4]
+
+
+def test_bad_predictions_file_is_one_error_line(tmp_path):
+    labels = np.array([0, 1, 0, 1])
+    for fold in range(2):
+        write_run(tmp_path, "baseline", "vgg16", 8, fold, labels, np.array([0.2, 0.9, 0.4, 0.6]), folds=2)
+    bad = tmp_path / "baseline" / "vgg16" / "batch8" / "fold1" / "predictions.csv"
+    bad.write_text("volume_id,slice,label,p_fluid\nTRAIN025,0,1,high\n")
+    proc = run_report(f"--logdir={tmp_path}", f"--out_dir={tmp_path / 'out'}")
+    error = proc.stderr.strip()
+    assert proc.returncode != 0 and len(error.splitlines()) == 1
+    assert error == f"report: error: {bad}:2: bad label or p_fluid ('1', 'high')"
+    assert not (tmp_path / "out").exists()
+
+
+class _Verdict(html.parser.HTMLParser):
+    """Reads the data-verdict attribute the test's script leaves on <body>."""
+
+    verdict = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "body":
+            self.verdict = dict(attrs).get("data-verdict")
+
+
+# Appended to a copy of index.html: once the page has loaded, records every image's state and every table's
+# row count on <body>, where --dump-dom shows it.
+_CHECK = """<script>
+window.addEventListener("load", () => {
+  document.body.dataset.verdict = JSON.stringify({
+    images: [...document.images].map(i => [i.alt, i.complete && i.naturalWidth > 0, i.naturalWidth]),
+    tables: [...document.querySelectorAll("table")].map(t => t.rows.length)});
+});
+</script>"""
+
+
+def test_page_in_a_real_browser(mini, tmp_path):
+    chromium = browser.find()
+    if chromium is None:
+        pytest.skip(f"no Chromium on PATH (looked for {', '.join(browser.NAMES)}); "
+                    "Debian: apt-get install chromium (.ci/run does)")
+    _, out, _ = mini
+    page = (out / "index.html").read_text()
+    checked = tmp_path / "index.html"
+    checked.write_text(page.replace("</body>", _CHECK + "</body>"))
+    parser = _Verdict()
+    parser.feed(browser.dump_dom(checked, chromium))
+    assert parser.verdict, "the page's load event never fired"
+    verdict = json.loads(parser.verdict)
+    images = {alt: (loaded, width) for alt, loaded, width in verdict["images"]}
+    assert len(images) == page.count("<img ") == 6  # Figs 2-4, accuracy by design, CD, ROC
+    assert all(loaded and width > 300 for loaded, width in images.values()), images
+    # Top table (3 + header), all networks (3 + header), tests (1 + header), pairwise (3 + header).
+    assert verdict["tables"] == [4, 4, 2, 4]
+    shot = browser.screenshot(out / "index.html", tmp_path / "screenshot.png", 1200, 1600, chromium)
+    image = matplotlib.image.imread(shot)
+    assert image.shape[:2] == (1600, 1200) and image[..., :3].std() > 0.05
+    shutil.copy(shot, out.parent / "screenshot.png")  # beside the report, for a person to look at
+
+
+def test_critical_difference_diagram_joins_exactly_the_pairs_nemenyi_cannot_separate(mini):
+    _, _, results = mini
+    c = tables.comparisons(results)[0].accuracy
+    assert c.test == "Friedman" and c.archs == ["vgg16", "alexnet", "squeezenet"]
+    ax = figures.critical_difference(c, "CD").axes[0]
+    cd_bar = [line for line in ax.lines if list(line.get_ydata()) == [1.2, 1.2]]
+    assert len(cd_bar) == 1 and list(cd_bar[0].get_xdata()) == pytest.approx([1, 1 + c.cd])
+    assert any(t.get_text() == f"CD = {c.cd:.2f}" for t in ax.texts)
+    texts = [t.get_text() for t in ax.texts]
+    for arch, rank in zip(c.archs, c.ranks):  # each network labelled with its average rank
+        assert f"{arch} ({rank:.2f})" in texts or f"({rank:.2f}) {arch}" in texts
+    # Crossbars: horizontal lines below the axis through the ranks of networks not significantly different.
+    joined = set()
+    for line in ax.lines:
+        y = set(line.get_ydata())
+        if len(line.get_xdata()) >= 2 and len(y) == 1 and y.pop() < 0:
+            ranks = sorted(line.get_xdata())
+            members = [a for a, r in zip(c.archs, c.ranks) if ranks[0] <= r <= ranks[-1]]
+            joined |= {(a, b) for a in members for b in members if a < b}
+    apart = {(a, b) for i, a in enumerate(c.archs) for j, b in enumerate(c.archs)
+             if a < b and c.pairwise[i, j] < stats.ALPHA}
+    assert apart  # the data make vgg16 and squeezenet differ, so the diagram has something to show
+    assert joined == {(a, b) for a in c.archs for b in c.archs if a < b} - apart

@@ -154,9 +154,11 @@ def test_end_to_end_report(killed_and_resumed, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "octtl.report", f"--logdir={logdir}", f"--out_dir={out}"],
                           capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    figures = ["fig2_baseline.png", "fig3_baseline.png", "fig4_baseline.png", "accuracy_by_design.png"]
+    # ROC curves from the runs' predictions.csv; no critical-difference diagram: 2 folds are too few to test.
+    figures = ["fig2_baseline.png", "fig3_baseline.png", "fig4_baseline.png", "accuracy_by_design.png",
+               "roc_baseline.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["table_baseline.csv", "table_baseline.md", "index.html", *figures])
+        ["table_baseline.csv", "table_baseline.md", "paired_baseline.csv", "index.html", *figures])
 
     with open(out / "table_baseline.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -167,6 +169,7 @@ def test_end_to_end_report(killed_and_resumed, tmp_path):
         assert int(row["n_folds"]) == FOLDS == int(row["folds"])
         assert float(row["accuracy_mean"]) == pytest.approx(np.mean(accs), abs=1e-12)
         assert float(row["accuracy_std"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-12)
+        assert float(row["accuracy_ci_low"]) <= float(row["accuracy_mean"]) <= float(row["accuracy_ci_high"])
 
     for name in figures:
         image = matplotlib.image.imread(out / name)
@@ -179,12 +182,15 @@ def test_end_to_end_report(killed_and_resumed, tmp_path):
     for arch in ARCHS:
         assert arch in page
     assert "Table II" in page and "0 failed" in page
+    assert "Folds grouped by volume: no." in page and "ROC: no predictions.csv" not in page
+    assert "no test: 2 folds common to all networks; the paired tests need at least 5" in page
 
 
 def test_run_folder_is_octtl_training_s():
     run = experiments.Run("limited", "vgg16", 32, 7)
     assert run.folder("runs") == training.run_dir("runs", "limited", "vgg16", 32, 7)
     assert experiments.RESULT == training.RESULT
+    assert experiments.PREDICTIONS == training.PREDICTIONS
 
 
 @pytest.mark.parametrize("largest, batches", [
