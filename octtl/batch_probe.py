@@ -18,7 +18,6 @@ import pathlib
 import resource
 from typing import Callable, Dict, Optional, Tuple
 
-from octtl import experiments
 
 FITS = "fits"
 OUT_OF_MEMORY = "out of memory"
@@ -175,13 +174,25 @@ def probe(arch: str, image_size: int, gpu: bool, cap: int = 256, mixed_precision
     }
 
 
+def read_table(path) -> dict:
+    """The probe table at `path` ({} when the probe has not been run).
+
+    Raises:
+        ValueError: the file is not JSON.
+    """
+    try:
+        return json.loads(pathlib.Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+
+
 def write_table(path, entries: Dict[str, dict], device: str) -> dict:
     """Merges `entries`, measured on `device`, into the table at `path` (other networks' entries stay).
 
     The table is {"archs": {arch: entry}}; it is written to a temporary file and renamed into place.
     """
     path = pathlib.Path(path)
-    table = experiments.read_max_batch(path) or {}
+    table = read_table(path) or {}
     table.setdefault("archs", {}).update({arch: {**entry, "device": device} for arch, entry in entries.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

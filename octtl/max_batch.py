@@ -17,12 +17,12 @@ from absl import flags
 
 from octtl import architectures
 from octtl import batch_probe
-from octtl import experiments
+from octtl import runs
 
 _ARCH = flags.DEFINE_enum("arch", "all", ["all", *architectures.ARCHITECTURES], "Network (Table I), or all.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input side in pixels; default each network's.",
                                    lower_bound=1)
-_LOGDIR = flags.DEFINE_string("logdir", "runs", f"The table is written to LOGDIR/{experiments.MAX_BATCH}.")
+_LOGDIR = flags.DEFINE_string("logdir", "runs", f"The table is written to LOGDIR/{runs.MAX_BATCH}.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the table here instead.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "Largest batch tried (a power of two).", lower_bound=1)
 _MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "Measure with float16 compute, as octtl.train's flag.")
@@ -56,7 +56,7 @@ def main(argv):
         print("max_batch: no GPU: measuring host memory"
               + (f" ({available / 2**30:.1f} GiB available)" if available else "")
               + "; the result is not a GPU batch size")
-    path = _OUTPUT.value or os.path.join(_LOGDIR.value, experiments.MAX_BATCH)
+    path = _OUTPUT.value or os.path.join(_LOGDIR.value, runs.MAX_BATCH)
     for arch in archs:
         size = _IMAGE_SIZE.value or architectures.get(arch).input_size
         entry = batch_probe.probe(arch, size, bool(gpus), _MAX_BATCH.value, _MIXED_PRECISION.value,

@@ -30,7 +30,7 @@ REQUIRED = ("model", "input")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value is None]
+    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value in (None, "")]
     if missing:
         sys.exit(f"predict: error: {', '.join(missing)} required")
     from octtl import prediction

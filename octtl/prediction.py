@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from octtl import outputs
+from octtl.runs import RESULT
 from octtl.errors import InputError
 from octtl.scans import Scans, input_kind, read_input
 
@@ -33,7 +34,6 @@ GRADCAM_COLUMNS = ("volume_id", "slice", "p_fluid", "label", "peak_top", "peak_b
                    "peak_in_fluid", "chance_hit", "png")
 GRADCAM_TABLE = "gradcam.csv"
 _RUN_KEYS = ("arch", "image_size", "preprocess", "crop")
-RESULT = "result.json"
 
 
 class ModelError(Exception):

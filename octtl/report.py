@@ -18,13 +18,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from octtl import experiments  # noqa: E402
+from octtl import runs  # noqa: E402
 from octtl import report_page  # noqa: E402
 
 _LOGDIR = flags.DEFINE_string("logdir", "runs", "Root of the sweep's run folders.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "report", "Folder the tables, figures and index.html are written to.")
 _RESULTS = flags.DEFINE_string("results", None,
-                               f"Results file; default LOGDIR/{experiments.RESULTS}, else the run folders.")
+                               f"Results file; default LOGDIR/{runs.RESULTS}, else the run folders.")
 _TOP = flags.DEFINE_integer("top", 3, "Networks per batch size in the top table (Table II shows 3).", lower_bound=1)
 
 
@@ -34,15 +34,15 @@ def load(logdir, results_path=None):
     Raises:
         ValueError: no results at all, or a malformed results file.
     """
-    path = pathlib.Path(results_path) if results_path else pathlib.Path(logdir) / experiments.RESULTS
+    path = pathlib.Path(results_path) if results_path else pathlib.Path(logdir) / runs.RESULTS
     if path.is_file():
-        results = experiments.read_results(path)
+        results = runs.read_results(path)
         source = str(path)
     elif results_path:
         raise ValueError(f"--results={results_path}: no such file")
     else:
-        results = experiments.collect(logdir)
-        source = f"{logdir}/*/*/batch*/fold*/{experiments.RESULT}"
+        results = runs.collect(logdir)
+        source = f"{logdir}/*/*/batch*/fold*/{runs.RESULT}"
     if not results:
         raise ValueError(f"no results in {source} (run python -m octtl.sweep first)")
     return results, source
@@ -55,9 +55,9 @@ def main(argv):
         results, source = load(_LOGDIR.value, _RESULTS.value)
     except (ValueError, OSError) as e:
         sys.exit(f"report: error: {e}")
-    if source.endswith(experiments.RESULTS) and pathlib.Path(_LOGDIR.value).is_dir():
-        listed = {experiments.run_of(r) for r in results}
-        missing = [r for r in experiments.collect(_LOGDIR.value) if experiments.run_of(r) not in listed]
+    if source.endswith(runs.RESULTS) and pathlib.Path(_LOGDIR.value).is_dir():
+        listed = {runs.run_of(r) for r in results}
+        missing = [r for r in runs.collect(_LOGDIR.value) if runs.run_of(r) not in listed]
         if missing:
             print(f"report: note: {len(missing)} finished runs in {_LOGDIR.value} are not in {source}; "
                   f"python -m octtl.sweep --logdir={_LOGDIR.value} --collect adds them", file=sys.stderr)

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from octtl import experiments, stats
+from octtl import runs, stats
 
 DESIGNS = ("baseline", "limited")  # the paper's order
 TABLE_NUMBERS = {"baseline": "II", "limited": "III"}
@@ -576,11 +576,11 @@ def pooled_predictions(results: Sequence[dict], logdir, rows: Sequence[Row]) -> 
     out = []
     for row in rows:
         labels, scores, found, missing = [], [], [], []
-        runs = sorted((r for r in results if r.get("status") == "ok" and
-                       (r["design"], int(r["batch"]), r["arch"]) == (row.design, row.batch, row.arch)),
-                      key=lambda r: int(r["fold"]))
-        for r in runs:
-            path = experiments.run_of(r).folder(logdir) / experiments.PREDICTIONS if logdir else None
+        members = sorted((r for r in results if r.get("status") == "ok" and
+                          (r["design"], int(r["batch"]), r["arch"]) == (row.design, row.batch, row.arch)),
+                         key=lambda r: int(r["fold"]))
+        for r in members:
+            path = runs.run_of(r).folder(logdir) / runs.PREDICTIONS if logdir else None
             if path is None or not path.is_file():
                 missing.append(int(r["fold"]))
                 continue

@@ -57,6 +57,7 @@ _MAX_ITERATIONS = flags.DEFINE_integer("max_iterations", None, "Stop after this 
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", None,
                                    "Also evaluate accuracy/AUC every N iterations (default: at checks only).",
                                    lower_bound=1)
+_SAVE_MODEL = flags.DEFINE_bool("save_model", True, "Save the best model as best.keras in the run folder.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Redo a run that already has a result.json.")
 
 # Checked in main rather than with mark_flags_as_required: absl validators are process-wide, so
@@ -77,13 +78,13 @@ def config_from_flags():
         image_size=_IMAGE_SIZE.value, preprocess=_PREPROCESS.value, crop=_CROP.value, eval_batch=_EVAL_BATCH.value,
         mixed_precision=_MIXED_PRECISION.value, jit_compile=_JIT_COMPILE.value, strategy=_STRATEGY.value,
         early_stop=_EARLY_STOP.value, max_iterations=_MAX_ITERATIONS.value, eval_every=_EVAL_EVERY.value,
-        overwrite=_OVERWRITE.value)
+        save_model=_SAVE_MODEL.value, overwrite=_OVERWRITE.value)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value is None]
+    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value in (None, "")]
     if missing:
         sys.exit(f"train: error: {', '.join(missing)} required")
     if _FOLD.value >= _FOLDS.value:
@@ -91,7 +92,7 @@ def main(argv):
     from octtl import console
 
     gpus = console.start_tensorflow()
-    from octtl import training
+    from octtl import runs, training
     from octtl.errors import InputError, WeightsError
 
     training.configure_devices(_MIXED_PRECISION.value)
@@ -101,11 +102,12 @@ def main(argv):
     config = config_from_flags()
     try:
         fold_list = list(range(config.folds)) if config.fold == -1 else [config.fold]
-        training.write_hparams_config(config.logdir)
+        # One session for every fold: the records are decoded and the network built and compiled once.
+        session = training.Session(config, say=say, redo_stale=True)
         failed = 0
         for fold in fold_list:
-            result = training.train(config, fold, say=say)
-            say(training.summary_line(result))
+            result = session.run(config.design, fold)
+            say(runs.summary_line(result))
             failed += result["status"] != "ok"
     except (InputError, WeightsError) as e:
         sys.exit(f"train: error: {e}")

@@ -92,13 +92,13 @@ def fake_run(folder, arch="squeezenet", image_size=64, crop="center", preprocess
 
     import keras
 
-    from octtl import models, training
+    from octtl import models, runs
 
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(1)
     model = models.build(arch, weights="none", image_size=image_size, preprocess=preprocess)
-    model.save(folder / training.BEST_MODEL)
-    (folder / training.RESULT).write_text(json.dumps(
+    model.save(folder / runs.BEST_MODEL)
+    (folder / runs.RESULT).write_text(json.dumps(
         {"arch": arch, "image_size": image_size, "crop": crop, "preprocess": preprocess, "status": "ok"}))
-    return folder / training.BEST_MODEL
+    return folder / runs.BEST_MODEL

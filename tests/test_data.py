@@ -40,40 +40,37 @@ def test_metadata_from_index_equals_records(converted):
     assert meta.slices.tolist() == list(range(6)) * 3
 
 
+def decoded(out, size, crop_mode="center"):
+    return data.decode(out, data.read_metadata(out), size, crop_mode)
+
+
 @pytest.mark.parametrize("size", [32, 64])  # 64 > 40 rows: crop columns, pad rows
-def test_eval_dataset_order_and_pixels(converted, size):
+def test_decode_order_and_pixels(converted, size):
     out, eight_bit, references = converted
-    indices = [16, 3, 0, 9, 4]
-    images, labels = [], []
-    for x, y in data.dataset(out, indices, size, batch_size=2, training=False):
-        images.append(x.numpy())
-        labels.append(y.numpy())
-    images, labels = np.concatenate(images), np.concatenate(labels)
-    order = sorted(indices)
-    # uint8 crops: the models scale their inputs themselves.
-    assert images.shape == (5, size, size, 1) and images.dtype == np.uint8
-    assert labels.tolist() == [int(references[i].any()) for i in order]
-    for image, i in zip(images, order):
+    result = decoded(out, size)
+    # uint8 crops, row i = index.csv row i: the models scale their inputs themselves.
+    assert result.images.shape == (18, size, size, 1) and result.images.dtype == np.uint8
+    assert result.labels.tolist() == [int(r.any()) for r in references]
+    for i, image in enumerate(result.images):
         np.testing.assert_array_equal(image[..., 0], center(eight_bit[i], size))
 
 
-def test_paper_rescale_and_resize_modes(converted):
+def test_resize_and_paper_rescale(converted):
     out, eight_bit, _ = converted
-    x, _ = next(iter(data.dataset(out, [0], 24, 1, training=False, rescale_mode="paper")))
-    assert x.dtype.name == "float32"
-    np.testing.assert_allclose(x.numpy()[0, ..., 0], center(eight_bit[0], 24) / 127.5 - 1.0, atol=1e-6)
-    x, _ = next(iter(data.dataset(out, [0], 24, 1, training=False, crop_mode="resize")))
-    assert x.shape == (1, 24, 24, 1)
+    resized = decoded(out, 24, "resize").images
     # A resize keeps the whole B-scan: its mean brightness stays that of the full image.
-    assert abs(x.numpy().mean() - eight_bit[0].mean()) < 2.0
+    assert abs(resized[0].mean() - eight_bit[0].mean()) < 2.0
+    paper = data.rescale(decoded(out, 24).images[:1], "paper").numpy()
+    np.testing.assert_allclose(paper[0, ..., 0], center(eight_bit[0], 24) / 127.5 - 1.0, atol=1e-6)
 
 
 def test_training_reshuffles_every_epoch_deterministically(converted):
     out, _, _ = converted
+    images = decoded(out, 16)
     indices = list(range(18))
 
     def epochs(seed, count=3):
-        ds = data.dataset(out, indices, 16, 18, training=True, seed=seed)
+        ds = data.training_batches(images, indices, 18, seed)
         return [next(iter(ds))[0].numpy()[:, 8, 8, 0] for _ in range(count)]
 
     first = epochs(seed=1)
@@ -84,20 +81,79 @@ def test_training_reshuffles_every_epoch_deterministically(converted):
         np.testing.assert_array_equal(np.sort(epoch), np.sort(first[0]))  # ... same examples
 
 
-def test_training_covers_subset_each_epoch(converted):
+def test_training_covers_subset_each_epoch_and_drops_the_partial_batch(converted):
     out, _, references = converted
     subset = [1, 2, 5, 7, 11, 12, 17]
-    ds = data.dataset(out, subset, 16, 3, training=True, seed=0)
+    ds = data.training_batches(decoded(out, 16), subset, 3, seed=0)
     for _ in range(2):
         labels = np.concatenate([y.numpy() for _, y in ds])
-        assert sorted(labels.tolist()) == sorted(int(references[i].any()) for i in subset)
+        assert len(labels) == 6  # two full batches of 3; the seventh example waits for another epoch
+        assert set(labels.tolist()) <= {int(references[i].any()) for i in subset}
+
+
+def test_padded_batches_keep_one_shape():
+    images = np.arange(5 * 2 * 2, dtype=np.uint8).reshape(5, 2, 2, 1)
+    batches = list(data.padded_batches(images, 2))
+    assert [b.shape for b, _ in batches] == [(2, 2, 2, 1)] * 3 and [n for _, n in batches] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate([b[:n] for b, n in batches]), images)
 
 
 def test_bad_arguments(converted, tmp_path):
     out, _, _ = converted
-    with pytest.raises(ValueError, match="indices must be in 0..17"):
-        data.dataset(out, [18], 16, 1, training=False)
     with pytest.raises(ValueError, match="crop mode"):
-        data.dataset(out, [0], 16, 1, training=False, crop_mode="zoom")
+        decoded(out, 16, "zoom")
     with pytest.raises(data.InputError, match="does not exist"):
         data.read_metadata(tmp_path / "nowhere")
+
+
+def _flip_bytes(out):
+    shard = sorted(out.glob("bscans-*.tfrecord"))[1]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    return shard, "damaged or truncated TFRecord shard"
+
+
+def _truncate(out):
+    shard = sorted(out.glob("bscans-*.tfrecord"))[2]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    return shard, "damaged or truncated TFRecord shard"
+
+
+def _remove(out):
+    shard = sorted(out.glob("bscans-*.tfrecord"))[0]
+    shard.unlink()
+    return shard, "shard listed in manifest.json is missing"
+
+
+def _relabel(out):
+    index = out / "index.csv"
+    lines = index.read_text().splitlines()
+    fields = lines[4].split(",")  # row 3
+    fields[4] = str(1 - int(fields[4]))
+    lines[4] = ",".join(fields)
+    index.write_text("\n".join(lines) + "\n")
+    return index, "row 3 says TRAIN025 slice 3 label"
+
+
+def _drop_row(out):
+    index = out / "index.csv"
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join(lines[:-1]) + "\n")
+    return index, "17 rows, but manifest.json says 18 examples"
+
+
+@pytest.mark.parametrize("damage", [_flip_bytes, _truncate, _remove, _relabel, _drop_row])
+def test_damaged_records_are_named_with_the_remedy(converted, damage, tmp_path):
+    from octtl import training
+
+    out, _, _ = converted
+    culprit, message = damage(out)
+    with pytest.raises(data.InputError) as error:
+        training.train(training.Config(data_dir=str(out), logdir=str(tmp_path / "runs"), arch="tiny", batch=4,
+                                       folds=3, image_size=16, weights="none"), 0, say=lambda line: None,
+                       progress=False)
+    text = str(error.value)
+    assert text.startswith(str(culprit)) and message in text and "convert the data again" in text
+    assert "\n" not in text and len(text) < 400
+    assert not (tmp_path / "runs").exists()  # nothing of the run was created

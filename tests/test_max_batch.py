@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
-from octtl import batch_probe, experiments, sweep
+from octtl import batch_probe, runs, sweep
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
@@ -79,15 +79,15 @@ def test_probe_on_cpu_writes_the_table_the_sweep_reads(tmp_path):
                           cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no GPU: measuring host memory" in proc.stdout
-    table = json.loads((tmp_path / experiments.MAX_BATCH).read_text())
+    table = json.loads((tmp_path / runs.MAX_BATCH).read_text())
     entry = table["archs"]["squeezenet"]
     assert entry["largest_batch"] == 16 and entry["capped"] and entry["image_size"] == 32
     assert entry["tried"] == {"8": "fits", "16": "fits"} and entry["device"] == "CPU (host memory)"
     assert entry["peak_bytes"]["16"] >= entry["peak_bytes"]["8"] > 0
 
     # Another network measured later joins the table; the first stays.
-    batch_probe.write_table(tmp_path / experiments.MAX_BATCH, {"vgg16": dict(entry, largest_batch=8)}, "GPU x")
-    table = experiments.read_max_batch(tmp_path / experiments.MAX_BATCH)
+    batch_probe.write_table(tmp_path / runs.MAX_BATCH, {"vgg16": dict(entry, largest_batch=8)}, "GPU x")
+    table = batch_probe.read_table(tmp_path / runs.MAX_BATCH)
     assert set(table["archs"]) == {"squeezenet", "vgg16"} and table["archs"]["vgg16"]["device"] == "GPU x"
 
     # --batches=auto: the probe's value where it measured the size the sweep trains at, else Table I.
@@ -97,7 +97,7 @@ def test_probe_on_cpu_writes_the_table_the_sweep_reads(tmp_path):
     batches, note = sweep.batches_from(["auto"], ["squeezenet"], tmp_path, None, None)  # 227 px: not measured
     assert batches == {"squeezenet": [8, 16, 32, 64]} and "(Table I)" in note
     elsewhere = tmp_path / "elsewhere.json"
-    (tmp_path / experiments.MAX_BATCH).rename(elsewhere)
+    (tmp_path / runs.MAX_BATCH).rename(elsewhere)
     assert sweep.batches_from(["auto"], ["squeezenet"], tmp_path, str(elsewhere), 32)[0] == {"squeezenet": [8, 16]}
 
 

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from conftest import BSCANS, HELDOUT_VOLUMES, REPO, SIDE, fake_run
-from octtl import data, prediction, training, volumes
+from octtl import data, prediction, runs, training, volumes
 from octtl.errors import InputError
 
 
@@ -111,11 +111,11 @@ def test_gradcam_pngs_and_pointing_game(cli_run):
 
 def test_records_input_repeats_training_predictions(run_folder, tmp_path):
     """The run's own validation predictions come back from predict on its records: same preprocessing."""
-    result = json.loads((run_folder / training.RESULT).read_text())
+    result = json.loads((run_folder / runs.RESULT).read_text())
     report = prediction.predict(run_folder / "best.keras", result["data_dir"], tmp_path / "p.csv")
     assert report.kind == "records" and len(report.rows) == result["train_size"] + result["val_size"]
     by_key = {(r["volume_id"], r["slice"]): r for r in read_csv(tmp_path / "p.csv")}
-    validation = read_csv(run_folder / training.PREDICTIONS)
+    validation = read_csv(run_folder / runs.PREDICTIONS)
     for row in validation:
         mine = by_key[(row["volume_id"], row["slice"])]
         assert mine["label"] == row["label"]
@@ -182,7 +182,7 @@ def _bad_cases(tmp_path, model, tiny_volume, heldout):
     garbage = tmp_path / "garbage" / "best.keras"
     garbage.parent.mkdir()
     garbage.write_text("not a model")
-    shutil.copy(model.parent / training.RESULT, garbage.parent / training.RESULT)
+    shutil.copy(model.parent / runs.RESULT, garbage.parent / runs.RESULT)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     (tmp_path / "empty").mkdir()
@@ -268,3 +268,31 @@ def test_metrics():
     m = prediction.metrics([0, 0, 1, 1, 1], [0.1, 0.7, 0.8, 0.9, 0.4], 0.5)
     assert m == {"n": 5, "accuracy": 0.6, "majority_rate": 0.6, "auc": pytest.approx(5 / 6)}
     assert prediction.metrics([1, 1], [0.2, 0.9], 0.5)["auc"] is None
+
+
+def test_existing_outputs_are_refused_before_tensorflow_and_replaced_with_overwrite(small_center_model, tmp_path):
+    from conftest import write_volume
+
+    write_volume(tmp_path / "in" / "EYE1", np.random.default_rng(1).integers(0, 256, (2, 70, 70), dtype=np.uint8))
+    out = tmp_path / "p.csv"
+    out.write_text("mine\n")
+    # The refusal comes before TensorFlow is imported: the process never loads it.
+    probe = ("import sys; from octtl import prediction\n"
+             "try:\n"
+             f"    prediction.check_outputs({str(out)!r})\n"
+             "except Exception as e:\n"
+             "    print(e)\n"
+             "print('tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.stdout.splitlines() == [f"--output={out}: file exists (pass --overwrite to replace it)", "False"]
+    with pytest.raises(InputError, match="file exists"):
+        prediction.predict(small_center_model, tmp_path / "in", out)
+    assert out.read_text() == "mine\n"
+    report = prediction.predict(small_center_model, tmp_path / "in", out, gradcam_dir=tmp_path / "cam",
+                                overwrite=True)
+    assert len(read_csv(out)) == 2 and report.output == out
+    # A second run into the same Grad-CAM folder replaces it as a whole.
+    (tmp_path / "cam" / "stale.png").write_bytes(b"x")
+    prediction.predict(small_center_model, tmp_path / "in", out, gradcam_dir=tmp_path / "cam", overwrite=True)
+    assert not (tmp_path / "cam" / "stale.png").exists() and (tmp_path / "cam" / "gradcam.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam", "in", "p.csv", "p_volumes.csv"]

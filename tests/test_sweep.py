@@ -1,15 +1,18 @@
-"""Tests of the sweep (octtl/sweep.py, octtl/experiments.py): plan, shards, results.jsonl, kill and resume.
+"""Tests of the sweep (octtl/sweep.py, octtl/sweeping.py, octtl/worker.py, octtl/runs.py): plan, shards, groups,
+results.jsonl, "done", kill and resume.
 
-The expensive part is one module fixture: a real tiny sweep (2 networks x 2 batch sizes x 1 design x 2 folds,
-each run its own `python -m octtl.train`) killed with SIGKILL while its second run trains, then run again to the
-end. The kill/resume test and the end-to-end report test both read it.
+The expensive part is one module fixture: a real tiny sweep (2 networks x 2 batch sizes x 1 design x 2 folds, one
+worker session per network x batch) killed with SIGKILL while its second run trains, then run again to the end.
+The kill/resume test and the end-to-end report test both read it.
 """
 
 import csv
 import json
 import multiprocessing
 import os
+import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from octtl import architectures, experiments, records, synthetic, sweep, training
+from octtl import architectures, records, runs, sweep, sweeping, synthetic
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
 ARCHS = ("squeezenet", "alexnet")  # the two cheapest networks that take the same input size
@@ -44,7 +47,11 @@ def sweep_command(records_dir, logdir, *extra):
 
 
 def planned_runs():
-    return experiments.plan(["baseline"], ARCHS, {a: BATCHES for a in ARCHS}, FOLDS)
+    return sweeping.plan(["baseline"], ARCHS, {a: BATCHES for a in ARCHS}, FOLDS)
+
+
+def is_done(logdir, run):
+    return runs.result_of(logdir, run) is not None
 
 
 def event_files(folder):
@@ -52,7 +59,7 @@ def event_files(folder):
 
 
 def log_starts(logdir, run):
-    path = experiments.log_path(logdir, run)
+    path = run.log(logdir)
     return path.read_text(errors="replace").count("=== start ") if path.exists() else 0
 
 
@@ -68,7 +75,7 @@ def process_group_alive(pgid):
 def killed_and_resumed(records_dir, tmp_path_factory):
     """Starts the tiny sweep, SIGKILLs its whole process group while the second run trains, runs it again."""
     logdir = tmp_path_factory.mktemp("sweep-runs")
-    runs = planned_runs()
+    plan = planned_runs()
     with open(logdir.parent / "first.out", "w") as out:
         # A session of its own, so the kill reaches the sweep and its training child, as a node failure would.
         proc = subprocess.Popen(sweep_command(records_dir, logdir), stdout=out, stderr=subprocess.STDOUT,
@@ -77,8 +84,8 @@ def killed_and_resumed(records_dir, tmp_path_factory):
         while not ready and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
             # One run finished and the next one's training process has made its folder.
-            ready = any(experiments.is_done(logdir, r) for r in runs) and any(
-                r.folder(logdir).is_dir() and not experiments.is_done(logdir, r) for r in runs)
+            ready = any(is_done(logdir, r) for r in plan) and any(
+                r.folder(logdir).is_dir() and not is_done(logdir, r) for r in plan)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         assert ready, (logdir.parent / "first.out").read_text()[-3000:]
@@ -86,65 +93,65 @@ def killed_and_resumed(records_dir, tmp_path_factory):
         time.sleep(0.1)
 
     finished = {}
-    for run in runs:
-        path = run.folder(logdir) / experiments.RESULT
+    for run in plan:
+        path = run.folder(logdir) / runs.RESULT
         if path.exists():
             stat = path.stat()
             finished[run] = (stat.st_ino, stat.st_mtime_ns, path.read_bytes(), event_files(run.folder(logdir)))
-    interrupted = [r for r in runs if r.folder(logdir).is_dir() and r not in finished]
-    starts_before = {run: log_starts(logdir, run) for run in runs}
+    interrupted = [r for r in plan if r.folder(logdir).is_dir() and r not in finished]
+    starts_before = {run: log_starts(logdir, run) for run in plan}
 
     second = subprocess.run(sweep_command(records_dir, logdir), capture_output=True, text=True, env=ENV,
                             cwd=REPO, timeout=600)
-    return dict(logdir=logdir, runs=runs, finished=finished, interrupted=interrupted,
+    return dict(logdir=logdir, runs=plan, finished=finished, interrupted=interrupted,
                 starts_before=starts_before, second=second)
 
 
 def test_killed_sweep_resumes_and_runs_everything_exactly_once(killed_and_resumed):
     k = killed_and_resumed
-    logdir, runs = k["logdir"], k["runs"]
+    logdir, plan = k["logdir"], k["runs"]
     assert k["second"].returncode == 0, k["second"].stdout[-3000:] + k["second"].stderr[-3000:]
     assert k["finished"] and len(k["interrupted"]) == 1
-    assert f"{len(k['finished'])} done before, {len(runs) - len(k['finished'])} ran now" in k["second"].stdout
+    assert f"{len(k['finished'])} done before, {len(plan) - len(k['finished'])} ran now" in k["second"].stdout
 
     # Every planned run has exactly one result, and it is ok.
-    for run in runs:
-        result = json.loads((run.folder(logdir) / experiments.RESULT).read_text())
-        assert experiments.run_of(result) == run and result["status"] == "ok"
-    assert sorted(p.relative_to(logdir).parent for p in logdir.rglob(experiments.RESULT)) == sorted(
-        run.folder(logdir).relative_to(logdir) for run in runs)
+    for run in plan:
+        result = json.loads((run.folder(logdir) / runs.RESULT).read_text())
+        assert runs.run_of(result) == run and result["status"] == "ok"
+    assert sorted(p.relative_to(logdir).parent for p in logdir.rglob(runs.RESULT)) == sorted(
+        run.folder(logdir).relative_to(logdir) for run in plan)
 
     # Runs finished before the kill were not trained again: result.json is the same file, untouched, and no new
     # TensorBoard event file (one per training process) appeared in their folders.
     for run, (inode, mtime, content, events) in k["finished"].items():
-        path = run.folder(logdir) / experiments.RESULT
+        path = run.folder(logdir) / runs.RESULT
         assert (path.stat().st_ino, path.stat().st_mtime_ns, path.read_bytes()) == (inode, mtime, content)
         assert event_files(run.folder(logdir)) == events and len(events) == 1
 
     # The interrupted run restarted from an empty folder: one event file, from the second attempt only.
-    for run in runs:
+    for run in plan:
         assert len(event_files(run.folder(logdir))) == 1, run
 
     # Training starts, from the header the sweep writes into each run's log before each attempt: the runs done
     # before the kill started once in all, the interrupted one twice, every other one once.
-    for run in runs:
+    for run in plan:
         expected = 2 if run in k["interrupted"] else 1
         assert log_starts(logdir, run) == expected, run
         if run in k["finished"]:
             assert k["starts_before"][run] == 1
 
     # results.jsonl: one line per run, whole lines, nothing twice.
-    lines = (logdir / experiments.RESULTS).read_text().splitlines()
-    assert sorted(experiments.run_of(json.loads(line)) for line in lines) == sorted(runs)
+    lines = (logdir / runs.RESULTS).read_text().splitlines()
+    assert sorted(runs.run_of(json.loads(line)) for line in lines) == sorted(plan)
 
 
 def test_collect_rebuilds_results_from_the_folders(killed_and_resumed):
     logdir = killed_and_resumed["logdir"]
-    path = logdir / experiments.RESULTS
-    before = {experiments.run_of(r): r for r in map(json.loads, path.read_text().splitlines())}
+    path = logdir / runs.RESULTS
+    before = {runs.run_of(r): r for r in map(json.loads, path.read_text().splitlines())}
     path.write_text('{"half a line')
-    assert experiments.rebuild(logdir) == len(before)  # what --collect runs
-    after = {experiments.run_of(r): r for r in map(json.loads, path.read_text().splitlines())}
+    assert runs.rebuild(logdir) == len(before)  # what --collect runs
+    after = {runs.run_of(r): r for r in map(json.loads, path.read_text().splitlines())}
     assert after == before
 
 
@@ -164,8 +171,8 @@ def test_end_to_end_report(killed_and_resumed, tmp_path):
         rows = list(csv.DictReader(f))
     assert {(r["arch"], int(r["batch"])) for r in rows} == {(a, b) for a in ARCHS for b in BATCHES}
     for row in rows:
-        accs = [json.loads((experiments.Run("baseline", row["arch"], int(row["batch"]), fold).folder(logdir)
-                            / experiments.RESULT).read_text())["best_accuracy"] for fold in range(FOLDS)]
+        accs = [json.loads((runs.Run("baseline", row["arch"], int(row["batch"]), fold).folder(logdir)
+                            / runs.RESULT).read_text())["best_accuracy"] for fold in range(FOLDS)]
         assert int(row["n_folds"]) == FOLDS == int(row["folds"])
         assert float(row["accuracy_mean"]) == pytest.approx(np.mean(accs), abs=1e-12)
         assert float(row["accuracy_std"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-12)
@@ -186,50 +193,49 @@ def test_end_to_end_report(killed_and_resumed, tmp_path):
     assert "no test: 2 folds common to all networks; the paired tests need at least 5" in page
 
 
-def test_run_folder_is_octtl_training_s():
-    run = experiments.Run("limited", "vgg16", 32, 7)
-    assert run.folder("runs") == training.run_dir("runs", "limited", "vgg16", 32, 7)
-    assert experiments.RESULT == training.RESULT
-    assert experiments.PREDICTIONS == training.PREDICTIONS
+def test_run_folder_and_log_places():
+    run = runs.Run("limited", "vgg16", 32, 7)
+    assert run.folder("runs") == pathlib.Path("runs/limited/vgg16/batch32/fold7")
+    assert run.log("runs") == pathlib.Path("runs/logs/limited/vgg16/batch32/fold7.log")
 
 
 @pytest.mark.parametrize("largest, batches", [
     (64, [8, 16, 32, 64]), (32, [8, 16, 32]), (16, [8, 16]), (48, [8, 16, 32]), (8, [8]), (4, [4]), (0, []),
 ])
 def test_auto_batches(largest, batches):
-    assert experiments.auto_batches(largest) == batches
+    assert sweeping.auto_batches(largest) == batches
 
 
 def paper_plan():
     table_i = {name: a.largest_batch for name, a in architectures.ARCHITECTURES.items()}
-    return experiments.plan(["baseline", "limited"], list(architectures.ARCHITECTURES),
-                            {a: experiments.auto_batches(n) for a, n in table_i.items()}, 10)
+    return sweeping.plan(["baseline", "limited"], list(architectures.ARCHITECTURES),
+                            {a: sweeping.auto_batches(n) for a, n in table_i.items()}, 10)
 
 
 def test_paper_plan_has_660_runs():
-    runs = paper_plan()
+    plan = paper_plan()
     # Table I: vgg16 to 32, three networks to 16, six to 64 -> 3 + 3*2 + 6*4 = 33 (arch, batch) per design.
-    assert len(runs) == len(set(runs)) == 2 * 33 * 10
-    assert runs == paper_plan()  # deterministic: every machine computes the same list
+    assert len(plan) == len(set(plan)) == 2 * 33 * 10
+    assert plan == paper_plan()  # deterministic: every machine computes the same list
 
 
 @pytest.mark.parametrize("num_tasks", [1, 2, 3, 7, 10, 64, 660, 1000])
 def test_shards_partition_the_run_list(num_tasks):
-    runs = paper_plan()
-    shards = [experiments.shard(runs, i, num_tasks) for i in range(num_tasks)]
+    plan = paper_plan()
+    shards = [sweeping.shard(plan, i, num_tasks) for i in range(num_tasks)]
     flat = [run for s in shards for run in s]
-    assert sorted(flat) == sorted(runs) and len(flat) == len(set(flat))  # together all, no run twice
+    assert sorted(flat) == sorted(plan) and len(flat) == len(set(flat))  # together all, no run twice
     sizes = [len(s) for s in shards]
     assert max(sizes) - min(sizes) <= 1
     with pytest.raises(ValueError):
-        experiments.shard(runs, num_tasks, num_tasks)
+        sweeping.shard(plan, num_tasks, num_tasks)
 
 
 def _append_many(logdir, worker):
     for fold in range(40):
         result = {"design": "baseline", "arch": f"net{worker}", "batch": 8, "fold": fold, "status": "ok",
                   "padding": "x" * 5000}  # lines longer than a pipe buffer, so interleaving would show
-        experiments.record(logdir, [result])
+        runs.record(logdir, [result])
 
 
 def test_concurrent_appends_give_whole_lines_once(tmp_path):
@@ -240,41 +246,49 @@ def test_concurrent_appends_give_whole_lines_once(tmp_path):
     for w in workers:
         w.join()
         assert w.exitcode == 0
-    lines = (tmp_path / experiments.RESULTS).read_text().splitlines()
-    keys = [experiments.run_of(json.loads(line)) for line in lines]  # every line parses
+    lines = (tmp_path / runs.RESULTS).read_text().splitlines()
+    keys = [runs.run_of(json.loads(line)) for line in lines]  # every line parses
     assert len(keys) == len(set(keys)) == 4 * 40
     # Recording the same results again adds nothing.
-    assert experiments.record(tmp_path, [json.loads(lines[0])]) == 0
+    assert runs.record(tmp_path, [json.loads(lines[0])]) == 0
 
 
 def test_record_appends_a_redone_run_and_readers_take_the_last(tmp_path):
     first = {"design": "baseline", "arch": "vgg16", "batch": 8, "fold": 0, "status": "ok", "best_accuracy": 0.5}
     redone = dict(first, best_accuracy=0.75)
-    assert experiments.record(tmp_path, [first]) == 1
-    assert experiments.record(tmp_path, [redone]) == 1
-    assert experiments.read_results(tmp_path / experiments.RESULTS) == [redone]
+    assert runs.record(tmp_path, [first]) == 1
+    assert runs.record(tmp_path, [redone]) == 1
+    assert runs.read_results(tmp_path / runs.RESULTS) == [redone]
 
 
-def test_a_run_another_sweep_holds_is_left_to_it(tmp_path):
-    run = experiments.Run("baseline", "vgg16", 8, 0)
-    crash = [sys.executable, "-c", "print('boom'); raise SystemExit(3)"]
+def _bogus_spec(members):
+    """A job no worker can start (an unknown Config field): the worker dies before any run."""
+    return {"config": {"no_such_setting": 1}, "redo_stale": False,
+            "runs": [[r.design, r.arch, r.batch, r.fold] for r in members]}
+
+
+def test_a_run_another_sweep_holds_is_left_to_it(tmp_path, records_dir):
+    run = runs.Run("baseline", "squeezenet", 8, 0)
+    config = {"data_dir": str(records_dir), "logdir": str(tmp_path), "arch": "squeezenet", "batch": 8, "folds": 2,
+              "image_size": 32, "max_epochs": 1, "weights": "none"}
+    spec = lambda members: {"config": config, "redo_stale": False,  # noqa: E731
+                            "runs": [[r.design, r.arch, r.batch, r.fold] for r in members]}
     lines = []
-    with experiments.claimed(tmp_path, run) as mine:
+    with sweeping.claimed(tmp_path, run) as mine:
         assert mine
-        counts = experiments.sweep([run], tmp_path, lambda r: crash, say=lines.append)
-    assert (counts["busy"], counts["ran"]) == (1, 0) and not experiments.log_path(tmp_path, run).exists()
-    # Released, the run is attempted: a process that leaves no result is reported with the end of its log.
-    counts = experiments.sweep([run], tmp_path, lambda r: crash, say=lines.append)
-    assert (counts["ran"], counts["crashed"]) == (1, 1)
-    assert "exited with status 3 and no result" in lines[-1] and lines[-1].endswith("boom")
+        counts = sweeping.sweep(sweeping.groups([run]), tmp_path, spec, say=lines.append)
+    assert (counts["busy"], counts["ran"]) == (1, 0) and not run.folder(tmp_path).exists()
+    assert lines == ["sweep: [1/1] baseline squeezenet batch 8 fold 0: being trained by another sweep; left to it"]
 
 
-def test_sweep_stops_after_three_runs_in_a_row_leave_no_result(tmp_path):
-    runs = [experiments.Run("baseline", "vgg16", 8, fold) for fold in range(5)]
+def test_a_worker_that_dies_leaves_its_runs_without_result_and_stops_the_sweep(tmp_path):
+    plan = [runs.Run("baseline", "vgg16", 8, fold) for fold in range(5)] + [runs.Run("baseline", "vgg16", 16, 0)]
     lines = []
-    counts = experiments.sweep(runs, tmp_path, lambda r: [sys.executable, "-c", "pass"], say=lines.append)
-    assert counts["ran"] == counts["crashed"] == experiments.CRASHES_BEFORE_STOP
-    assert lines[-1] == "sweep: 3 runs in a row ended without a result; stopping"
+    counts = sweeping.sweep(sweeping.groups(plan), tmp_path, _bogus_spec, say=lines.append)
+    assert counts["crashed"] == 5 and counts["ran"] == 0  # the second group never started
+    assert "exited with status 1" in lines[0] and "no_such_setting" in lines[0]
+    assert lines[-1] == "sweep: 5 runs of vgg16 batch 8 ended without a result; stopping"
+    assert (tmp_path / "logs/workers/vgg16-batch8.log").is_file()
 
 
 def test_estimate_uses_the_most_similar_finished_runs():
@@ -284,22 +298,23 @@ def test_estimate_uses_the_most_similar_finished_runs():
         {"design": "baseline", "arch": "vgg16", "batch": 16, "wall_seconds": 60.0},
         {"design": "baseline", "arch": "alexnet", "batch": 8, "wall_seconds": 10.0},
     ]
-    R = experiments.Run
-    assert experiments.estimate_seconds(finished, [R("baseline", "vgg16", 8, 5)]) == 150.0
-    assert experiments.estimate_seconds(finished, [R("limited", "vgg16", 16, 0)]) == 60.0  # same (arch, batch)
-    assert experiments.estimate_seconds(finished, [R("limited", "vgg16", 32, 0)]) == 120.0  # same arch
-    assert experiments.estimate_seconds(finished, [R("limited", "googlenet", 8, 0)]) == 92.5  # all runs
-    assert experiments.estimate_seconds([], [R("limited", "googlenet", 8, 0)]) is None
+    R = runs.Run
+    assert sweeping.estimate_seconds(finished, [R("baseline", "vgg16", 8, 5)]) == (150.0, [])
+    assert sweeping.estimate_seconds(finished, [R("limited", "vgg16", 16, 0)]) == (60.0, [])  # same (arch, batch)
+    assert sweeping.estimate_seconds(finished, [R("limited", "vgg16", 32, 0)]) == (120.0, [])  # same arch
+    # No finished googlenet run: no estimate for it, rather than another network's time.
+    assert sweeping.estimate_seconds(finished, [R("limited", "googlenet", 8, 0), R("baseline", "alexnet", 8, 1)]) == (
+        10.0, ["googlenet"])
 
 
 def test_runs_larger_than_the_training_set_are_left_out():
     labels = np.array([0, 1] * 50)  # 100 examples, 10 folds: baseline trains on 90, limited on 10
-    smallest = experiments.smallest_train_sets(labels, ["baseline", "limited"], 10)
+    smallest = sweeping.smallest_train_sets(labels, ["baseline", "limited"], 10)
     assert smallest == {"baseline": 90, "limited": 10}
-    runs = experiments.plan(["baseline", "limited"], ["vgg16"], {"vgg16": [8, 16, 64]}, 2)
-    keep, dropped = experiments.runnable(runs, smallest)
+    plan = sweeping.plan(["baseline", "limited"], ["vgg16"], {"vgg16": [8, 16, 64]}, 2)
+    keep, dropped = sweeping.runnable(plan, smallest)
     assert {(r.design, r.batch) for r in dropped} == {("limited", 16), ("limited", 64)}
-    assert len(keep) + len(dropped) == len(runs)
+    assert len(keep) + len(dropped) == len(plan)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -323,8 +338,8 @@ def test_dry_run_of_the_paper_flagfile(records_dir, tmp_path):
     # 48 B-scans in 10 folds: the limited design trains on 4-5, so no batch size fits it; baseline trains on
     # 43-44, so batch 64 is left out: 27 (arch, batch) x 10 folds, of which task 1 of 4 has every 4th.
     assert "left out 390 runs whose batch exceeds the training set" in proc.stdout
-    assert "plan (task 1 of 4): 68 runs (of 270 in the whole sweep): 0 done (0 failed), 68 to do" in proc.stdout
-    command = next(line for line in proc.stdout.splitlines() if line.startswith("first run to do: "))
+    assert "plan (task 1 of 4): 68 runs (of 270 in the whole sweep): 0 done (0 failed), 0 stale, 68 to do" in proc.stdout
+    command = next(line for line in proc.stdout.splitlines() if line.startswith("first run to do, as one octtl.train: "))
     assert "--weights=imagenet" in command and "--lr=0.0001" in command and "--patience=5" in command
     assert "--fold=-1" not in command and "--design=baseline --arch=vgg16 --batch=8 --fold=1" in command
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
@@ -337,3 +352,43 @@ def test_bad_flags_fail_with_one_line(tmp_path):
     error = [line for line in proc.stderr.splitlines() if line.startswith("sweep: error:")]
     assert len(error) == 1 and "resnet1000" in error[0] and "squeezenet" in error[0]
 
+
+
+def test_a_finished_run_of_another_configuration_is_stale(killed_and_resumed, records_dir, tmp_path):
+    """The dry run names it; the sweep leaves it (exit 1, saying why) unless --overwrite redoes it."""
+    source = killed_and_resumed["logdir"]
+    run = runs.Run("baseline", "squeezenet", 8, 0)
+    shutil.copytree(run.folder(source), run.folder(tmp_path))
+    result = json.loads((run.folder(tmp_path) / runs.RESULT).read_text())
+    (run.folder(tmp_path) / runs.RESULT).write_text(json.dumps({**result, "lr": 0.01}))
+    only = ["--archs=squeezenet", "--batches=8"]
+    command = sweep_command(records_dir, tmp_path, *only)
+    command = [c for c in command if not c.startswith(("--archs=", "--batches="))] + only + ["--folds=2"]
+    dry = subprocess.run([*command, "--dry_run"], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert "plan: 2 runs: 0 done (0 failed), 1 stale, 1 to do" in dry.stdout, dry.stdout + dry.stderr
+    assert "stale baseline squeezenet batch 8 fold 0: lr 0.01 (plan: 0.0001) (--overwrite redoes it)" in dry.stdout
+    left = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert left.returncode == 1 and "1 stale" in left.stdout
+    assert json.loads((run.folder(tmp_path) / runs.RESULT).read_text())["lr"] == 0.01
+    redone = subprocess.run([*command, "--overwrite"], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert redone.returncode == 0, redone.stdout[-2000:]
+    assert json.loads((run.folder(tmp_path) / runs.RESULT).read_text())["lr"] == 0.0001
+
+
+def test_a_torn_last_line_of_results_jsonl_is_ignored_and_repaired(tmp_path, capsys):
+    whole = {"design": "baseline", "arch": "vgg16", "batch": 8, "fold": 0, "status": "ok"}
+    (tmp_path / runs.RESULTS).write_text(json.dumps(whole) + "\n" + '{"design": "baseline", "ar')
+    assert runs.read_results(tmp_path / runs.RESULTS) == [whole]
+    assert "ignoring a torn last line" in capsys.readouterr().err
+    assert runs.record(tmp_path, [dict(whole, fold=1)]) == 1
+    lines = (tmp_path / runs.RESULTS).read_text().splitlines()
+    assert [json.loads(line)["fold"] for line in lines] == [0, 1]
+
+
+def test_several_workers_share_the_groups(tmp_path):
+    plan = [runs.Run("baseline", arch, 8, 0) for arch in ("vgg16", "alexnet", "resnet18")]
+    lines = []
+    counts = sweeping.sweep(sweeping.groups(plan), tmp_path, _bogus_spec, workers=2, say=lines.append)
+    assert counts["crashed"] == 3 and len([line for line in lines if "exited with status 1" in line]) == 3
+    assert sorted(p.name for p in (tmp_path / "logs/workers").iterdir()) == [
+        "alexnet-batch8.log", "resnet18-batch8.log", "vgg16-batch8.log"]

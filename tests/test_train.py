@@ -1,10 +1,14 @@
-"""End-to-end tests of `python -m octtl.train` on a few small synthetic volumes."""
+"""octtl.train and octtl.training: the protocol's outputs, sessions, "done", console, and every refusal.
+
+One real run goes through the command line (squeezenet with its packaged ImageNet weights); the rest train the
+test-only `tiny` network in-process, where the network is not the point.
+"""
 
 import csv
+import dataclasses
 import glob
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -15,14 +19,17 @@ import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 from sklearn import metrics
+from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import REPO, SQUEEZENET_H5
-from octtl import records, synthetic, train, training
+from conftest import REPO
+from octtl import data, events, records, runs, synthetic, train, training
+from octtl.errors import InputError, WeightsError
 
 RESULT_KEYS = {"arch", "batch", "design", "fold", "folds", "seed", "weights", "weights_file", "weights_scaling",
                "image_size", "preprocess", "crop", "train_size", "val_size", "majority_rate", "best_accuracy",
                "best_auc", "iterations_to_best", "iterations", "epochs", "early_stopped", "checks", "wall_seconds",
-               "train_images_per_second", "status"}
+               "train_images_per_second", "status", "data", *runs.CONFIG_KEYS}
+QUIET = dict(say=lambda line: None, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +54,12 @@ def small_args(records_dir, logdir, *extra):
             "--image_size=64", "--folds=5", "--max_epochs=2", "--weights=none", *extra]
 
 
+def tiny(records_dir, logdir, **changes) -> training.Config:
+    values = dict(data_dir=str(records_dir), logdir=str(logdir), arch="tiny", batch=8, folds=5, image_size=32,
+                  max_epochs=2, weights="none")
+    return training.Config(**{**values, **changes})
+
+
 def read_events(run_dir):
     """{tag: [(step, value or plugin name)]} from every event file of a run folder."""
     tags = {}
@@ -65,72 +78,87 @@ def read_events(run_dir):
 
 @pytest.fixture(scope="module")
 def finished_run(records_dir, tmp_path_factory):
+    """The command line with squeezenet's packaged ImageNet weights; (run folder, console output)."""
     logdir = tmp_path_factory.mktemp("runs")
-    run_train(*small_args(records_dir, logdir, f"--weights={SQUEEZENET_H5}", "--eval_every=5"))
-    return logdir / "baseline" / "squeezenet" / "batch8" / "fold0"
+    import contextlib
+    import io
+
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        run_train(*small_args(records_dir, logdir, "--weights=imagenet", "--eval_every=5"))
+    return logdir / "baseline" / "squeezenet" / "batch8" / "fold0", console.getvalue()
 
 
 def test_outputs_are_complete_and_consistent(finished_run):
-    result = json.loads((finished_run / "result.json").read_text())
-    assert RESULT_KEYS <= set(result)
-    assert result["status"] == "ok"
+    folder, _ = finished_run
+    result = json.loads((folder / "result.json").read_text())
+    assert RESULT_KEYS <= set(result) and result["status"] == "ok"
     assert (result["train_size"], result["val_size"]) == (96, 24)
     assert result["steps_per_epoch"] == 12 and result["iterations"] == 24 and result["epochs"] == 2
     # Checks at steps 6 and 12 of each epoch, plus --eval_every=5 evaluations in between.
     assert [(c["iteration"], c["check"]) for c in result["checks"]] == [
         (5, False), (6, True), (10, False), (12, True), (15, False), (18, True), (20, False), (24, True)]
     best = max(result["checks"], key=lambda c: (c["val_accuracy"], -c["iteration"]))
-    assert result["iterations_to_best"] == best["iteration"]
-    assert result["best_accuracy"] == best["val_accuracy"]
+    assert result["iterations_to_best"] == best["iteration"] and result["best_accuracy"] == best["val_accuracy"]
 
-    with open(finished_run / "predictions.csv", newline="") as f:
+    with open(folder / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["volume_id", "slice", "label", "p_fluid", "source"]
     assert [r["source"] for r in rows] == [f"{r['volume_id']}:{r['slice']}" for r in rows]
-    assert len(rows) == result["val_size"]
     labels = np.array([int(r["label"]) for r in rows])
     p = np.array([float(r["p_fluid"]) for r in rows])
-    assert result["best_accuracy"] == np.mean((p > 0.5) == labels)
+    assert len(rows) == result["val_size"] and result["best_accuracy"] == np.mean((p > 0.5) == labels)
     assert result["best_auc"] == metrics.roc_auc_score(labels, p)
-
-    # The saved model is the best one: it reproduces the predictions.
-    model = keras.saving.load_model(finished_run / "best.keras")
-    meta_rows = [(r["volume_id"], int(r["slice"])) for r in rows]
-    assert len(set(meta_rows)) == len(rows)
-    assert model.output_shape == (None, 2)
-    # The packaged file under its registry name: a known ImageNet file, so auto resolved to its caffe scaling.
-    assert (result["weights_scaling"], result["preprocess"]) == ("caffe", "backbone")
     assert result["majority_rate"] == max(labels.mean(), 1 - labels.mean())
+    # The packaged file: a known ImageNet file, so auto resolved to its caffe scaling.
+    assert (result["weights"], result["weights_scaling"], result["preprocess"]) == ("imagenet", "caffe", "backbone")
+    assert result["data"] == data.identity(result["data_dir"])
 
 
-def test_flags_txt_holds_octtls_flags_with_the_values_used(finished_run):
-    lines = (finished_run / "flags.txt").read_text().splitlines()
+def test_console_tells_the_story(finished_run):
+    folder, console = finished_run
+    lines = console.splitlines()
+    result = json.loads((folder / "result.json").read_text())
+    assert "train: weights: ImageNet weights" in console and "(packaged with octtl)" in console
+    assert "train: input scaling: backbone (caffe" in console
+    checks = [line for line in lines if line.startswith(("check at iteration", "eval at iteration"))]
+    assert len(checks) == len(result["checks"])
+    assert checks[1].startswith("check at iteration 6 (epoch 1): val loss ") and "early stop after" in checks[1]
+    assert lines[-1] == runs.summary_line({**result, "run_dir": str(folder)})
+    assert f"(majority class {result['majority_rate']:.4f})" in lines[-1] and str(folder) in lines[-1]
+    assert "\r" not in console and "\x1b" not in console  # no progress bar off a terminal
+
+
+def test_flags_txt_reruns_the_run_with_octtls_flags_only(finished_run, records_dir, capsys):
+    folder, _ = finished_run
+    lines = (folder / "flags.txt").read_text().splitlines()
     names = [line[2:].split("=", 1)[0] for line in lines]
-    train_flags = {f.name for f in flags.FLAGS.get_flags_for_module(train)}
-    assert set(names) <= train_flags and len(names) == len(set(names))
+    assert set(names) <= {f.name for f in flags.FLAGS.get_flags_for_module(train)} and len(set(names)) == len(names)
     assert {"--arch=squeezenet", "--fold=0", "--preprocess=backbone", "--image_size=64", "--batch=8",
-            "--lr=0.0001"} <= set(lines)
+            "--lr=0.0001", "--weights=imagenet"} <= set(lines)
+    run_train(f"--flagfile={folder / 'flags.txt'}")
+    assert capsys.readouterr().out.strip().endswith("(already done)")
 
 
 def test_best_model_reproduces_predictions(finished_run, records_dir):
-    from octtl import data
-
-    result = json.loads((finished_run / "result.json").read_text())
+    folder, _ = finished_run
+    result = json.loads((folder / "result.json").read_text())
     meta = data.read_metadata(records_dir)
     index = {(v, s): i for i, (v, s) in enumerate(zip(meta.volume_ids, meta.slices))}
-    with open(finished_run / "predictions.csv", newline="") as f:
+    with open(folder / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     indices = [index[(r["volume_id"], int(r["slice"]))] for r in rows]
     assert [int(meta.labels[i]) for i in indices] == [int(r["label"]) for r in rows]
-    model = keras.saving.load_model(finished_run / "best.keras")
-    ds = data.dataset(records_dir, indices, result["image_size"], 32, training=False)
-    p = model.predict(ds, verbose=0)[:, 1]
+    decoded = data.decode(records_dir, meta, result["image_size"], result["crop"])
+    model = keras.saving.load_model(folder / "best.keras")
+    p = model.predict(decoded.images[indices], verbose=0)[:, 1]
     np.testing.assert_allclose(p, [float(r["p_fluid"]) for r in rows], atol=1e-5)
 
 
-def test_tensorboard_events(finished_run):
-    result = json.loads((finished_run / "result.json").read_text())
-    tags = read_events(finished_run)
+def test_tensorboard_events_and_typed_hparams(finished_run):
+    folder, _ = finished_run
+    result = json.loads((folder / "result.json").read_text())
+    tags = read_events(folder)
     assert [step for step, _ in tags["train/loss"]] == list(range(1, result["iterations"] + 1))
     val_auc = [(c["iteration"], c["val_auc"]) for c in result["checks"] if c["val_auc"] is not None]
     assert [(s, pytest.approx(v, abs=1e-6)) for s, v in tags["val/auc"]] == val_auc
@@ -138,74 +166,154 @@ def test_tensorboard_events(finished_run):
     assert tags["val/bscans"][0][1] == "images"
     assert tags["val/pr_curve_at_best/pr_curves"] == [(result["iterations_to_best"], "pr_curves")]
     assert tags["_hparams_/session_start_info"] == [(0, "hparams")]
+    config = []
+    for path in glob.glob(str(folder.parents[3] / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "_hparams_/experiment":
+                    data_pb = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    config.extend(data_pb.experiment.hparam_infos)
+    types = {info.name: info.type for info in config}
+    assert set(types) == set(events.HPARAMS) and 0 not in types.values()  # 0 is DATA_TYPE_UNSET
 
 
-def test_rerun_is_a_noop_and_overwrite_redoes(finished_run, records_dir, capsys):
-    logdir = finished_run.parents[3]
-    before = (finished_run / "result.json").read_text()
-    mtime = (finished_run / "result.json").stat().st_mtime_ns
-    run_train(*small_args(records_dir, logdir, f"--weights={SQUEEZENET_H5}", "--eval_every=5"))
-    assert "(already done)" in capsys.readouterr().out
-    assert (finished_run / "result.json").stat().st_mtime_ns == mtime
-    assert (finished_run / "result.json").read_text() == before
+def test_rerun_is_a_noop_and_overwrite_redoes(records_dir, tmp_path, capsys):
+    config = tiny(records_dir, tmp_path, max_epochs=1)
+    first = training.train(config, 0, **QUIET)
+    path = tmp_path / "baseline/tiny/batch8/fold0/result.json"
+    mtime = path.stat().st_mtime_ns
+    again = training.train(config, 0, **QUIET)
+    assert again["skipped"] and path.stat().st_mtime_ns == mtime
+    redone = training.train(dataclasses.replace(config, overwrite=True), 0, **QUIET)
+    assert "skipped" not in redone and path.stat().st_mtime_ns != mtime
+    assert redone["checks"] == first["checks"]  # the same run, trained again: the same numbers
+
+
+def test_a_stale_run_is_trained_again_saying_why(records_dir, tmp_path):
+    config = tiny(records_dir, tmp_path, max_epochs=1)
+    training.train(config, 0, **QUIET)
+    path = tmp_path / "baseline/tiny/batch8/fold0/result.json"
+    result = json.loads(path.read_text())
+    path.write_text(json.dumps({**result, "preprocess": "backbone"}))  # as if trained with another scaling
+    said = []
+    redone = training.train(config, 0, say=said.append, progress=False)
+    assert said[0] == (f"train: {path.parent}: stale (preprocess backbone (plan: paper)); training it again")
+    assert redone["preprocess"] == "paper" and "skipped" not in redone
+    # A sweep's session leaves it, saying so, unless told to redo it.
+    path.write_text(json.dumps({**redone, "lr": 0.5}))
+    said.clear()
+    left = training.Session(config, say=said.append, progress=False, redo_stale=False).run("baseline", 0)
+    assert left["stale"] == "lr 0.5 (plan: 0.0001)" and "left as it is" in said[0]
+
+
+def test_session_runs_equal_fresh_processes(records_dir, tmp_path):
+    """Three runs of one session (two folds of one design, one of the other) against `python -m octtl.train`."""
+    config = training.Config(data_dir=str(records_dir), logdir=str(tmp_path / "session"), arch="squeezenet",
+                             batch=8, folds=5, image_size=48, max_epochs=1, weights="none")
+    session = training.Session(config, **QUIET)
+    plan = [("baseline", 0), ("baseline", 3), ("limited", 1)]
+    mine = [session.run(design, fold) for design, fold in plan]
+    env = dict(os.environ, OCTTL_VERBOSE="0")
+    for (design, fold), result in zip(plan, mine):
+        fresh_logdir = tmp_path / "fresh"
+        proc = subprocess.run(
+            [sys.executable, "-m", "octtl.train", f"--data_dir={records_dir}", f"--logdir={fresh_logdir}",
+             "--arch=squeezenet", "--batch=8", "--folds=5", "--image_size=48", "--max_epochs=1", "--weights=none",
+             f"--design={design}", f"--fold={fold}"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        fresh = json.loads((fresh_logdir / design / "squeezenet/batch8" / f"fold{fold}" / "result.json").read_text())
+        for key in ("best_accuracy", "best_auc", "iterations_to_best", "iterations"):
+            assert fresh[key] == pytest.approx(result[key], abs=1e-9), (design, fold, key)
+        for mine_check, fresh_check in zip(result["checks"], fresh["checks"], strict=True):
+            assert fresh_check == pytest.approx(mine_check, abs=1e-9), (design, fold)
+        for name in ("predictions.csv", "flags.txt"):
+            ours = (tmp_path / "session" / design / "squeezenet/batch8" / f"fold{fold}" / name).read_bytes()
+            theirs = (fresh_logdir / design / "squeezenet/batch8" / f"fold{fold}" / name).read_bytes()
+            assert ours == theirs.replace(str(fresh_logdir).encode(), str(tmp_path / "session").encode()), name
 
 
 def test_interrupted_run_restarts_cleanly(records_dir, tmp_path):
-    run_dir = tmp_path / "baseline" / "squeezenet" / "batch8" / "fold1"
+    run_dir = tmp_path / "baseline" / "tiny" / "batch8" / "fold1"
     run_dir.mkdir(parents=True)
     (run_dir / "best.keras").write_text("half-written")
     (run_dir / "events.out.tfevents.0.stale").write_text("stale")
-    run_train(*small_args(records_dir, tmp_path, "--fold=1", "--max_epochs=1"))
+    training.train(tiny(records_dir, tmp_path, max_epochs=1), 1, **QUIET)
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events")) == [
         "best.keras", "flags.txt", "predictions.csv", "result.json"]
     assert not (run_dir / "events.out.tfevents.0.stale").exists()
     keras.saving.load_model(run_dir / "best.keras")
 
 
-def test_same_seed_same_metrics_and_fixed_iterations(records_dir, tmp_path):
-    args = ["--early_stop=false", "--max_iterations=7", "--max_epochs=1", "--seed=4"]
-    run_train(*small_args(records_dir, tmp_path / "a", *args))
-    run_train(*small_args(records_dir, tmp_path / "b", *args))
-    results = [json.loads((tmp_path / r / "baseline/squeezenet/batch8/fold0/result.json").read_text())
-               for r in "ab"]
-    assert results[0]["iterations"] == 7 and not results[0]["early_stopped"]
-    assert results[0]["checks"] == results[1]["checks"]
-    assert [c["iteration"] for c in results[0]["checks"]] == [6, 7]
+def test_fixed_iterations_and_no_model_saved(records_dir, tmp_path):
+    config = tiny(records_dir, tmp_path, early_stop=False, max_iterations=7, max_epochs=1, seed=4,
+                  save_model=False)
+    result = training.train(config, 0, **QUIET)
+    assert result["iterations"] == 7 and not result["early_stopped"]
+    assert [c["iteration"] for c in result["checks"]] == [6, 7]
+    assert not (tmp_path / "baseline/tiny/batch8/fold0/best.keras").exists()
 
 
 def test_limited_design_and_grouping(records_dir, tmp_path):
-    run_train(*small_args(records_dir, tmp_path, "--design=limited", "--group_by_volume", "--max_epochs=1"))
-    result = json.loads((tmp_path / "limited/squeezenet/batch8/fold0/result.json").read_text())
-    assert result["train_size"] + result["val_size"] == 120
-    assert result["train_size"] < result["val_size"]
-    with open(tmp_path / "limited/squeezenet/batch8/fold0/predictions.csv", newline="") as f:
+    result = training.train(tiny(records_dir, tmp_path, design="limited", group_by_volume=True, max_epochs=1), 0,
+                            **QUIET)
+    assert result["train_size"] + result["val_size"] == 120 and result["train_size"] < result["val_size"]
+    with open(tmp_path / "limited/tiny/batch8/fold0/predictions.csv", newline="") as f:
         val_volumes = {r["volume_id"] for r in csv.DictReader(f)}
     assert len(val_volumes) == 12 - result["train_size"] // 10  # whole volumes of 10 B-scans
+
+
+def test_divergence_is_a_failed_run():
+    class Model:
+        stop_training = False
+
+    logger = events.StepLogger(tf.summary.create_noop_writer(), iteration=iter(range(100)).__next__)
+    logger.set_model(Model())
+    for loss in (0.7, 9.0, 650.0):
+        logger.on_train_batch_end(0, {"loss": loss})
+    assert logger.diverged is None
+    logger.on_train_batch_end(0, {"loss": 701.0})  # over 1000 times the first 0.7
+    assert logger.diverged[:2] == (4, 701.0) and logger.model.stop_training
+
+
+def test_nan_loss_fails_the_run_and_exits_1(records_dir, tmp_path):
+    result = training.train(tiny(records_dir, tmp_path, lr=1e30, max_epochs=1), 0, **QUIET)
+    assert result["status"] == "failed" and "training loss is" in result["error"]
+    assert not (tmp_path / "baseline/tiny/batch8/fold0/best.keras").exists()
 
 
 @pytest.mark.parametrize("args, message", [
     (["--batch=200"], "--batch=200: larger than the training set of fold 0 (96 B-scans"),
     (["--data_dir=/nonexistent/records"], "/nonexistent/records: records directory does not exist"),
-    (["--weights=/nonexistent/w.h5"], "no such file"),
+    (["--weights=/nonexistent/w.h5"], "--weights=/nonexistent/w.h5: no such file"),
+    (["--image_size=16"], "--image_size=16: squeezenet needs at least 32 px"),
+    (["--fold=5"], "--fold=5: must be in 0..4 or -1"),
+    (["--data_dir="], "--data_dir required"),
 ])
-def test_bad_settings_fail_with_one_line(records_dir, tmp_path, args, message):
+def test_bad_settings_fail_with_one_line_and_write_nothing(records_dir, tmp_path, args, message):
     with pytest.raises(SystemExit) as exit_info:
         run_train(*small_args(records_dir, tmp_path), *args)
     text = str(exit_info.value.code)
     assert text.startswith("train: error: ") and message in text and "\n" not in text
-    assert not list(tmp_path.rglob("result.json"))
+    assert not any(tmp_path.iterdir())
 
 
-def test_unknown_arch_and_divergence_exit_nonzero(records_dir, tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    base = [sys.executable, "-m", "octtl.train", *small_args(records_dir, tmp_path)]
-    proc = subprocess.run([*base, "--arch=resnet1000"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode != 0 and "--arch" in proc.stderr and "squeezenet" in proc.stderr
-    # A huge step overflows resnet18's weights at once (squeezenet's ReLUs would just die).
-    proc = subprocess.run([*base, "--arch=resnet18", "--image_size=32", "--lr=1e38", "--max_epochs=1"],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    result = json.loads((tmp_path / "baseline/resnet18/batch8/fold0/result.json").read_text())
-    assert result["status"] == "failed" and "loss is nan" in result["error"]
-    assert not (tmp_path / "baseline/resnet18/batch8/fold0/best.keras").exists()
-    assert "FAILED" in proc.stdout
+def test_garbage_weights_fail_before_the_run_folder(records_dir, tmp_path):
+    garbage = tmp_path / "w.h5"
+    garbage.write_bytes(b"not hdf5")
+    with pytest.raises(WeightsError, match=f"--weights={garbage}: .* neither an HDF5 weights file"):
+        training.train(training.Config(data_dir=str(records_dir), logdir=str(tmp_path / "runs"), arch="squeezenet",
+                                       batch=8, folds=5, image_size=32, weights=str(garbage)), 0, **QUIET)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_one_class_data_is_refused(tmp_path):
+    synthetic.write_dataset(tmp_path / "dry", volumes=3, bscans=4, height=32, width=32, seed=1, fluid_fraction=0.0)
+    records.convert(tmp_path / "dry", tmp_path / "records", progress=None)
+    with pytest.raises(InputError, match="every B-scan has label 0; a classifier needs both classes"):
+        training.train(tiny(tmp_path / "records", tmp_path / "runs", folds=2), 0, **QUIET)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_arch_on_the_command_line(records_dir, tmp_path):
+    with pytest.raises(flags.IllegalFlagValueError, match="resnet1000"):
+        run_train(*small_args(records_dir, tmp_path), "--arch=resnet1000")

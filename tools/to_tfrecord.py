@@ -37,7 +37,7 @@ REQUIRED = ("input_dir", "output_dir")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value is None]
+    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value in (None, "")]
     if missing:
         sys.exit(f"to_tfrecord: error: {', '.join(missing)} required")
     try:
