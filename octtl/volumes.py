@@ -456,8 +456,11 @@ def find_images(input_dir, classes: Sequence[str], group_regex: Optional[str] = 
         folder = root / name
         if not folder.is_dir():
             raise InputError(f"{folder}: class folder is missing")
-        files = sorted(p for p in folder.iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            files = sorted(p for p in folder.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as e:
+            raise InputError(f"{folder}: cannot be read ({e.strerror or e})") from None
         if not files:
             # Converting anyway would give a dataset without this class, which training cannot use.
             raise InputError(f"{folder}: class folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
