@@ -22,6 +22,7 @@ import math
 import os
 import pathlib
 import re
+import sys
 import zlib
 from typing import Iterable, Optional, Sequence
 
@@ -90,7 +91,8 @@ def find_volumes(input_dir) -> list:
     """Every folder under `input_dir` (itself included) that holds an `oct.mhd`, sorted by path.
 
     Folder links are followed (a loop is walked once); a folder reached by several paths counts once, under a
-    path without links where there is one. A dangling `oct.mhd` link is an error, not a folder without volume.
+    path without links where there is one. A dangling `oct.mhd` link is an error, not a folder without volume;
+    a subfolder that cannot be listed (say a root-only `lost+found`) is skipped with a line on stderr.
     """
     root = pathlib.Path(input_dir)
     if not root.is_dir():
@@ -103,12 +105,15 @@ def find_volumes(input_dir) -> list:
             folder = stack.pop()
             try:
                 status = os.stat(folder)
+                if (status.st_dev, status.st_ino) in seen:
+                    continue  # A loop, or a folder already reached by another path.
+                seen.add((status.st_dev, status.st_ino))
                 entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
             except OSError as e:
-                raise InputError(f"{folder}: cannot be read ({e.strerror or e})") from None
-            if (status.st_dev, status.st_ino) in seen:
-                continue  # A loop, or a folder already reached by another path.
-            seen.add((status.st_dev, status.st_ino))
+                if folder == root:
+                    raise InputError(f"{root}: input directory cannot be read ({e.strerror or e})") from None
+                print(f"{folder}: cannot be read, skipped ({e.strerror or e})", file=sys.stderr)
+                continue
             for entry in entries:
                 path = pathlib.Path(entry.path)
                 if entry.name == "oct.mhd":
@@ -221,6 +226,7 @@ def _check_data(path, header, header_end, promised):
     # -1 means the data is the end of the file.
     start = header_end if local else 0
     offset = header_size if header_size > 0 else start
+    what = f"DimSize {' '.join(header['DimSize'].split())} {header['ElementType']}"
     if header.get("CompressedData", "False").lower() == "true":
         claimed = _integer(path, header, "CompressedDataSize") if "CompressedDataSize" in header else None
         if header_size == -1:
@@ -231,9 +237,8 @@ def _check_data(path, header, header_end, promised):
         if claimed is not None and (claimed != stored or offset < start):
             raise InputError(f"{data}: holds {max(size - start, 0)} bytes of compressed data, "
                              f"but CompressedDataSize = {claimed}")
-        _check_inflates(data, offset, stored, promised)
+        _check_inflates(data, offset, stored, promised, f"{pathlib.Path(path).name} promises ({what})")
         return
-    what = f"DimSize {' '.join(header['DimSize'].split())} {header['ElementType']}"
     if header_size == -1:
         if size - start < promised:
             raise InputError(f"{data}: truncated, expected at least {promised} bytes for {what}, found {size - start}")
@@ -245,8 +250,10 @@ def _check_data(path, header, header_end, promised):
         raise InputError(f"{data}: longer than its header says, expected {expected} bytes for {what}, found {size}")
 
 
-def _check_inflates(data, offset, stored, promised):
+def _check_inflates(data, offset, stored, promised, claim):
     """Inflates `stored` bytes of `data` from `offset`, keeping none: it must end cleanly at exactly `promised` bytes.
+
+    `claim` names the header and its DimSize and ElementType, for the messages.
 
     Output is bounded per step, so a corrupt or hostile stream costs at most a few MB of memory, never what it
     would inflate to; SimpleITK, by contrast, reports a bad stream only on stderr and returns garbage voxels.
@@ -267,23 +274,26 @@ def _check_inflates(data, offset, stored, promised):
                     produced += len(inflater.decompress(chunk, min(16 * _CHUNK, promised + 1 - produced)))
                     if produced > promised:
                         raise InputError(f"{data}: compressed data inflates to more than the {promised} bytes "
-                                         "its header promises")
+                                         f"{claim}")
                     chunk = inflater.unconsumed_tail
     except zlib.error as e:
         raise InputError(f"{data}: corrupt compressed data ({e})") from None
     except OSError as e:
         raise InputError(f"{data}: cannot be read ({e.strerror or e})") from None
     if not inflater.eof:
-        raise InputError(f"{data}: compressed data ends early, after {produced} of the {promised} bytes "
-                         "its header promises")
+        raise InputError(f"{data}: compressed data ends early, after {produced} of the {promised} bytes {claim}")
     if produced != promised:
-        raise InputError(f"{data}: compressed data inflates to {produced} bytes, its header promises {promised}")
+        raise InputError(f"{data}: compressed data inflates to {produced} of the {promised} bytes {claim}")
     if inflater.unused_data or left > 0:
         raise InputError(f"{data}: {len(inflater.unused_data) + left} bytes follow the end of the compressed data")
 
 
 def inspect_image(path, max_volume_bytes: int = MAX_VOLUME_BYTES):
-    """Checks a 3-D MetaImage's header and data bytes without reading voxels; returns its (B-scan, row, column) shape."""
+    """Checks a 3-D MetaImage's header and data bytes without reading voxels; returns its (B-scan, row, column) shape.
+
+    Raises:
+        InputError: one line naming the header or data file and what is wrong with it.
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file is missing")

@@ -282,7 +282,7 @@ def _corrupt_zraw(root):
 def _zraw_dims_halved(root):
     folder = _compress_oct(root)
     _edit_header(folder / "oct.mhd", "DimSize", "48 40 3")
-    return folder / "oct.zraw", "inflates to more than the 11520 bytes its header promises"
+    return folder / "oct.zraw", "inflates to more than the 11520 bytes oct.mhd promises"
 
 
 def _raw_element_type_edited(root):

@@ -1,5 +1,7 @@
 """Tests of octtl/volumes.py: the 8-bit rule, vendor inference, per-B-scan labels, finding and checking volumes."""
 
+import os
+import pathlib
 import re
 import tracemalloc
 import zlib
@@ -117,6 +119,24 @@ def test_dangling_oct_mhd_link_is_an_error(tmp_path):
         volumes.find_volumes(tmp_path / "in")
 
 
+def test_unlistable_subfolder_is_skipped_aloud(tmp_path, monkeypatch, capsys):
+    """A root-only lost+found under the input must not stop the search (tests run as root: refusal is simulated)."""
+    real = _volume(tmp_path / "in" / "TRAIN004")
+    (tmp_path / "in" / "lost+found").mkdir()
+    scandir = os.scandir
+
+    def refuse(path):
+        if pathlib.Path(path).name == "lost+found":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(volumes.os, "scandir", refuse)
+    assert volumes.find_volumes(tmp_path / "in") == [real]
+    assert capsys.readouterr().err == f"{tmp_path / 'in' / 'lost+found'}: cannot be read, skipped (Permission denied)\n"
+    with pytest.raises(volumes.InputError, match="lost.found: input directory cannot be read"):
+        volumes.find_volumes(tmp_path / "in" / "lost+found")
+
+
 def test_predict_reads_a_volume_behind_a_folder_link(tmp_path):
     from octtl import scans
 
@@ -157,14 +177,14 @@ COMPRESSED_FAULTS = {
     "corrupt_stream": (lambda f: _zraw_bytes(f, lambda b: b[:40] + bytes(255 - x for x in b[40:80]) + b[80:]),
                        "oct.zraw", "corrupt compressed data"),
     "cut_short": (lambda f: _zraw_bytes(f, lambda b: b[: len(b) // 2]), "oct.zraw",
-                  r"compressed data ends early, after \d+ of the 1440 bytes"),
+                  r"ends early, after \d+ of the 1440 bytes oct.mhd promises \(DimSize 12 10 6 MET_USHORT\)$"),
     "trailing_bytes": (lambda f: _zraw_bytes(f, lambda b: b + b"\0\0\0"), "oct.zraw",
                        "3 bytes follow the end of the compressed data"),
     "not_zlib": (lambda f: _zraw_bytes(f, lambda b: b"\x00" * len(b)), "oct.zraw", "corrupt compressed data"),
     "inflates_longer": (lambda f: _set(f / "oct.mhd", "DimSize", "12 10 3"), "oct.zraw",
-                        "inflates to more than the 720 bytes its header promises"),
+                        r"inflates to more than the 720 bytes oct.mhd promises \(DimSize 12 10 3 MET_USHORT\)$"),
     "inflates_shorter": (lambda f: _set(f / "oct.mhd", "DimSize", "12 10 60"), "oct.zraw",
-                         "inflates to 1440 bytes, its header promises 14400"),
+                         r"inflates to 1440 of the 14400 bytes oct.mhd promises \(DimSize 12 10 60 MET_USHORT\)$"),
     "compressed_size": (lambda f: _set(f / "oct.mhd", "CompressedDataSize", "17"), "oct.zraw",
                         r"holds \d+ bytes of compressed data, but CompressedDataSize = 17"),
 }
