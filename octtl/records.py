@@ -18,12 +18,12 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from octtl import outputs
 from octtl import volumes as volumes_lib
 
 IMAGE = "image/encoded"
@@ -101,13 +101,18 @@ def shard_paths(records_dir) -> list:
     return sorted(str(p) for p in pathlib.Path(records_dir).glob(SHARD_PATTERN))
 
 
-def _load(item, codes, min_voxels, allow_unlabeled):
+def _load(item, codes, min_voxels, allow_unlabeled, max_volume_bytes):
     """Reads and PNG-encodes one source item: a volume folder or an (image path, label) pair."""
-    if isinstance(item, volumes_lib.ImageItem):
-        bscans = volumes_lib.read_image_file(item)
-    else:
-        bscans = volumes_lib.read_volume(item, codes=codes, min_voxels=min_voxels,
-                                         allow_unlabeled=allow_unlabeled)
+    try:
+        if isinstance(item, volumes_lib.ImageItem):
+            bscans = volumes_lib.read_image_file(item)
+        else:
+            bscans = volumes_lib.read_volume(item, codes=codes, min_voxels=min_voxels,
+                                             allow_unlabeled=allow_unlabeled, max_volume_bytes=max_volume_bytes)
+    except OSError as e:
+        # Said here, naming the input: convert reports an OSError that escapes as one of --output_dir.
+        where = e.filename or getattr(item, "path", item)
+        raise volumes_lib.InputError(f"{where}: cannot be read ({e.strerror or e})") from None
     if bscans is None:
         return None, []
     return bscans, [volumes_lib.encode_png(image) for image in bscans.images]
@@ -125,11 +130,13 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str
             fluid_codes: Sequence[int] = (1, 2, 3), min_fluid_voxels: int = 1,
             classes: Optional[Sequence[str]] = None, num_shards: int = 0, workers: int = 4,
             allow_unlabeled: bool = False, skip_bad: bool = False, group_regex: Optional[str] = None,
-            settings: Optional[dict] = None, progress: Optional[Callable] = _print_progress) -> dict:
+            max_volume_bytes: int = volumes_lib.MAX_VOLUME_BYTES, settings: Optional[dict] = None,
+            progress: Optional[Callable] = _print_progress) -> dict:
     """Converts RETOUCH volumes or class image folders under `input_dir` to sharded TFRecords.
 
     Nothing appears at `output_dir` until every shard, the index and the manifest are
     written: the work happens in a temporary sibling directory that is renamed at the end.
+    Staging folders that killed runs left beside `output_dir` are removed first.
 
     Args:
       input_format: 'retouch' (folders holding oct.mhd + reference.mhd) or 'image_folders'.
@@ -143,14 +150,23 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str
       skip_bad: convert the good volumes and list the bad ones instead of failing.
       group_regex: image_folders only: its first capture group, applied to each file stem, is the
         image's volume/id (e.g. the patient), so that grouped folds keep a patient's images together.
+      max_volume_bytes: a volume (or reference) whose header promises more data bytes is refused before
+        anything is read.
       settings: recorded in the manifest as `flags`.
 
     Returns:
       The manifest dict.
     """
     output_dir = pathlib.Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        raise volumes_lib.InputError(f"{output_dir}: output directory is not empty")
+    try:
+        occupied = output_dir.is_dir() and any(output_dir.iterdir())
+    except OSError as e:
+        raise volumes_lib.InputError(f"--output_dir={output_dir}: cannot be read ({e.strerror or e})") from None
+    if occupied:
+        raise volumes_lib.InputError(f"--output_dir={output_dir}: output directory is not empty")
+    outputs.check_target(output_dir, "--output_dir", folder=True)
+    if max_volume_bytes < 1:
+        raise volumes_lib.InputError(f"--max_volume_bytes must be >= 1, got {max_volume_bytes}")
     if min_fluid_voxels < 1:
         raise volumes_lib.InputError(f"--min_fluid_voxels must be >= 1, got {min_fluid_voxels}")
     bad_codes = [c for c in fluid_codes if c not in (1, 2, 3)]
@@ -162,7 +178,8 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str
         if vendor != "all":
             if vendor not in volumes_lib.VENDORS:
                 raise volumes_lib.InputError(f"--vendor must be all or one of {volumes_lib.VENDORS}, got {vendor}")
-            items = [f for f in items if volumes_lib.peek_vendor(f) == vendor]
+            items = [f for f in items if _vendor_or_bad(f, skip_bad) in (vendor, None)]
+        _check_unique_ids(items)
         class_names = list(CLASSES)
         what = "volumes (folders holding oct.mhd)" + ("" if vendor == "all" else f" of vendor {vendor}")
     elif input_format == "image_folders":
@@ -177,33 +194,58 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str
     if not items:
         raise volumes_lib.InputError(f"{input_dir}: no {what} found")
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make the dataset private.
+    removed = outputs.remove_stale_staging(output_dir)
+    if removed:
+        shown = ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
+        print(f"{output_dir.parent}: removed {len(removed)} staging folder(s) of killed runs ({shown})",
+              file=sys.stderr)
+    staging = outputs.staging_dir(output_dir, "--output_dir")
     try:
-        manifest = _write(items, staging, class_names, fluid_codes, min_fluid_voxels,
-                          num_shards, workers, allow_unlabeled, skip_bad, progress)
-        if input_format == "image_folders":
-            manifest.update(group_regex=group_regex or None,
-                            num_groups=len({item.volume_id for item in items}))
-        manifest.update(input_dir=str(input_dir), input_format=input_format,
-                        fluid_labels=list(fluid_codes), min_fluid_voxels=min_fluid_voxels,
-                        flags=dict(settings or {}),
-                        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-        _write_json(staging / MANIFEST, manifest)
-        if output_dir.exists():
-            output_dir.rmdir()  # Known empty above; rename needs the name free.
-        os.rename(staging, output_dir)
+        try:
+            manifest = _write(items, staging, class_names, fluid_codes, min_fluid_voxels,
+                              num_shards, workers, allow_unlabeled, skip_bad, max_volume_bytes, progress)
+            if input_format == "image_folders":
+                manifest.update(group_regex=group_regex or None,
+                                num_groups=len({item.volume_id for item in items}))
+            manifest.update(input_dir=str(input_dir), input_format=input_format,
+                            fluid_labels=list(fluid_codes), min_fluid_voxels=min_fluid_voxels,
+                            flags=dict(settings or {}),
+                            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+            _write_json(staging / MANIFEST, manifest)
+            outputs.publish(staging, output_dir)
+        except (OSError, tf.errors.OpError) as e:
+            # Inputs are read in _load, which names them; what fails here is writing the output.
+            reason = (e.strerror if isinstance(e, OSError) else e.message) or str(e)
+            raise volumes_lib.InputError(
+                f"--output_dir={output_dir}: cannot write ({reason.strip().splitlines()[0][:200]})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
 
 
+def _vendor_or_bad(folder, skip_bad):
+    """peek_vendor, or None for a bad header under --skip_bad (read_volume then reports it as skipped)."""
+    try:
+        return volumes_lib.peek_vendor(folder)
+    except volumes_lib.InputError:
+        if skip_bad:
+            return None
+        raise
+
+
+def _check_unique_ids(folders):
+    """Refuses two volume folders of one name: records and folds know a volume by its volume/id alone."""
+    seen = {}
+    for folder in folders:
+        if folder.name in seen:
+            raise volumes_lib.InputError(f"{folder}: volume id {folder.name} is also that of {seen[folder.name]}; "
+                                         "volume/id must be unique")
+        seen[folder.name] = folder
+
+
 def _write(items, staging, class_names, codes, min_voxels, num_shards, workers,
-           allow_unlabeled, skip_bad, progress):
+           allow_unlabeled, skip_bad, max_volume_bytes, progress):
     """Reads items in parallel and writes them, in item order, into contiguous shards."""
     if isinstance(items[0], volumes_lib.ImageItem):
         planned = len(items)
@@ -225,7 +267,8 @@ def _write(items, staging, class_names, codes, min_voxels, num_shards, workers,
         with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
             # Bounded look-ahead keeps memory flat on large inputs while keeping workers busy.
             window = max(2, 2 * workers)
-            submit = lambda k: pool.submit(_load, items[k], codes, min_voxels, allow_unlabeled)  # noqa: E731
+            submit = lambda k: pool.submit(  # noqa: E731
+                _load, items[k], codes, min_voxels, allow_unlabeled, max_volume_bytes)
             futures = {k: submit(k) for k in range(min(window, len(items)))}
             for i, item in enumerate(items):
                 future = futures.pop(i)
@@ -305,7 +348,7 @@ def _bscan_count(folder) -> int:
     """B-scans in a volume from its header alone; 0 when the header is bad (read_volume reports it)."""
     try:
         dims = volumes_lib.read_header(pathlib.Path(folder) / "oct.mhd")["DimSize"].split()
-        return int(dims[2]) if len(dims) == 3 else 0
+        return max(int(dims[2]), 0) if len(dims) == 3 else 0
     except (volumes_lib.InputError, ValueError):
         return 0
 

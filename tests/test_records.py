@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -16,7 +17,11 @@ from PIL import Image
 
 from conftest import REPO, write_volume
 from octtl import records
-from octtl_tools import to_tfrecord
+import octtl_tools
+
+# An editable install maps octtl_tools to the checkout it was made from; test this checkout's tools/.
+octtl_tools.__path__.insert(0, str(REPO / "tools"))
+from octtl_tools import to_tfrecord  # noqa: E402
 
 INT64_KEYS = ("image/height", "image/width", "image/class/label", "volume/slice",
               "fluid/irf", "fluid/srf", "fluid/ped")
@@ -249,6 +254,63 @@ def _two_d(root):
     return folder / "oct.mhd", "expected a 3-D volume, got 2-D"
 
 
+def _edit_header(header, key, value):
+    text = header.read_text()
+    assert f"\n{key} = " in text
+    header.write_text(re.sub(f"\n{key} = .*", f"\n{key} = {value}", text))
+
+
+def _compress_oct(root):
+    """Rewrites the first volume's oct.mhd as .zraw (same voxels); returns its folder."""
+    import SimpleITK as sitk
+
+    folder = next(root.rglob("oct.mhd")).parent
+    image = sitk.ReadImage(str(folder / "oct.mhd"))
+    (folder / "oct.raw").unlink()
+    sitk.WriteImage(image, str(folder / "oct.mhd"), useCompression=True)
+    return folder
+
+
+def _corrupt_zraw(root):
+    zraw = _compress_oct(root) / "oct.zraw"
+    data = bytearray(zraw.read_bytes())
+    data[100:140] = bytes(255 - x for x in data[100:140])  # what SimpleITK answered "Uncompress failed" to
+    zraw.write_bytes(bytes(data))
+    return zraw, "corrupt compressed data"
+
+
+def _zraw_dims_halved(root):
+    folder = _compress_oct(root)
+    _edit_header(folder / "oct.mhd", "DimSize", "48 40 3")
+    return folder / "oct.zraw", "inflates to more than the 11520 bytes oct.mhd promises"
+
+
+def _raw_element_type_edited(root):
+    header = next(root.rglob("oct.mhd"))
+    _edit_header(header, "ElementType", "MET_UCHAR")
+    return header.with_suffix(".raw"), "longer than its header says, expected 11520 bytes .* found 23040"
+
+
+def _raw_dims_halved(root):
+    header = next(root.rglob("oct.mhd"))
+    _edit_header(header, "DimSize", "48 40 3")
+    return header.with_suffix(".raw"), "longer than its header says, expected 11520 bytes"
+
+
+def _dims(value):
+    def edit(root):
+        header = next(root.rglob("oct.mhd"))
+        _edit_header(header, "DimSize", value)
+        return header, f"DimSize = {value} must be 3 integers > 0"
+    return edit
+
+
+def _huge_claim(root):
+    folder = _compress_oct(root)
+    _edit_header(folder / "oct.mhd", "DimSize", "512 496 6000")
+    return folder / "oct.mhd", "header promises 3047424000 bytes .*more than --max_volume_bytes=1000000"
+
+
 BAD_INPUTS = {
     "truncated_raw": _truncate_raw,
     "missing_raw": _delete_raw,
@@ -257,6 +319,15 @@ BAD_INPUTS = {
     "missing_reference": _remove_reference,
     "codes_outside_0_3": _bad_codes,
     "not_3d": _two_d,
+    "corrupt_zraw": _corrupt_zraw,
+    "zraw_dims_halved": _zraw_dims_halved,
+    "raw_element_type_edited": _raw_element_type_edited,
+    "raw_dims_halved": _raw_dims_halved,
+    "dims_zero": _dims("48 40 0"),
+    "dims_negative": _dims("48 40 -6"),
+    "dims_too_few": _dims("48 40"),
+    "dims_too_many": _dims("48 40 6 1"),
+    "huge_claim": _huge_claim,
 }
 
 
@@ -266,7 +337,8 @@ def test_bad_volume_fails_cleanly_and_skip_bad_skips_it(small_volumes, tmp_path,
     path, message = BAD_INPUTS[case](root)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(f"--input_dir={root}", f"--output_dir={out}")
+        # Far above these volumes (23 KB), far below the huge claim's 3 GB.
+        run_cli(f"--input_dir={root}", f"--output_dir={out}", "--max_volume_bytes=1000000")
     text = str(exit_info.value.code)
     assert "\n" not in text and text.startswith("to_tfrecord: error: ")
     assert str(path) in text
@@ -274,7 +346,7 @@ def test_bad_volume_fails_cleanly_and_skip_bad_skips_it(small_volumes, tmp_path,
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
-    run_cli(f"--input_dir={root}", f"--output_dir={out}", "--skip_bad")
+    run_cli(f"--input_dir={root}", f"--output_dir={out}", "--skip_bad", "--max_volume_bytes=1000000")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_examples"] == 12
     assert [s["item"] for s in manifest["skipped"]] == [str(path.parent)]
@@ -326,3 +398,124 @@ def test_cli_process_exit_code_and_error_line(small_volumes, tmp_path):
 def test_required_flags(tmp_path):
     with pytest.raises(SystemExit, match="to_tfrecord: error: --output_dir required"):
         run_cli(f"--input_dir={tmp_path}")
+
+
+def _refused(tmp_path, *args):
+    """The one error line of a run that must fail and leave nothing (no output, no staging folder) behind."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(f"--output_dir={out}", *args)
+    text = str(exit_info.value.code)
+    assert text.startswith("to_tfrecord: error: ") and "\n" not in text, text
+    assert len(text.replace(str(tmp_path), "T")) < 200, text  # short but for the paths it names
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    return text
+
+
+def test_volumes_behind_folder_links_convert_once(small_volumes, tmp_path):
+    root, _ = small_volumes
+    store = write_volume(tmp_path / "store" / "TRAIN001", np.zeros((3, 16, 16), np.uint8), np.zeros((3, 16, 16),
+                                                                                                   np.uint8))
+    (root / "RETOUCH-TrainingSet-Cirrus").mkdir()
+    (root / "RETOUCH-TrainingSet-Cirrus" / "TRAIN001").symlink_to(store, target_is_directory=True)
+    (root / "also-cirrus").symlink_to(root / "RETOUCH-TrainingSet-Cirrus", target_is_directory=True)
+    (root / "RETOUCH-TrainingSet-Spectralis" / "loop").symlink_to(root, target_is_directory=True)
+    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [(v["id"], v["vendor"]) for v in manifest["volumes"]] == [
+        ("TRAIN001", "cirrus"), ("TRAIN025", "spectralis"), ("TRAIN026", "spectralis"), ("TRAIN027", "spectralis")]
+    assert manifest["num_examples"] == 3 + 18
+
+
+def test_dangling_oct_mhd_link_is_refused(small_volumes, tmp_path):
+    root, _ = small_volumes
+    link = root / "RETOUCH-TrainingSet-Cirrus" / "TRAIN002" / "oct.mhd"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tmp_path / "unmounted" / "oct.mhd")
+    text = _refused(tmp_path, f"--input_dir={root}")
+    assert f"{link}: broken link to {tmp_path / 'unmounted' / 'oct.mhd'}" in text
+
+
+def test_duplicate_volume_ids_are_refused(small_volumes, tmp_path):
+    root, _ = small_volumes
+    first = root / "RETOUCH-TrainingSet-Spectralis" / "TRAIN025"
+    second = write_volume(root / "RETOUCH-TestSet-Cirrus" / "TRAIN025", np.zeros((3, 16, 16), np.uint8),
+                          np.zeros((3, 16, 16), np.uint8))
+    text = _refused(tmp_path, f"--input_dir={root}")
+    assert str(first) in text and str(second) in text and "volume/id must be unique" in text
+    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'cirrus'}", "--vendor=cirrus")  # one each: fine
+    assert json.loads((tmp_path / "cirrus" / "manifest.json").read_text())["num_volumes"] == 1
+
+
+def _empty_folder(folder):
+    folder.mkdir()
+
+
+def _no_images(folder):
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not an image")
+
+
+@pytest.mark.parametrize("make, classes, message", [
+    (_empty_folder, "NORMAL,DME", "{root}/DME: class folder holds no images"),
+    (_no_images, "NORMAL,DME", "{root}/DME: class folder holds no images"),
+    (_no_images, "NORMAL", "--classes=NORMAL: needs at least two classes"),
+    (_no_images, "NORMAL,DME,NORMAL", "--classes: names NORMAL more than once"),
+])
+def test_class_without_images_is_refused(tmp_path, make, classes, message):
+    root = tmp_path / "in"
+    (root / "NORMAL").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "NORMAL" / "NORMAL-1-1.png")
+    make(root / "DME")
+    text = _refused(tmp_path, f"--input_dir={root}", "--input_format=image_folders", f"--classes={classes}")
+    assert message.format(root=root) in text
+
+
+def test_stale_staging_of_killed_runs_is_removed(small_volumes, tmp_path, capsys):
+    root, _ = small_volumes
+    dead = tmp_path / ".out.partial-99999999-x1y2"  # above any pid_max: its process is gone
+    old_style = tmp_path / ".out.partial-a8d3k"  # from before staging names carried the pid
+    alive = tmp_path / f".out.partial-{os.getpid()}-busy"  # another conversion still running
+    other = tmp_path / ".other.partial-99999999-x1y2"  # another output's: not ours to touch
+    for folder in (dead, old_style, alive, other):
+        folder.mkdir()
+        (folder / "shard-0.tmp").write_bytes(b"half a shard")
+    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}")
+    assert not dead.exists() and not old_style.exists() and alive.exists() and other.exists()
+    assert (tmp_path / "out" / "manifest.json").is_file()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "staging" in line]
+    assert lines == [f"{tmp_path}: removed 2 staging folder(s) of killed runs ({dead.name}, {old_style.name})"]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("file/out", "--output_dir={tmp}/file/out: cannot be created: {tmp}/file is a file"),
+    ("file", "--output_dir={tmp}/file: is a file; expected a folder"),
+    ("/proc/octtl-out", "--output_dir=/proc/octtl-out: cannot be created"),  # a place no one can write
+])
+def test_output_dir_that_cannot_be_created(small_volumes, tmp_path, where, message):
+    root, _ = small_volumes
+    (tmp_path / "file").write_text("a regular file")
+    output_dir = tmp_path / where
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(f"--input_dir={root}", f"--output_dir={output_dir}")
+    text = str(exit_info.value.code)
+    assert text.startswith("to_tfrecord: error: " + message.format(tmp=tmp_path)) and "\n" not in text, text
+    assert (tmp_path / "file").read_text() == "a regular file"
+    assert not [p for p in (tmp_path, pathlib.Path("/proc")) for p in p.iterdir() if ".partial" in p.name]
+
+
+@pytest.mark.parametrize("owner, name, error", [
+    (csv, "DictWriter", OSError(28, "No space left on device")),
+    (tf.io, "TFRecordWriter", tf.errors.ResourceExhaustedError(None, None, "No space left on device\nat shard 0")),
+])
+def test_write_failure_is_one_line_and_leaves_nothing(small_volumes, tmp_path, monkeypatch, owner, name, error):
+    """A disk that fills up while the index or a shard is written: one line naming --output_dir, no staging left."""
+    root, _ = small_volumes
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(owner, name, fail)
+    text = _refused(tmp_path, f"--input_dir={root}")
+    assert text == f"to_tfrecord: error: --output_dir={tmp_path / 'out'}: cannot write (No space left on device)"

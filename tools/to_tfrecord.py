@@ -29,6 +29,9 @@ _GROUP_REGEX = flags.DEFINE_string(
     r"volume/id (e.g. '^[A-Z]+-(\d+)-\d+$' gives Kermany's patient), so --group_by_volume keeps patients whole.")
 _ALLOW_UNLABELED = flags.DEFINE_bool("allow_unlabeled", False, "Skip volumes without reference.mhd.")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Convert the good volumes and list the bad ones.")
+_MAX_VOLUME_BYTES = flags.DEFINE_integer(
+    "max_volume_bytes", volumes.MAX_VOLUME_BYTES, "Refuse a volume whose header promises more data bytes than this "
+    "(checked before reading, so a lying header cannot exhaust memory).", lower_bound=1)
 
 # Checked in main: absl validators are process-wide and would fire for other entry modules' parses.
 REQUIRED = ("input_dir", "output_dir")
@@ -51,14 +54,14 @@ def main(argv):
 
     settings = {name: flags.FLAGS[name].value for name in (
         "input_dir", "output_dir", "vendor", "fluid_labels", "min_fluid_voxels", "num_shards",
-        "workers", "input_format", "classes", "allow_unlabeled", "skip_bad", "group_regex")}
+        "workers", "input_format", "classes", "allow_unlabeled", "skip_bad", "group_regex", "max_volume_bytes")}
     try:
         manifest = records.convert(
             _INPUT_DIR.value, _OUTPUT_DIR.value, input_format=_INPUT_FORMAT.value,
             vendor=_VENDOR.value, fluid_codes=codes, min_fluid_voxels=_MIN_FLUID_VOXELS.value,
             classes=_CLASSES.value, num_shards=_NUM_SHARDS.value, workers=_WORKERS.value,
             allow_unlabeled=_ALLOW_UNLABELED.value, skip_bad=_SKIP_BAD.value, group_regex=_GROUP_REGEX.value,
-            settings=settings)
+            max_volume_bytes=_MAX_VOLUME_BYTES.value, settings=settings)
     except volumes.InputError as e:
         sys.exit(f"to_tfrecord: error: {e}")
     print(summary(manifest, _OUTPUT_DIR.value))
