@@ -17,24 +17,18 @@ from absl import flags
 
 from octtl import architectures
 from octtl import batch_probe
+from octtl import cli
 from octtl import runs
 
-_ARCH = flags.DEFINE_enum("arch", "all", ["all", *architectures.ARCHITECTURES], "Network (Table I), or all.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input side in pixels; default each network's.",
-                                   lower_bound=1)
-_LOGDIR = flags.DEFINE_string("logdir", "runs", f"The table is written to LOGDIR/{runs.MAX_BATCH}.")
-_OUTPUT = flags.DEFINE_string("output", None, "Write the table here instead.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "Largest batch tried (a power of two).", lower_bound=1)
-_MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "Measure with float16 compute, as octtl.train's flag.")
-_JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Measure with XLA, as octtl.train's flag.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    archs = list(architectures.ARCHITECTURES) if _ARCH.value == "all" else [_ARCH.value]
+    archs = list(architectures.ARCHITECTURES) if cli.ARCH.value in (None, "all") else [cli.ARCH.value]
     for arch in archs:
-        size = _IMAGE_SIZE.value or architectures.get(arch).input_size
+        size = cli.IMAGE_SIZE.value or architectures.get(arch).input_size
         if size < architectures.get(arch).min_input_size:
             sys.exit(f"max_batch: error: --image_size={size}: {arch} needs at least "
                      f"{architectures.get(arch).min_input_size}")
@@ -45,7 +39,7 @@ def main(argv):
 
     from octtl import training
 
-    gpus = training.configure_devices(_MIXED_PRECISION.value)
+    gpus = training.configure_devices(cli.MIXED_PRECISION.value)
     if gpus:
         name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
         device = f"GPU {name}"
@@ -56,11 +50,11 @@ def main(argv):
         print("max_batch: no GPU: measuring host memory"
               + (f" ({available / 2**30:.1f} GiB available)" if available else "")
               + "; the result is not a GPU batch size")
-    path = _OUTPUT.value or os.path.join(_LOGDIR.value, runs.MAX_BATCH)
+    path = cli.OUTPUT.value or os.path.join(cli.LOGDIR.value, runs.MAX_BATCH)
     for arch in archs:
-        size = _IMAGE_SIZE.value or architectures.get(arch).input_size
-        entry = batch_probe.probe(arch, size, bool(gpus), _MAX_BATCH.value, _MIXED_PRECISION.value,
-                                  _JIT_COMPILE.value)
+        size = cli.IMAGE_SIZE.value or architectures.get(arch).input_size
+        entry = batch_probe.probe(arch, size, bool(gpus), _MAX_BATCH.value, cli.MIXED_PRECISION.value,
+                                  cli.JIT_COMPILE.value)
         # Written after each network, so an interrupted probe keeps what it measured.
         batch_probe.write_table(path, {arch: entry}, device)
         tried = ", ".join(f"{b}: {outcome}" for b, outcome in entry["tried"].items())

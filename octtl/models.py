@@ -160,7 +160,7 @@ def build(
     rgb = layers.Rescaling(scale.tolist(), offset.tolist(), name=INPUT_SCALING)(rgb)
     model = keras.Model(image, entry.builder(rgb), name=entry.name)
     if swapped:
-        model = _swap_head(model, entry.classifier, num_classes)
+        model = swap_head(model, entry.classifier, num_classes)
     if weights.path is not None:
         _load_weights(model, weights.path, entry, swapped)
 
@@ -182,8 +182,11 @@ def _activation_name(layer):
     return layer.get_config().get("activation")
 
 
-def _swap_head(full, classifier, num_classes):
-    """The paper's head swap on a built ImageNet classifier; the backbone's layers are reused as they are."""
+def swap_head(full, classifier, num_classes):
+    """The paper's head swap on a built 1000-class network: a new Glorot `classifier` of `num_classes`, float32 softmax.
+
+    The backbone's layers are reused as they are (not copied), so the result shares their weights with `full`.
+    """
     old = full.get_layer(classifier)
     if isinstance(old, layers.Dense):
         head = layers.Dense(num_classes, kernel_initializer="glorot_uniform", bias_initializer="zeros", name=HEAD)

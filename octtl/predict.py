@@ -3,7 +3,7 @@ r"""Predicts macular fluid on new OCT data with a trained octtl model, optionall
   python -m octtl.predict --model=runs/baseline/squeezenet/batch16/fold0/best.keras \
       --input=data/synthetic --output=predictions.csv [--gradcam_dir=gradcam] [--threshold=0.5] [--overwrite]
 
---input is one .mhd volume, a folder of volumes (RETOUCH layout, reference optional), a TFRecord folder or
+--output defaults to predictions.csv. --input is one .mhd volume, a folder of volumes (RETOUCH layout, reference optional), a TFRecord folder or
 image files; the crop and scaling are the model's own, read from the result.json of its run. Writes
 predictions.csv (volume_id,slice,p_fluid,prediction,source[,label]) and the per-volume summary
 <output stem>_volumes.csv beside it, and prints the summary, accuracy/AUC when labels exist and, with
@@ -15,37 +15,33 @@ import sys
 from absl import app
 from absl import flags
 
-_MODEL = flags.DEFINE_string("model", None, "best.keras of an octtl run (its result.json beside it).")
+from octtl import cli
+
 _INPUT = flags.DEFINE_string("input", None, "A .mhd volume, a folder of volumes, a TFRecord folder or image files.")
-_OUTPUT = flags.DEFINE_string("output", "predictions.csv", "Predictions CSV; the per-volume summary goes beside it.")
 _GRADCAM_DIR = flags.DEFINE_string("gradcam_dir", None,
                                    "Absent or empty folder for Grad-CAM PNGs of the B-scans predicted fluid.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "A B-scan is predicted fluid when p_fluid > threshold.",
                                 lower_bound=0.0, upper_bound=1.0)
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
-
-REQUIRED = ("model", "input")
+DEFAULT_OUTPUT = "predictions.csv"  # --output; the per-volume summary goes beside it
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value in (None, "")]
-    if missing:
-        sys.exit(f"predict: error: {', '.join(missing)} required")
+    cli.no_arguments(argv)
+    cli.require("predict", "model", "input")
+    output = cli.OUTPUT.value or DEFAULT_OUTPUT
     from octtl import prediction
     from octtl.errors import InputError
 
     try:
-        prediction.check_outputs(_OUTPUT.value, _GRADCAM_DIR.value, _OVERWRITE.value)
+        prediction.check_outputs(output, _GRADCAM_DIR.value, cli.OVERWRITE.value)
     except InputError as e:
         sys.exit(f"predict: error: {e}")
     from octtl import console
 
     console.start_tensorflow()
     try:
-        report = prediction.predict(_MODEL.value, _INPUT.value, _OUTPUT.value, gradcam_dir=_GRADCAM_DIR.value,
-                                    threshold=_THRESHOLD.value, overwrite=_OVERWRITE.value)
+        report = prediction.predict(cli.MODEL.value, _INPUT.value, output, gradcam_dir=_GRADCAM_DIR.value,
+                                    threshold=_THRESHOLD.value, overwrite=cli.OVERWRITE.value)
     except prediction.ModelError as e:
         sys.exit(f"predict: error: --model: {e}")
     except InputError as e:

@@ -126,7 +126,7 @@ def _print_progress(done, total, bscans, item):
               f"{int(bscans.labels.sum())} fluid", file=sys.stderr, flush=True)
 
 
-def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str = "all",
+def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all",
             fluid_codes: Sequence[int] = (1, 2, 3), min_fluid_voxels: int = 1,
             classes: Optional[Sequence[str]] = None, num_shards: int = 0, workers: int = 4,
             allow_unlabeled: bool = False, skip_bad: bool = False, group_regex: Optional[str] = None,
@@ -140,7 +140,7 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str
 
     Args:
       input_format: 'retouch' (folders holding oct.mhd + reference.mhd) or 'image_folders'.
-      vendor: 'all' or one of volumes.VENDORS; other volumes are left out.
+      vendor: 'all', or one or several of volumes.VENDORS; other volumes are left out.
       fluid_codes: reference codes that count as fluid.
       min_fluid_voxels: a B-scan is fluid with at least this many voxels in `fluid_codes`.
       classes: image_folders only, the class folder names; label = position.
@@ -175,13 +175,15 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor: str
 
     if input_format == "retouch":
         items = volumes_lib.find_volumes(input_dir)
-        if vendor != "all":
-            if vendor not in volumes_lib.VENDORS:
-                raise volumes_lib.InputError(f"--vendor must be all or one of {volumes_lib.VENDORS}, got {vendor}")
-            items = [f for f in items if _vendor_or_bad(f, skip_bad) in (vendor, None)]
+        wanted = [vendor] if isinstance(vendor, str) else list(vendor or ["all"])
+        if "all" not in wanted:
+            unknown = [v for v in wanted if v not in volumes_lib.VENDORS]
+            if unknown:
+                raise volumes_lib.InputError(f"--vendor must be all or among {volumes_lib.VENDORS}, got {unknown}")
+            items = [f for f in items if _vendor_or_bad(f, skip_bad) in (*wanted, None)]
         _check_unique_ids(items)
         class_names = list(CLASSES)
-        what = "volumes (folders holding oct.mhd)" + ("" if vendor == "all" else f" of vendor {vendor}")
+        what = "volumes (folders holding oct.mhd)" + ("" if "all" in wanted else f" of vendor {','.join(wanted)}")
     elif input_format == "image_folders":
         items = volumes_lib.find_images(input_dir, classes, group_regex)
         class_names = list(classes)

@@ -18,10 +18,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from octtl import cli  # noqa: E402
 from octtl import runs  # noqa: E402
 from octtl import report_page  # noqa: E402
 
-_LOGDIR = flags.DEFINE_string("logdir", "runs", "Root of the sweep's run folders.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "report", "Folder the tables, figures and index.html are written to.")
 _RESULTS = flags.DEFINE_string("results", None,
                                f"Results file; default LOGDIR/{runs.RESULTS}, else the run folders.")
@@ -52,17 +52,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        results, source = load(_LOGDIR.value, _RESULTS.value)
+        results, source = load(cli.LOGDIR.value, _RESULTS.value)
     except (ValueError, OSError) as e:
         sys.exit(f"report: error: {e}")
-    if source.endswith(runs.RESULTS) and pathlib.Path(_LOGDIR.value).is_dir():
+    if source.endswith(runs.RESULTS) and pathlib.Path(cli.LOGDIR.value).is_dir():
         listed = {runs.run_of(r) for r in results}
-        missing = [r for r in runs.collect(_LOGDIR.value) if runs.run_of(r) not in listed]
+        missing = [r for r in runs.collect(cli.LOGDIR.value) if runs.run_of(r) not in listed]
         if missing:
-            print(f"report: note: {len(missing)} finished runs in {_LOGDIR.value} are not in {source}; "
-                  f"python -m octtl.sweep --logdir={_LOGDIR.value} --collect adds them", file=sys.stderr)
+            print(f"report: note: {len(missing)} finished runs in {cli.LOGDIR.value} are not in {source}; "
+                  f"python -m octtl.sweep --logdir={cli.LOGDIR.value} --collect adds them", file=sys.stderr)
     try:
-        written = report_page.write_report(results, _OUT_DIR.value, source, _TOP.value, _LOGDIR.value)
+        written = report_page.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value)
     except ValueError as e:
         sys.exit(f"report: error: {e}")
     failed = sum(r.get("status") != "ok" for r in results)

@@ -35,6 +35,7 @@ from absl import app
 from absl import flags
 
 from octtl import architectures
+from octtl import cli
 from octtl import protocol
 from octtl import runs
 from octtl import train as _train  # defines the training flags, which every run of the sweep takes
@@ -45,8 +46,6 @@ _BATCHES = flags.DEFINE_list("batches", ["auto"],
 _DESIGNS = flags.DEFINE_list("designs", None, "Designs to run (baseline,limited); default the --design flag's.")
 _TASK_INDEX = flags.DEFINE_integer("task_index", 0, "This task's share of the runs: 0..num_tasks-1.", lower_bound=0)
 _NUM_TASKS = flags.DEFINE_integer("num_tasks", 1, "Tasks sharing the sweep.", lower_bound=1)
-_WORKERS = flags.DEFINE_integer("workers", 1, "Network x batch groups trained at once, each in its own process.",
-                                lower_bound=1)
 _GPUS = flags.DEFINE_list("gpus", None, "One worker per listed GPU (CUDA_VISIBLE_DEVICES), e.g. 0,1.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan (runs, done, stale, to do, time estimate) and exit.")
 _COLLECT = flags.DEFINE_bool("collect", False, "Rebuild LOGDIR/results.jsonl from the run folders and exit.")
@@ -119,8 +118,8 @@ def training_config():
 def passthrough_args() -> list:
     """The octtl.train flags given to the sweep, as the equivalent octtl.train command takes them."""
     per_run = ("data_dir", "logdir", "folds", "design", "arch", "batch", "fold")
-    return [f.serialize() for f in sorted(flags.FLAGS.get_flags_for_module(_train), key=lambda f: f.name)
-            if f.present and f.name not in per_run]
+    names = [field.name for field in dataclasses.fields(runs.Config) if field.name not in per_run]
+    return [flags.FLAGS[name].serialize() for name in sorted(names) if flags.FLAGS[name].present]
 
 
 def fit_to_data(plan, data_dir, designs):
@@ -211,7 +210,7 @@ def main(argv):
 
     signal.signal(signal.SIGTERM, _terminate)
     groups = sweeping.groups(mine)
-    workers = len(_GPUS.value) if _GPUS.value else _WORKERS.value
+    workers = len(_GPUS.value) if _GPUS.value else (cli.WORKERS.value or 1)
     print(f"sweep: {len(mine)} runs{task} in {len(groups)} network x batch groups, {workers} worker(s) at once"
           + (f"; {note}" if note else ""), flush=True)
     try:

@@ -12,12 +12,10 @@ import sys
 from absl import app
 from absl import flags
 
-from octtl import architectures
+from octtl import cli
 from octtl import protocol
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Records written by tools/to_tfrecord.py.")
-_LOGDIR = flags.DEFINE_string("logdir", "runs", "Root of the run folders and TensorBoard logs.")
-_ARCH = flags.DEFINE_enum("arch", None, list(architectures.ARCHITECTURES), "Network (Table I).")
 _BATCH = flags.DEFINE_integer("batch", None, "Mini-batch size.", lower_bound=1)
 _DESIGN = flags.DEFINE_enum("design", protocol.DESIGNS[0], list(protocol.DESIGNS),
                             "baseline: train 9 folds, validate 1 (90/10); limited: train 1, validate 9.")
@@ -36,10 +34,8 @@ _CHECKS_PER_EPOCH = flags.DEFINE_integer("checks_per_epoch", protocol.CHECKS_PER
                                          "Validation-loss checks per epoch.", lower_bound=1)
 _PATIENCE = flags.DEFINE_integer("patience", protocol.PATIENCE,
                                  "Stop after more than this many checks without improvement.", lower_bound=0)
-_SEED = flags.DEFINE_integer("seed", protocol.SEED, "Seed of folds, shuffling and initialisation.")
 _GROUP_BY_VOLUME = flags.DEFINE_bool("group_by_volume", False,
                                      "Keep each volume's (or patient's) B-scans in one fold (the paper did not).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input side in pixels; default the network's.")
 _PREPROCESS = flags.DEFINE_enum(
     "preprocess", "auto", ["auto", "paper", "backbone"],
     "auto: backbone for known ImageNet weights, paper otherwise; paper: [-1, 1] for every network (the paper); "
@@ -48,8 +44,6 @@ _CROP = flags.DEFINE_enum("crop", "center", ["center", "resize"], "center: the p
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch", None,
                                    f"Validation batch size; default max(2*batch, {protocol.MIN_EVAL_BATCH}).",
                                    lower_bound=1)
-_MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "float16 compute on GPU; softmax stays float32.")
-_JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 _STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored"],
                               "mirrored: data-parallel over all local GPUs.")
 _EARLY_STOP = flags.DEFINE_bool("early_stop", True, "Half-epoch early stop on validation loss.")
@@ -58,11 +52,6 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", None,
                                    "Also evaluate accuracy/AUC every N iterations (default: at checks only).",
                                    lower_bound=1)
 _SAVE_MODEL = flags.DEFINE_bool("save_model", True, "Save the best model as best.keras in the run folder.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Redo a run that already has a result.json.")
-
-# Checked in main rather than with mark_flags_as_required: absl validators are process-wide, so
-# they would also fire when another entry module (the sweep, a test) parses its own flags.
-REQUIRED = ("data_dir", "arch", "batch")
 
 
 def config_from_flags():
@@ -70,23 +59,22 @@ def config_from_flags():
     from octtl import training
 
     return training.Config(
-        data_dir=_DATA_DIR.value, logdir=_LOGDIR.value, arch=_ARCH.value, batch=_BATCH.value,
+        data_dir=_DATA_DIR.value, logdir=cli.LOGDIR.value, arch=cli.ARCH.value, batch=_BATCH.value,
         design=_DESIGN.value, folds=_FOLDS.value, fold=_FOLD.value, weights=_WEIGHTS.value,
         weights_fallback=_WEIGHTS_FALLBACK.value, weights_dir=_WEIGHTS_DIR.value, lr=_LR.value,
         momentum=_MOMENTUM.value, max_epochs=_MAX_EPOCHS.value, checks_per_epoch=_CHECKS_PER_EPOCH.value,
-        patience=_PATIENCE.value, seed=_SEED.value, group_by_volume=_GROUP_BY_VOLUME.value,
-        image_size=_IMAGE_SIZE.value, preprocess=_PREPROCESS.value, crop=_CROP.value, eval_batch=_EVAL_BATCH.value,
-        mixed_precision=_MIXED_PRECISION.value, jit_compile=_JIT_COMPILE.value, strategy=_STRATEGY.value,
+        patience=_PATIENCE.value, seed=cli.SEED.value, group_by_volume=_GROUP_BY_VOLUME.value,
+        image_size=cli.IMAGE_SIZE.value, preprocess=_PREPROCESS.value, crop=_CROP.value, eval_batch=_EVAL_BATCH.value,
+        mixed_precision=cli.MIXED_PRECISION.value, jit_compile=cli.JIT_COMPILE.value, strategy=_STRATEGY.value,
         early_stop=_EARLY_STOP.value, max_iterations=_MAX_ITERATIONS.value, eval_every=_EVAL_EVERY.value,
-        save_model=_SAVE_MODEL.value, overwrite=_OVERWRITE.value)
+        save_model=_SAVE_MODEL.value, overwrite=cli.OVERWRITE.value)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    missing = [f"--{name}" for name in REQUIRED if flags.FLAGS[name].value in (None, "")]
-    if missing:
-        sys.exit(f"train: error: {', '.join(missing)} required")
+    cli.no_arguments(argv)
+    cli.require("train", "data_dir", "arch", "batch")
+    if cli.ARCH.value == "all":
+        sys.exit("train: error: --arch=all: octtl.train trains one network; octtl.sweep --archs=all trains them all")
     if _FOLD.value >= _FOLDS.value:
         sys.exit(f"train: error: --fold={_FOLD.value}: must be in 0..{_FOLDS.value - 1} or -1")
     from octtl import console
@@ -95,9 +83,9 @@ def main(argv):
     from octtl import runs, training
     from octtl.errors import InputError, WeightsError
 
-    training.configure_devices(_MIXED_PRECISION.value)
+    training.configure_devices(cli.MIXED_PRECISION.value)
     if gpus:
-        print(f"train: {len(gpus)} GPU(s)" + (", mixed precision" if _MIXED_PRECISION.value else ""), flush=True)
+        print(f"train: {len(gpus)} GPU(s)" + (", mixed precision" if cli.MIXED_PRECISION.value else ""), flush=True)
     say = lambda line: print(line, flush=True)  # noqa: E731
     config = config_from_flags()
     try:

@@ -39,10 +39,13 @@ def _output_to(path):
 
 def run_spec(spec: dict):
     """Trains the spec's runs; each one's outcome goes to the status pipe as one JSON line."""
+    from octtl import runs
+
+    config = runs.Config(**spec["config"])  # a bad job fails here, before seconds of TensorFlow import
     from octtl import console
 
     console.start_tensorflow()
-    from octtl import runs, sweeping, training
+    from octtl import sweeping, training
     from octtl.errors import InputError, WeightsError
 
     status = os.fdopen(spec["status_fd"], "w", buffering=1)
@@ -51,7 +54,6 @@ def run_spec(spec: dict):
         status.write(json.dumps({"run": [run.design, run.arch, run.batch, run.fold], "event": event, **fields})
                      + "\n")
 
-    config = training.Config(**spec["config"])
     training.configure_devices(config.mixed_precision)
     say = lambda line: print(line, flush=True)  # noqa: E731  (into the current run's log)
     session = training.Session(config, say=say, progress=False, redo_stale=spec["redo_stale"])

@@ -102,3 +102,26 @@ def fake_run(folder, arch="squeezenet", image_size=64, crop="center", preprocess
     (folder / runs.RESULT).write_text(json.dumps(
         {"arch": arch, "image_size": image_size, "crop": crop, "preprocess": preprocess, "status": "ok"}))
     return folder / runs.BEST_MODEL
+
+
+def run_main(module, *args):
+    """An entry module's main in-process with these flags; returns (exit status or message, stdout, stderr).
+
+    Every entry module can be imported into one process, so a command's errors are checked without the seconds a
+    new Python process spends importing TensorFlow; tests keep subprocesses where the process is the point.
+    """
+    import contextlib
+    import io
+
+    from absl import flags
+    from absl.testing import flagsaver
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with flagsaver.flagsaver(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS([module.__name__, *args])
+        try:
+            module.main([module.__name__])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()

@@ -67,10 +67,14 @@ def test_1176_examples_match_reference_masks_exactly(paper_sized):
     np.testing.assert_array_equal(meta.labels, labels)
 
 
-def test_full_size_crops_for_every_native_input(paper_sized):
+def test_the_paper_dataset_decodes_into_memory_at_the_largest_native_input(paper_sized):
     meta = data.read_metadata(paper_sized / "records")
-    for size in (224, 227, 299):
-        x, y = next(iter(data.dataset(paper_sized / "records", [0, 1, 2, 3], size, 4, training=False,
-                                      num_examples=len(meta))))
-        assert x.shape == (4, size, size, 1) and y.numpy().tolist() == meta.labels[:4].tolist()
-        assert x.dtype == tf.uint8  # what the models take: they scale their 0..255 inputs themselves
+    decoded = data.decode(paper_sized / "records", meta, 299, "center")
+    # What a training session keeps: uint8 crops, the models scale them; 1176 x 299 x 299 bytes = 105 MB.
+    assert decoded.images.shape == (1176, 299, 299, 1) and decoded.images.dtype == np.uint8
+    assert decoded.images.nbytes == 105_135_576
+    np.testing.assert_array_equal(decoded.labels, meta.labels)
+    for size in (224, 227):
+        smaller = data.crop(tf.constant(decoded.images[:2]), size, "center").numpy()
+        offset = (299 - size) // 2  # a smaller centre crop of a decoded crop is its middle
+        np.testing.assert_array_equal(smaller, decoded.images[:2, offset:offset + size, offset:offset + size])

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import fake_run
-from octtl import exporting, prediction, volumes
-from test_predict import run_cli
+from conftest import fake_run, run_main
+from octtl import export, exporting, prediction, volumes
 
 # Runs with `python -I` (no PYTHONPATH, no user site, no current directory on sys.path) and refuses any import
 # of octtl, so the graph must stand on TensorFlow alone.
@@ -68,9 +67,9 @@ def trained_model(trained_run):
 
 def test_saved_models_serve_like_keras_without_octtl(trained_model, heldout, tmp_path):
     # The trained model (resize crop, ImageNet scaling) through the CLI ...
-    proc = run_cli("octtl.export", f"--model={trained_model}", f"--output={tmp_path / 'trained' / '1'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "serving_default takes uint8 bscans" in proc.stdout
+    code, out, err = run_main(export, f"--model={trained_model}", f"--output={tmp_path / 'trained' / '1'}")
+    assert code == 0, err[-3000:]
+    assert "serving_default takes uint8 bscans" in out
     metadata = json.loads((tmp_path / "trained" / "1" / exporting.EXPORT_METADATA).read_text())
     assert (metadata["arch"], metadata["crop"], metadata["preprocess"]) == ("squeezenet", "resize", "backbone")
     # ... and an untrained centre-crop model with the paper's [-1, 1] scaling through the library.
@@ -111,10 +110,9 @@ def test_export_refuses_bad_model_and_busy_output(tmp_path):
     model = fake_run(tmp_path / "run", image_size=32)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
-    proc = run_cli("octtl.export", f"--model={model}", f"--output={tmp_path / 'busy'}")
-    assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last == f"export: error: --output={tmp_path / 'busy'}: folder exists and is not empty (pass --overwrite to replace it)"
+    code, _, _ = run_main(export, f"--model={model}", f"--output={tmp_path / 'busy'}")
+    assert code == (f"export: error: --output={tmp_path / 'busy'}: folder exists and is not empty "
+                    "(pass --overwrite to replace it)")
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["keep.txt"]
     with pytest.raises(prediction.ModelError, match="no result.json beside it"):
         (tmp_path / "loose").mkdir()

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
-from octtl import batch_probe, runs, sweep
+from conftest import run_main
+from octtl import batch_probe, max_batch, runs, sweep
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
@@ -102,8 +103,6 @@ def test_probe_on_cpu_writes_the_table_the_sweep_reads(tmp_path):
 
 
 def test_too_small_an_image_is_one_error_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "octtl.max_batch", "--arch=alexnet", "--image_size=32",
-                           f"--logdir={tmp_path}"], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1] == "max_batch: error: --image_size=32: alexnet needs at least 63"
+    code, _, _ = run_main(max_batch, "--arch=alexnet", "--image_size=32", f"--logdir={tmp_path}")
+    assert code == "max_batch: error: --image_size=32: alexnet needs at least 63"
     assert not list(tmp_path.iterdir())

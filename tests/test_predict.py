@@ -18,8 +18,8 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import BSCANS, HELDOUT_VOLUMES, REPO, SIDE, fake_run
-from octtl import data, prediction, runs, training, volumes
+from conftest import BSCANS, HELDOUT_VOLUMES, REPO, SIDE, fake_run, run_main
+from octtl import data, predict, prediction, runs, volumes
 from octtl.errors import InputError
 
 
@@ -35,7 +35,8 @@ def read_csv(path) -> list:
 
 
 def run_cli(module, *args, cwd=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    """The command in a fresh process, as a user runs it: no TF_CPP_MIN_LOG_LEVEL, no OCTTL_VERBOSE."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "OCTTL_VERBOSE")}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
                           timeout=600, cwd=cwd or REPO)
 
@@ -52,6 +53,8 @@ def cli_run(run_folder, heldout, tmp_path_factory):
     proc = run_cli("octtl.predict", f"--model={run_folder / 'best.keras'}", f"--input={heldout}",
                    f"--output={out / 'predictions.csv'}", f"--gradcam_dir={out / 'gradcam'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # A healthy run prints octtl's lines only: none of TensorFlow's, absl's or CUDA's start-up chatter.
+    assert proc.stderr == "", proc.stderr[-3000:]
     return proc, out
 
 
@@ -229,11 +232,9 @@ def test_failure_midway_leaves_no_partial_output(small_center_model, tiny_volume
 def test_cli_error_is_one_line(small_center_model, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    proc = run_cli("octtl.predict", f"--model={small_center_model}", f"--input={text}",
-                   f"--output={tmp_path / 'p.csv'}")
-    assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last == (f"predict: error: {text}: not an input predict can read; expected a .mhd volume, a folder "
+    code, _, _ = run_main(predict, f"--model={small_center_model}", f"--input={text}",
+                          f"--output={tmp_path / 'p.csv'}")
+    assert code == (f"predict: error: {text}: not an input predict can read; expected a .mhd volume, a folder "
                     "of volumes (oct.mhd), a TFRecord folder (bscans-*-of-*.tfrecord) or image files (.png, .jpg, "
                     ".jpeg, .tif, .tiff, .bmp)")
     assert not (tmp_path / "p.csv").exists()

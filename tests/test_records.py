@@ -17,11 +17,7 @@ from PIL import Image
 
 from conftest import REPO, write_volume
 from octtl import records
-import octtl_tools
-
-# An editable install maps octtl_tools to the checkout it was made from; test this checkout's tools/.
-octtl_tools.__path__.insert(0, str(REPO / "tools"))
-from octtl_tools import to_tfrecord  # noqa: E402
+from octtl import to_tfrecord
 
 INT64_KEYS = ("image/height", "image/width", "image/class/label", "volume/slice",
               "fluid/irf", "fluid/srf", "fluid/ped")

@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import REPO, SQUEEZENET_H5
-from octtl import architectures, models, pretrained, torchvision_weights
+from conftest import REPO, SQUEEZENET_H5, run_main
+from octtl import architectures, import_torchvision_weights, models, pretrained, torchvision_weights
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -393,16 +393,8 @@ def test_imagenet_converts_a_cached_checkpoint_on_first_use(tmp_path, monkeypatc
     assert pretrained.resolve("resnet18", "imagenet", say=said.append).path == weights.path and not said
 
 
-def run_tool(*args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, str(REPO / "tools/import_torchvision_weights.py"), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def our_lines(text):
-    """stderr without TensorFlow's C++ start-up lines, which ignore TF_CPP_MIN_LOG_LEVEL in this release."""
-    return [line for line in text.splitlines()
-            if not re.match(r"([IWE]\d{4} |WARNING: All log messages before absl)", line)]
+def run_tool(*args):
+    return run_main(import_torchvision_weights, *args)
 
 
 def test_tool_end_to_end(tmp_path):
@@ -410,10 +402,10 @@ def test_tool_end_to_end(tmp_path):
     checkpoint = tmp_path / "resnet18-finetuned.pth"
     torch.save({"state_dict": state_dict, "epoch": 3}, checkpoint)  # a training script's wrapped state dict
     output_dir = tmp_path / "out"
-    proc = run_tool("--arch=resnet18", f"--checkpoint={checkpoint}", f"--output_dir={output_dir}")
-    assert proc.returncode == 0, proc.stderr
+    code, out, err = run_tool("--arch=resnet18", f"--checkpoint={checkpoint}", f"--output_dir={output_dir}")
+    assert code == 0, err
     notop, top = (output_dir / f.file_name for f in torchvision_weights.converted_files("resnet18"))
-    assert f"-> {notop}, {top}" in proc.stdout and f"--weights_dir={output_dir}" in proc.stdout
+    assert f"-> {notop}, {top}" in out and f"--weights_dir={output_dir}" in out
     assert sorted(output_dir.iterdir()) == sorted([notop, top])
 
     model = models.build("resnet18", num_classes=1000, weights="imagenet", weights_dir=str(output_dir),
@@ -430,14 +422,12 @@ def test_tool_lists_leftovers_in_one_line_and_writes_nothing(tmp_path):
     checkpoint = tmp_path / "squeezenet-edited.pth"
     torch.save(state_dict, checkpoint)
     output_dir = tmp_path / "out"
-    proc = run_tool("--arch=squeezenet", f"--checkpoint={checkpoint}", f"--output_dir={output_dir}")
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert our_lines(proc.stderr) == [
+    code, out, _ = run_tool("--arch=squeezenet", f"--checkpoint={checkpoint}", f"--output_dir={output_dir}")
+    assert out == "" and code == (
         f"import_torchvision_weights: error: --checkpoint={checkpoint}: not a torchvision squeezenet state dict: "
         "checkpoint tensors no layer takes: features.13.squeeze.weight; layer weights the checkpoint lacks: "
         "features.12.squeeze.weight (layer fire9.squeeze1x1); shapes that differ: classifier.1.bias is (10,), "
-        "layer conv10 needs (1000,)"
-    ]
+        "layer conv10 needs (1000,)")
     assert not output_dir.exists() or not any(output_dir.iterdir())
 
 

@@ -133,7 +133,9 @@ def test_flags_txt_reruns_the_run_with_octtls_flags_only(finished_run, records_d
     folder, _ = finished_run
     lines = (folder / "flags.txt").read_text().splitlines()
     names = [line[2:].split("=", 1)[0] for line in lines]
-    assert set(names) <= {f.name for f in flags.FLAGS.get_flags_for_module(train)} and len(set(names)) == len(names)
+    # Only octtl.train's own settings (the fields of the run's Config, each one of its flags), each once.
+    own = {field.name for field in dataclasses.fields(runs.Config)}
+    assert set(names) <= own and all(name in flags.FLAGS for name in names) and len(set(names)) == len(names)
     assert {"--arch=squeezenet", "--fold=0", "--preprocess=backbone", "--image_size=64", "--batch=8",
             "--lr=0.0001", "--weights=imagenet"} <= set(lines)
     run_train(f"--flagfile={folder / 'flags.txt'}")
@@ -214,13 +216,17 @@ def test_session_runs_equal_fresh_processes(records_dir, tmp_path):
     plan = [("baseline", 0), ("baseline", 3), ("limited", 1)]
     mine = [session.run(design, fold) for design, fold in plan]
     env = dict(os.environ, OCTTL_VERBOSE="0")
+    fresh_logdir = tmp_path / "fresh"
+    # One process per run, started together: they are independent, and their start-up overlaps.
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "octtl.train", f"--data_dir={records_dir}", f"--logdir={fresh_logdir}",
+         "--arch=squeezenet", "--batch=8", "--folds=5", "--image_size=48", "--max_epochs=1", "--weights=none",
+         f"--design={design}", f"--fold={fold}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, env=env) for design, fold in plan]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-2000:]
     for (design, fold), result in zip(plan, mine):
-        fresh_logdir = tmp_path / "fresh"
-        proc = subprocess.run(
-            [sys.executable, "-m", "octtl.train", f"--data_dir={records_dir}", f"--logdir={fresh_logdir}",
-             "--arch=squeezenet", "--batch=8", "--folds=5", "--image_size=48", "--max_epochs=1", "--weights=none",
-             f"--design={design}", f"--fold={fold}"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
         fresh = json.loads((fresh_logdir / design / "squeezenet/batch8" / f"fold{fold}" / "result.json").read_text())
         for key in ("best_accuracy", "best_auc", "iterations_to_best", "iterations"):
             assert fresh[key] == pytest.approx(result[key], abs=1e-9), (design, fold, key)
