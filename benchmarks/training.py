@@ -4,9 +4,9 @@
 
 Both sides train the same network on the same fold for the same iterations and evaluate the
 validation set at the same half-epoch checks:
-  * octtl: training.train (pipeline, half-epoch early stop with AUC, TensorBoard scalars, hparams,
-    images, PR curve, predictions.csv, best.keras, result.json);
-  * bare: models.build + model.fit over the same tf.data pipeline, with a minimal callback that
+  * octtl: training.train (decode, build, compile, half-epoch early stop with AUC, TensorBoard scalars,
+    hparams, images, PR curve, predictions.csv, best.keras, result.json);
+  * bare: data.decode + models.build + model.fit over the same batches, with a minimal callback that
     calls model.evaluate at the same iterations, and nothing written.
 Runs alternate (bare, octtl, bare, octtl, ...) so drift in machine load hits both alike.
 """
@@ -18,8 +18,9 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from octtl import console  # noqa: E402  (TensorFlow's start-up lines off the table)
 
+console.start_tensorflow()
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import keras  # noqa: E402
@@ -37,25 +38,28 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Runs of each side.")
 class _EvaluateAt(keras.callbacks.Callback):
     """The least a user would write to evaluate at the paper's half-epoch checks."""
 
-    def __init__(self, val_ds, steps):
+    def __init__(self, val, steps):
         super().__init__()
-        self._val_ds, self._steps = val_ds, set(steps)
+        self._val, self._steps = val, set(steps)
 
     def on_train_batch_end(self, batch, logs=None):
         if batch + 1 in self._steps:
-            self.model.evaluate(self._val_ds, verbose=0)
+            self.model.evaluate(*self._val, batch_size=64, verbose=0)
 
 
 def bare(config, metadata, fold):
-    train_idx, val_idx = training.splits(config, metadata, fold)
+    """Decode, build, compile and fit with an evaluate at each check: the least a user would write."""
+    start = time.perf_counter()
+    train_idx, val_idx = training.splits(config, metadata, config.design, fold)
     keras.utils.set_random_seed(config.seed)
-    train_ds, val_ds = training._datasets(config, metadata, train_idx, val_idx)
+    decoded = data.decode(config.data_dir, metadata, config.size, config.crop)
+    train_ds = data.training_batches(decoded, train_idx, config.batch, config.seed)
+    val = (decoded.images[val_idx], decoded.labels[val_idx])
     model = models.build(config.arch, weights="none", image_size=config.size)
     model.compile(optimizer=keras.optimizers.SGD(config.lr, momentum=config.momentum),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     steps = callbacks.check_steps(len(train_idx) // config.batch, config.checks_per_epoch)
-    start = time.perf_counter()
-    model.fit(train_ds, epochs=config.max_epochs, verbose=0, callbacks=[_EvaluateAt(val_ds, steps)])
+    model.fit(train_ds, epochs=config.max_epochs, verbose=0, callbacks=[_EvaluateAt(val, steps)])
     return time.perf_counter() - start
 
 

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from octtl import outputs
 from octtl import volumes as volumes_lib
+from octtl import words
 
 IMAGE = "image/encoded"
 HEIGHT = "image/height"
@@ -122,7 +123,7 @@ def _print_progress(done, total, bscans, item):
     if bscans is None:
         print(f"[{done}/{total}] {item}: no reference, skipped", file=sys.stderr)
     elif total <= 200 or done % max(1, total // 100) == 0 or done == total:
-        print(f"[{done}/{total}] {bscans.volume_id} ({bscans.vendor}): {len(bscans)} B-scans, "
+        print(f"[{done}/{total}] {bscans.volume_id} ({bscans.vendor}): {words.count(len(bscans), 'B-scan')}, "
               f"{int(bscans.labels.sum())} fluid", file=sys.stderr, flush=True)
 
 

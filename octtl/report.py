@@ -21,6 +21,7 @@ from absl import flags  # noqa: E402
 from octtl import cli  # noqa: E402
 from octtl import runs  # noqa: E402
 from octtl import report_page  # noqa: E402
+from octtl import words  # noqa: E402
 
 _OUT_DIR = flags.DEFINE_string("out_dir", "report", "Folder the tables, figures and index.html are written to.")
 _RESULTS = flags.DEFINE_string("results", None,
@@ -66,7 +67,7 @@ def main(argv):
     except ValueError as e:
         sys.exit(f"report: error: {e}")
     failed = sum(r.get("status") != "ok" for r in results)
-    print(f"report: {len(results)} runs ({failed} failed) from {source} -> {len(written)} files in "
+    print(f"report: {words.count(len(results), 'run')} ({failed} failed) from {source} -> {len(written)} files in "
           f"{_OUT_DIR.value}; open {pathlib.Path(_OUT_DIR.value) / 'index.html'}")
 
 

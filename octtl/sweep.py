@@ -39,6 +39,7 @@ from octtl import cli
 from octtl import protocol
 from octtl import runs
 from octtl import train as _train  # defines the training flags, which every run of the sweep takes
+from octtl import words
 
 _ARCHS = flags.DEFINE_list("archs", ["all"], "Networks: all, or a comma-separated list of Table I names.")
 _BATCHES = flags.DEFINE_list("batches", ["auto"],
@@ -176,7 +177,7 @@ def main(argv):
             sys.exit(f"sweep: error: {e}")
         if dropped:
             note = (note + "; " if note else "") + (
-                f"left out {len(dropped)} runs whose batch exceeds the training set: "
+                f"left out {words.count(len(dropped), 'run')} whose batch exceeds the training set: "
                 + ", ".join(sorted({f"{r.design} batch {r.batch}" for r in dropped})))
     elif not _DRY_RUN.value:
         sys.exit("sweep: error: --data_dir: required (the records written by tools/to_tfrecord.py)")
@@ -211,14 +212,15 @@ def main(argv):
     signal.signal(signal.SIGTERM, _terminate)
     groups = sweeping.groups(mine)
     workers = len(_GPUS.value) if _GPUS.value else (cli.WORKERS.value or 1)
-    print(f"sweep: {len(mine)} runs{task} in {len(groups)} network x batch groups, {workers} worker(s) at once"
+    print(f"sweep: {words.count(len(mine), 'run')}{task} in {words.count(len(groups), 'network x batch group')}, "
+          f"{words.count(workers, 'worker')} at once"
           + (f"; {note}" if note else ""), flush=True)
     try:
         counts = sweeping.sweep(groups, logdir, spec, workers=workers, gpus=_GPUS.value or (),
                                 say=lambda line: print(line, flush=True))
     except KeyboardInterrupt as e:
         sys.exit(f"sweep: interrupted ({e or 'keyboard'}); run the same command again to finish")
-    print(f"sweep: {counts['planned']} runs{task}: {counts['skipped']} done before, {counts['ran']} ran now "
+    print(f"sweep: {words.count(counts['planned'], 'run')}{task}: {counts['skipped']} done before, {counts['ran']} ran now "
           f"({counts['failed']} failed, {counts['crashed']} without a result), {counts['stale']} stale, "
           f"{counts['busy']} left to another sweep; results in {pathlib.Path(logdir) / runs.RESULTS}")
     for problem in counts["problems"]:

@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from octtl import folds as folds_lib
 from octtl import protocol, runs
 from octtl.runs import Run
+from octtl import words
 
 CRASHES_BEFORE_STOP = 3
 
@@ -171,7 +172,7 @@ def describe(mine: Sequence[Run], logdir, all_runs: Sequence[Run], states: Dict[
                      f"{done}/{len(members)} done" + (f", {stale} stale" if stale else ""))
     counts = {k: sum(1 for s in states.values() if s == k) for k in ("done", "failed", "to do")}
     stale_runs = [run for run in mine if states[run].startswith("stale")]
-    head = f"plan{task}: {len(mine)} runs"
+    head = f"plan{task}: {words.count(len(mine), 'run')}"
     if len(mine) != len(all_runs):
         head += f" (of {len(all_runs)} in the whole sweep)"
     lines.insert(0, f"{head}: {counts['done'] + counts['failed']} done ({counts['failed']} failed), "
@@ -186,7 +187,7 @@ def describe(mine: Sequence[Run], logdir, all_runs: Sequence[Run], states: Dict[
         lines.append("estimate: nothing to do")
     else:
         known = len(todo) - sum(run.arch in unknown for run in todo)
-        line = (f"estimate: {format_duration(seconds)} for {known} runs, from finished runs of the same network"
+        line = (f"estimate: {format_duration(seconds)} for {words.count(known, 'run')}, from finished runs of the same network"
                 if known else "estimate: none yet")
         if unknown:
             line += f"; no finished run of {', '.join(unknown)} to time the rest"
@@ -271,7 +272,7 @@ def sweep(groups_: Dict[tuple, List[Run]], logdir, spec: Callable[[List[Run]], d
                 key, members = pending.pop(0)
             crashed = _run_group(key, members, logdir, spec(members), gpu, counts, numbering, planned, lock, report)
             if crashed >= CRASHES_BEFORE_STOP:
-                report(f"sweep: {crashed} runs of {key[0]} batch {key[1]} ended without a result; stopping")
+                report(f"sweep: {words.count(crashed, 'run')} of {key[0]} batch {key[1]} ended without a result; stopping")
                 stop.set()
 
     threads = [threading.Thread(target=worker_loop, args=(gpu,), daemon=True) for gpu in slots]
@@ -334,7 +335,7 @@ def _run_group(key, members, logdir, job, gpu, counts, numbering, planned, lock,
             counts["problems"].append(f"{run}: the worker exited with status {code} before it")
     if missing:
         report(f"sweep: worker for {key[0]} batch {key[1]} exited with status {code} after "
-               f"{format_duration(time.time() - started)}, {len(missing)} runs left; its log ends:\n{_tail(log)}")
+               f"{format_duration(time.time() - started)}, {words.count(len(missing), 'run')} left; its log ends:\n{_tail(log)}")
     return len(missing)
 
 

@@ -11,6 +11,7 @@ from absl import flags
 
 from octtl import cli
 from octtl import volumes
+from octtl import words
 
 _INPUT_DIR = flags.DEFINE_string("input_dir", None, "Folder searched for volumes (or class folders).")
 _FLUID_LABELS = flags.DEFINE_list("fluid_labels", ["1", "2", "3"],
@@ -78,7 +79,7 @@ def summary(manifest, output_dir) -> str:
         vendors[v["vendor"]][0] += 1
         vendors[v["vendor"]][1] += v["num_bscans"]
     for vendor, (count, bscans) in sorted(vendors.items()):
-        lines.append(f"  {vendor}: {count} volumes, {bscans} B-scans")
+        lines.append(f"  {vendor}: {words.count(count, 'volume')}, {words.count(bscans, 'B-scan')}")
     for skipped in manifest["skipped"]:
         lines.append(f"  skipped {skipped['item']}: {skipped['error']}")
     return "\n".join(lines)

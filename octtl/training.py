@@ -158,6 +158,9 @@ class Session:
         if done is not None:
             return done
         config = dataclasses.replace(self.config, design=design, fold=fold)
+        run = runs.Run(design, config.arch, config.batch, fold)
+        out = run.folder(config.logdir)
+        self.say(f"train: {run} -> {out}")
         self._prepare()
         train_idx, val_idx = splits(config, self.metadata, design, fold)
         if config.batch > len(train_idx):
@@ -166,9 +169,6 @@ class Session:
         if len(np.unique(self.metadata.labels[train_idx])) < 2:
             raise InputError(f"{config.data_dir}: the training set of fold {fold} ({design}) holds one class; "
                              "use fewer --folds or another --seed")
-        run = runs.Run(design, config.arch, config.batch, fold)
-        out = run.folder(config.logdir)
-        self.say(f"train: {run} -> {out}")
         if len(np.unique(self.metadata.labels[val_idx])) < 2:
             self.say(f"train: note: the validation set of fold {fold} holds one class: its AUC is undefined")
         events.write_hparams_config(config.logdir)
