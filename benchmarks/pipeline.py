@@ -53,7 +53,7 @@ def main(argv):
         synthetic.write_dataset(work / "volumes", vendor="spectralis", volumes=24, seed=0)
         records_dir = work / "records"
         records.convert(work / "volumes", records_dir, progress=None)
-    meta = data.read_metadata(records_dir)
+    meta = records.read_metadata(records_dir)
     n, size, batch = len(meta), _IMAGE_SIZE.value, _BATCH.value
     indices = np.arange(n)
     rows = []

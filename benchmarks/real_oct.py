@@ -55,7 +55,7 @@ def main(argv):
                     print(f"  {preprocess} {crop} {weights} fold {fold}: accuracy {result['best_accuracy']:.3f}, "
                           f"AUC {result['best_auc']:.3f} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
                 rows.append((preprocess, crop, weights, runs))
-    print(f"\n| --preprocess | --crop | --weights | best val accuracy | best val AUC | iterations to best |")
+    print("\n| --preprocess | --crop | --weights | best val accuracy | best val AUC | iterations to best |")
     print("|---|---|---|---|---|---|")
     for preprocess, crop, weights, runs in rows:
         print(f"| {preprocess} | {crop} | {weights} | {_cell(runs, 'best_accuracy')} | {_cell(runs, 'best_auc')} | "

@@ -11,7 +11,6 @@ Prints wall time, the fixed cost per run (wall time not spent inside a run: impo
 compiling), the speedup, and whether every run's metrics and predictions.csv are identical on both sides.
 """
 
-import json
 import os
 import pathlib
 import subprocess

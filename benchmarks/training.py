@@ -80,7 +80,7 @@ def main(argv):
         synthetic.write_dataset(work / "volumes", volumes=24, seed=0)
         records_dir = work / "records"
         records.convert(work / "volumes", records_dir, progress=None)
-    metadata = data.read_metadata(records_dir)
+    metadata = records.read_metadata(records_dir)
     config = training.Config(data_dir=str(records_dir), logdir=str(work / "runs"), arch=_ARCH.value,
                              batch=_BATCH.value, weights="none", image_size=_IMAGE_SIZE.value,
                              max_epochs=_EPOCHS.value, patience=10**6, overwrite=True)

@@ -7,89 +7,19 @@ damaged shard; `training_batches` and `padded_batches` feed them to the network.
 model, where they cost nothing on an accelerator.
 """
 
-import csv
 import dataclasses
-import hashlib
-import json
 import pathlib
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from octtl import records
-from octtl.volumes import InputError
+from octtl.errors import InputError
+from octtl.records import Metadata
 
 CROPS = ("center", "resize")
 RESCALES = ("paper", "none")
-
-
-@dataclasses.dataclass(frozen=True)
-class Metadata:
-    """Per-example facts of a converted dataset, in record order (example i = row i)."""
-
-    labels: np.ndarray
-    volume_ids: np.ndarray
-    slices: np.ndarray
-    vendors: np.ndarray
-    irf: np.ndarray
-    srf: np.ndarray
-    ped: np.ndarray
-    sources: np.ndarray  # image/source: the image file stem, or "<volume id>:<slice>"
-
-    def __len__(self):
-        return len(self.labels)
-
-
-def read_metadata(records_dir) -> Metadata:
-    """Labels, volume ids and fluid counts of every example, from index.csv without decoding images.
-
-    Falls back to reading the records' small features when index.csv is absent (records
-    written by other tools).
-    """
-    records_dir = pathlib.Path(records_dir)
-    if not records_dir.is_dir():
-        raise InputError(f"{records_dir}: records directory does not exist")
-    if not records.shard_paths(records_dir):
-        raise InputError(f"{records_dir}: no {records.SHARD_PATTERN} files; convert data with tools/to_tfrecord.py")
-    path = records_dir / records.INDEX
-    if not path.is_file():
-        return scan_metadata(records_dir)
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    # Datasets converted before image/source existed lack its column.
-    if not rows or list(rows[0]) not in (list(records.INDEX_COLUMNS), list(records.INDEX_COLUMNS[:-1])):
-        raise InputError(f"{path}: expected columns {','.join(records.INDEX_COLUMNS)}")
-    if [int(r["index"]) for r in rows] != list(range(len(rows))):
-        raise InputError(f"{path}: index column is not 0..{len(rows) - 1} in order")
-    column = lambda name, dtype: np.array([r[name] for r in rows], dtype=dtype)  # noqa: E731
-    volume_ids, slices = column("volume_id", object), column("slice", np.int64)
-    sources = column("source", object) if "source" in rows[0] else np.array([""] * len(rows), dtype=object)
-    return Metadata(labels=column("label", np.int64), volume_ids=volume_ids, slices=slices,
-                    vendors=column("vendor", object), irf=column("irf", np.int64), srf=column("srf", np.int64),
-                    ped=column("ped", np.int64), sources=_named_sources(sources, volume_ids, slices))
-
-
-def _named_sources(sources, volume_ids, slices) -> np.ndarray:
-    """image/source, with "<volume id>:<slice>" where a dataset converted before it existed has none."""
-    return np.array([s or f"{v}:{int(k)}" for s, v, k in zip(sources, volume_ids, slices)], dtype=object)
-
-
-def scan_metadata(records_dir) -> Metadata:
-    """Per-example metadata read from the records themselves (the image bytes are not decoded)."""
-    ds = tf.data.TFRecordDataset(records.shard_paths(records_dir)).batch(1024)
-    ds = ds.map(lambda s: records.parse(s, records.METADATA_FEATURES))
-    columns = {k: [] for k in records.METADATA_FEATURES}
-    for batch in ds.as_numpy_iterator():
-        for key, values in batch.items():
-            columns[key].append(values)
-    get = lambda key: np.concatenate(columns[key]) if columns[key] else np.array([])  # noqa: E731
-    decode = lambda key: np.array([v.decode() for v in get(key)], dtype=object)  # noqa: E731
-    volume_ids, slices = decode(records.VOLUME_ID), get(records.SLICE).astype(np.int64)
-    return Metadata(labels=get(records.LABEL).astype(np.int64), volume_ids=volume_ids, slices=slices,
-                    vendors=decode(records.VENDOR), irf=get(records.IRF).astype(np.int64),
-                    srf=get(records.SRF).astype(np.int64), ped=get(records.PED).astype(np.int64),
-                    sources=_named_sources(decode(records.SOURCE), volume_ids, slices))
 
 
 def crop(image, image_size: int, mode: str = "center"):
@@ -125,19 +55,6 @@ class Decoded:
 
     images: np.ndarray
     labels: np.ndarray
-
-
-def identity(records_dir) -> dict:
-    """What names a converted dataset in results: the sha256 of its manifest.json and its number of examples."""
-    path = pathlib.Path(records_dir) / records.MANIFEST
-    try:
-        text = path.read_bytes()
-        count = int(json.loads(text)["num_examples"])
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing; is {records_dir} a folder written by tools/to_tfrecord.py?") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: not a manifest ({e})") from None
-    return {"manifest_sha256": hashlib.sha256(text).hexdigest(), "num_examples": count}
 
 
 def decode(records_dir, metadata: Metadata, image_size: int, crop_mode: str = "center") -> Decoded:

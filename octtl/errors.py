@@ -10,3 +10,7 @@ class InputError(ValueError):
 
 class WeightsError(Exception):
     """Weights that cannot be found, fetched, converted or loaded exactly into the network."""
+
+
+class ModelError(Exception):
+    """A model file that is not a usable octtl model; the message names the file."""

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 from octtl import cli
+from octtl import outputs
 from octtl import synthetic
 from octtl import words
 
@@ -62,7 +63,7 @@ def main(argv):
     # Check every vendor before writing any, so a bad flag never leaves half of a multi-vendor request.
     for vendor in vendors:
         folder = output_dir / synthetic.VENDORS[vendor].folder
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if outputs.is_occupied(folder):
             raise SystemExit(f"make_synthetic: error: {folder} already exists and is not empty")
     written = []
     for vendor in vendors:

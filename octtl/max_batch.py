@@ -4,7 +4,7 @@
   python -m octtl.max_batch                      # every network
 
 Doubles the batch from 8 until a training step runs out of accelerator memory and keeps the last that fitted
-(see octtl/batch_probe.py). Writes LOGDIR/max_batch.json, merged with the networks measured before; the sweep's
+(see octtl/max_batching.py). Writes LOGDIR/max_batch.json, merged with the networks measured before; the sweep's
 `--batches=auto` reads it from there (`--max_batch_file` elsewhere). Without a GPU it measures host memory,
 and says so: that number is not a GPU's.
 """
@@ -16,8 +16,9 @@ from absl import app
 from absl import flags
 
 from octtl import architectures
-from octtl import batch_probe
+from octtl import max_batching
 from octtl import cli
+from octtl import protocol
 from octtl import runs
 
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "Largest batch tried (a power of two).", lower_bound=1)
@@ -28,7 +29,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     archs = list(architectures.ARCHITECTURES) if cli.ARCH.value in (None, "all") else [cli.ARCH.value]
     for arch in archs:
-        size = cli.IMAGE_SIZE.value or architectures.get(arch).input_size
+        size = protocol.native_size(arch, cli.IMAGE_SIZE.value)
         if size < architectures.get(arch).min_input_size:
             sys.exit(f"max_batch: error: --image_size={size}: {arch} needs at least "
                      f"{architectures.get(arch).min_input_size}")
@@ -45,18 +46,18 @@ def main(argv):
         device = f"GPU {name}"
         print(f"max_batch: measuring GPU memory on {name}" + (f" (the first of {len(gpus)})" if len(gpus) > 1 else ""))
     else:
-        available = batch_probe.host_available_bytes()
+        available = max_batching.host_available_bytes()
         device = "CPU (host memory)"
         print("max_batch: no GPU: measuring host memory"
               + (f" ({available / 2**30:.1f} GiB available)" if available else "")
               + "; the result is not a GPU batch size")
     path = cli.OUTPUT.value or os.path.join(cli.LOGDIR.value, runs.MAX_BATCH)
     for arch in archs:
-        size = cli.IMAGE_SIZE.value or architectures.get(arch).input_size
-        entry = batch_probe.probe(arch, size, bool(gpus), _MAX_BATCH.value, cli.MIXED_PRECISION.value,
+        size = protocol.native_size(arch, cli.IMAGE_SIZE.value)
+        entry = max_batching.probe(arch, size, bool(gpus), _MAX_BATCH.value, cli.MIXED_PRECISION.value,
                                   cli.JIT_COMPILE.value)
         # Written after each network, so an interrupted probe keeps what it measured.
-        batch_probe.write_table(path, {arch: entry}, device)
+        max_batching.write_table(path, {arch: entry}, device)
         tried = ", ".join(f"{b}: {outcome}" for b, outcome in entry["tried"].items())
         cap = f" (the --max_batch={_MAX_BATCH.value} cap; more may fit)" if entry["capped"] else ""
         print(f"max_batch: {arch} at {size} px: largest batch {entry['largest_batch']}{cap} "

@@ -27,9 +27,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from octtl import architectures, pretrained
+from octtl import architectures, pretrained, protocol
 from octtl.errors import WeightsError
-from octtl.pretrained import IMAGENET_CLASSES, WEIGHTS_DIR_ENV  # noqa: F401  (part of this module's interface)
+from octtl.pretrained import IMAGENET_CLASSES
 
 # `auto` picks `backbone` for a known ImageNet file and `paper` otherwise (see `resolve_preprocess`).
 PREPROCESS = ("paper", "backbone")
@@ -142,7 +142,7 @@ def build(
         WeightsError: Weights that cannot be found, fetched or loaded exactly.
     """
     entry = architectures.get(arch)
-    size = entry.input_size if image_size is None else int(image_size)
+    size = protocol.native_size(arch, image_size)
     if size < entry.min_input_size:
         raise ValueError(f"{arch} needs inputs of at least {entry.min_input_size} px; got image_size={size}")
     if num_classes < 2:

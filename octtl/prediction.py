@@ -22,7 +22,7 @@ import numpy as np
 
 from octtl import outputs
 from octtl.runs import RESULT
-from octtl.errors import InputError
+from octtl.errors import InputError, ModelError  # noqa: F401  (ModelError: raised here)
 from octtl.scans import Scans, input_kind, read_input
 
 PREDICTION_COLUMNS = ("volume_id", "slice", "p_fluid", "prediction", "source")
@@ -36,10 +36,6 @@ GRADCAM_TABLE = "gradcam.csv"
 _RUN_KEYS = ("arch", "image_size", "preprocess", "crop")
 
 
-class ModelError(Exception):
-    """A model file that is not a usable octtl model; the message names the file."""
-
-
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """What a model was trained with that inference must repeat."""
@@ -50,6 +46,7 @@ class RunConfig:
     crop: str
     fluid_codes: tuple = (1, 2, 3)
     min_fluid_voxels: int = 1
+    label_note: Optional[str] = None  # how the label rule was found, when it had to be guessed
 
 
 def read_run_config(model_path) -> RunConfig:
@@ -72,20 +69,29 @@ def read_run_config(model_path) -> RunConfig:
         raise ModelError(f"{path}: the run failed ({result.get('error', 'no error recorded')}); it has no model")
     if result["preprocess"] not in ("paper", "backbone") or result["crop"] not in ("center", "resize"):
         raise ModelError(f"{path}: unknown preprocess {result['preprocess']!r} or crop {result['crop']!r}")
-    from octtl import records
-
-    codes, min_voxels = (1, 2, 3), 1
-    manifest = pathlib.Path(str(result.get("data_dir", ""))) / records.MANIFEST
-    if result.get("data_dir") and manifest.is_file():
-        try:
-            facts = json.loads(manifest.read_text())
-            codes = tuple(int(c) for c in facts.get("fluid_labels", codes))
-            min_voxels = int(facts.get("min_fluid_voxels", min_voxels))
-        except (OSError, ValueError, TypeError):
-            pass  # The training data's label rule is a refinement; the default is RETOUCH's.
+    codes, min_voxels, note = _label_rule(result)
     return RunConfig(arch=str(result["arch"]), image_size=int(result["image_size"]),
                      preprocess=result["preprocess"], crop=result["crop"], fluid_codes=codes,
-                     min_fluid_voxels=min_voxels)
+                     min_fluid_voxels=min_voxels, label_note=note)
+
+
+def _label_rule(result: dict):
+    """(fluid codes, minimum voxels, note) that labelled the model's training data, for labelling new volumes.
+
+    result.json records them; runs from before it did take them from the training data's manifest, and where
+    that has moved, RETOUCH's default (codes 1-3, one voxel) is used and the note says so.
+    """
+    from octtl import records, volumes
+
+    if result.get("fluid_labels") is not None:
+        return tuple(int(c) for c in result["fluid_labels"]), int(result.get("min_fluid_voxels", 1)), None
+    try:
+        manifest = records.read_manifest(result.get("data_dir") or "")
+        return (tuple(int(c) for c in manifest.get("fluid_labels", volumes.ALL_FLUID)),
+                int(manifest.get("min_fluid_voxels", 1)), None)
+    except (InputError, ValueError, TypeError):
+        return volumes.ALL_FLUID, 1, ("labels of reference volumes use RETOUCH's codes 1-3: the run recorded no rule "
+                                      "and its training data's manifest is gone")
 
 
 def load_model(model_path):
@@ -229,6 +235,7 @@ class Report:
     output: pathlib.Path
     summary_path: pathlib.Path
     explained: Optional[Explained] = None
+    note: Optional[str] = None
 
     def lines(self) -> list:
         n_fluid = sum(r["prediction"] for r in self.rows)
@@ -244,6 +251,8 @@ class Report:
             auc = "n/a (one class)" if self.metrics["auc"] is None else f"{self.metrics['auc']:.4f}"
             out.append(f"accuracy {self.metrics['accuracy']:.4f} (majority class {self.metrics['majority_rate']:.4f})"
                        f", AUC {auc}, on {self.metrics['n']} labelled B-scans")
+            if self.note:
+                out.append(f"note: {self.note}")
         if self.explained is not None:
             e = self.explained
             out.append(f"Grad-CAM ({e.layer}): {e.heatmaps} heatmaps in {e.folder}")
@@ -353,7 +362,7 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
         outputs.publish(staging / "summary.csv", summary_path(output), overwrite)
         outputs.publish(staging / "predictions.csv", output, overwrite)
         return Report(kind=kind, threshold=threshold, rows=rows, summaries=summaries, metrics=scores,
-                      output=output, summary_path=summary_path(output), explained=explained)
+                      output=output, summary_path=summary_path(output), explained=explained, note=config.label_note)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

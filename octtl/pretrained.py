@@ -23,7 +23,7 @@ import os
 import pathlib
 from typing import Callable, Optional
 
-from octtl import architectures
+from octtl import architectures, outputs
 from octtl.errors import WeightsError
 
 WEIGHTS_DIR_ENV = "OCTTL_WEIGHTS_DIR"
@@ -271,9 +271,7 @@ def _digests(path) -> dict:
     try:
         cache[key] = _MEMO[key]
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=0))
-        os.replace(tmp, cache_path)
+        outputs.write_json(cache_path, cache)
     except OSError:
         pass  # A read-only home: the digest is still right, only not remembered.
     return _MEMO[key]

@@ -12,7 +12,9 @@ Output of `convert`, in `output_dir`:
 
 import concurrent.futures
 import csv
+import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -26,6 +28,7 @@ import tensorflow as tf
 from octtl import outputs
 from octtl import volumes as volumes_lib
 from octtl import words
+from octtl.errors import InputError
 
 IMAGE = "image/encoded"
 HEIGHT = "image/height"
@@ -128,7 +131,7 @@ def _print_progress(done, total, bscans, item):
 
 
 def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all",
-            fluid_codes: Sequence[int] = (1, 2, 3), min_fluid_voxels: int = 1,
+            fluid_codes: Sequence[int] = volumes_lib.ALL_FLUID, min_fluid_voxels: int = 1,
             classes: Optional[Sequence[str]] = None, num_shards: int = 0, workers: int = 4,
             allow_unlabeled: bool = False, skip_bad: bool = False, group_regex: Optional[str] = None,
             max_volume_bytes: int = volumes_lib.MAX_VOLUME_BYTES, settings: Optional[dict] = None,
@@ -160,7 +163,7 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
     """
     output_dir = pathlib.Path(output_dir)
     try:
-        occupied = output_dir.is_dir() and any(output_dir.iterdir())
+        occupied = outputs.is_occupied(output_dir) and output_dir.is_dir()
     except OSError as e:
         raise volumes_lib.InputError(f"--output_dir={output_dir}: cannot be read ({e.strerror or e})") from None
     if occupied:
@@ -170,9 +173,10 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
         raise volumes_lib.InputError(f"--max_volume_bytes must be >= 1, got {max_volume_bytes}")
     if min_fluid_voxels < 1:
         raise volumes_lib.InputError(f"--min_fluid_voxels must be >= 1, got {min_fluid_voxels}")
-    bad_codes = [c for c in fluid_codes if c not in (1, 2, 3)]
+    bad_codes = [c for c in fluid_codes if c not in volumes_lib.ALL_FLUID]
     if bad_codes or not fluid_codes:
-        raise volumes_lib.InputError(f"--fluid_labels must be codes among 1,2,3, got {list(fluid_codes)}")
+        raise volumes_lib.InputError(f"--fluid_labels must be codes among {','.join(map(str, volumes_lib.ALL_FLUID))}, "
+                                     f"got {list(fluid_codes)}")
 
     if input_format == "retouch":
         items = volumes_lib.find_volumes(input_dir)
@@ -214,7 +218,7 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
                             fluid_labels=list(fluid_codes), min_fluid_voxels=min_fluid_voxels,
                             flags=dict(settings or {}),
                             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-            _write_json(staging / MANIFEST, manifest)
+            outputs.write_json(staging / MANIFEST, manifest)
             outputs.publish(staging, output_dir)
         except (OSError, tf.errors.OpError) as e:
             # Inputs are read in _load, which names them; what fails here is writing the output.
@@ -356,10 +360,85 @@ def _bscan_count(folder) -> int:
         return 0
 
 
-def _write_json(path, value):
-    tmp = pathlib.Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+    """Per-example facts of a converted dataset, in record order (example i = row i)."""
+
+    labels: np.ndarray
+    volume_ids: np.ndarray
+    slices: np.ndarray
+    vendors: np.ndarray
+    irf: np.ndarray
+    srf: np.ndarray
+    ped: np.ndarray
+    sources: np.ndarray  # image/source: the image file stem, or "<volume id>:<slice>"
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def read_metadata(records_dir) -> Metadata:
+    """Labels, volume ids and fluid counts of every example, from index.csv without decoding images.
+
+    Falls back to reading the records' small features when index.csv is absent (records
+    written by other tools).
+    """
+    records_dir = pathlib.Path(records_dir)
+    if not records_dir.is_dir():
+        raise InputError(f"{records_dir}: records directory does not exist")
+    if not shard_paths(records_dir):
+        raise InputError(f"{records_dir}: no {SHARD_PATTERN} files; convert data with tools/to_tfrecord.py")
+    path = records_dir / INDEX
+    if not path.is_file():
+        return scan_metadata(records_dir)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    # Datasets converted before image/source existed lack its column.
+    if not rows or list(rows[0]) not in (list(INDEX_COLUMNS), list(INDEX_COLUMNS[:-1])):
+        raise InputError(f"{path}: expected columns {','.join(INDEX_COLUMNS)}")
+    if [int(r["index"]) for r in rows] != list(range(len(rows))):
+        raise InputError(f"{path}: index column is not 0..{len(rows) - 1} in order")
+    column = lambda name, dtype: np.array([r[name] for r in rows], dtype=dtype)  # noqa: E731
+    volume_ids, slices = column("volume_id", object), column("slice", np.int64)
+    sources = column("source", object) if "source" in rows[0] else np.array([""] * len(rows), dtype=object)
+    return Metadata(labels=column("label", np.int64), volume_ids=volume_ids, slices=slices,
+                    vendors=column("vendor", object), irf=column("irf", np.int64), srf=column("srf", np.int64),
+                    ped=column("ped", np.int64), sources=_named_sources(sources, volume_ids, slices))
+
+
+def _named_sources(sources, volume_ids, slices) -> np.ndarray:
+    """image/source, with "<volume id>:<slice>" where a dataset converted before it existed has none."""
+    return np.array([s or f"{v}:{int(k)}" for s, v, k in zip(sources, volume_ids, slices)], dtype=object)
+
+
+def scan_metadata(records_dir) -> Metadata:
+    """Per-example metadata read from the records themselves (the image bytes are not decoded)."""
+    ds = tf.data.TFRecordDataset(shard_paths(records_dir)).batch(1024)
+    ds = ds.map(lambda s: parse(s, METADATA_FEATURES))
+    columns = {k: [] for k in METADATA_FEATURES}
+    for batch in ds.as_numpy_iterator():
+        for key, values in batch.items():
+            columns[key].append(values)
+    get = lambda key: np.concatenate(columns[key]) if columns[key] else np.array([])  # noqa: E731
+    decode = lambda key: np.array([v.decode() for v in get(key)], dtype=object)  # noqa: E731
+    volume_ids, slices = decode(VOLUME_ID), get(SLICE).astype(np.int64)
+    return Metadata(labels=get(LABEL).astype(np.int64), volume_ids=volume_ids, slices=slices,
+                    vendors=decode(VENDOR), irf=get(IRF).astype(np.int64),
+                    srf=get(SRF).astype(np.int64), ped=get(PED).astype(np.int64),
+                    sources=_named_sources(decode(SOURCE), volume_ids, slices))
+
+
+def identity(records_dir) -> dict:
+    """What names a converted dataset in results: the sha256 of its manifest.json and its number of examples."""
+    path = pathlib.Path(records_dir) / MANIFEST
+    try:
+        text = path.read_bytes()
+        count = int(json.loads(text)["num_examples"])
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing; is {records_dir} a folder written by tools/to_tfrecord.py?") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not a manifest ({e})") from None
+    return {"manifest_sha256": hashlib.sha256(text).hexdigest(), "num_examples": count}
 
 
 def read_manifest(records_dir) -> dict:

@@ -20,7 +20,7 @@ from absl import flags  # noqa: E402
 
 from octtl import cli  # noqa: E402
 from octtl import runs  # noqa: E402
-from octtl import report_page  # noqa: E402
+from octtl import reporting  # noqa: E402
 from octtl import words  # noqa: E402
 
 _OUT_DIR = flags.DEFINE_string("out_dir", "report", "Folder the tables, figures and index.html are written to.")
@@ -63,7 +63,7 @@ def main(argv):
             print(f"report: note: {len(missing)} finished runs in {cli.LOGDIR.value} are not in {source}; "
                   f"python -m octtl.sweep --logdir={cli.LOGDIR.value} --collect adds them", file=sys.stderr)
     try:
-        written = report_page.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value)
+        written = reporting.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value)
     except ValueError as e:
         sys.exit(f"report: error: {e}")
     failed = sum(r.get("status") != "ok" for r in results)

@@ -75,7 +75,7 @@ def input_kind(path) -> str:
     raise InputError(f"{path}: holds nothing predict can read; {expected}")
 
 
-def read_input(path, fluid_codes: Sequence[int] = (1, 2, 3), min_fluid_voxels: int = 1) -> Iterator[Scans]:
+def read_input(path, fluid_codes: Sequence[int] = volumes.ALL_FLUID, min_fluid_voxels: int = 1) -> Iterator[Scans]:
     """The B-scans under `path`, one Scans per volume or image, read lazily in a stable order.
 
     The kind is checked at once (InputError before anything is read); a bad volume raises when reached.

@@ -78,7 +78,7 @@ def designs_from(names) -> list:
 
 def batches_from(values, archs, logdir, max_batch_file, image_size):
     """{arch: batch sizes} and, for auto, a line saying where each largest batch came from."""
-    from octtl import batch_probe, sweeping
+    from octtl import max_batching, sweeping
 
     if values != ["auto"]:
         try:
@@ -90,7 +90,7 @@ def batches_from(values, archs, logdir, max_batch_file, image_size):
         return {arch: batches for arch in archs}, None
     path = max_batch_file or pathlib.Path(logdir) / runs.MAX_BATCH
     try:
-        probe = batch_probe.read_table(path)
+        probe = max_batching.read_table(path)
     except ValueError as e:
         raise ValueError(f"{path}: not a probe table ({e})") from None
     table_i = {name: a.largest_batch for name, a in architectures.ARCHITECTURES.items()}
@@ -128,9 +128,9 @@ def fit_to_data(plan, data_dir, designs):
 
     Every task computes the same split from the same records, so the plan stays the same on every machine.
     """
-    from octtl import data, sweeping
+    from octtl import records, sweeping
 
-    metadata = data.read_metadata(data_dir)
+    metadata = records.read_metadata(data_dir)
     groups = metadata.volume_ids if _value("group_by_volume") else None
     smallest = sweeping.smallest_train_sets(metadata.labels, designs, _value("folds"), _value("seed"), groups)
     return sweeping.runnable(plan, smallest)
@@ -168,11 +168,11 @@ def main(argv):
         from octtl import console
 
         console.start_tensorflow()  # reading the records' index imports TensorFlow: quietly
-        from octtl import data
+        from octtl import records
 
         try:
             plan, dropped = fit_to_data(plan, data_dir, designs)
-            identity = data.identity(data_dir)
+            identity = records.identity(data_dir)
         except (InputError, ValueError) as e:
             sys.exit(f"sweep: error: {e}")
         if dropped:

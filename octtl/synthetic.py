@@ -10,14 +10,14 @@ volume marks exactly the voxels of each pocket with its code. Anatomy is laid ou
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import shutil
-import tempfile
 from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
+
+from octtl import outputs
 
 IRF, SRF, PED = 1, 2, 3
 FLUID_NAMES = {IRF: "IRF", SRF: "SRF", PED: "PED"}
@@ -600,11 +600,10 @@ def write_dataset(output_dir, vendor: str = "spectralis", volumes: int = 24, see
         raise ValueError(f"fluid_fraction must be in [0, 1], got {fluid_fraction}")
     output_dir = pathlib.Path(output_dir)
     final = output_dir / spec.folder
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+    if outputs.is_occupied(final):
         raise FileExistsError(f"{final} already exists and is not empty")
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{spec.folder}-partial-", dir=output_dir))
+    staging = outputs.staging_dir(final, "--output_dir")
     try:
         built = staging / spec.folder
         names = []
@@ -621,9 +620,7 @@ def write_dataset(output_dir, vendor: str = "spectralis", volumes: int = 24, see
                 on_volume(k + 1, volumes, VolumeSummary(final / names[-1], shape[0],
                                                         int(fluid_bscans(reference).sum()),
                                                         {c: int(counts[c]) for c in FLUID_NAMES}))
-        if final.exists():
-            final.rmdir()  # Checked empty above; rename cannot replace a folder.
-        os.rename(built, final)
+        outputs.publish(built, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [final / name for name in names]

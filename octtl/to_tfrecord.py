@@ -14,7 +14,7 @@ from octtl import volumes
 from octtl import words
 
 _INPUT_DIR = flags.DEFINE_string("input_dir", None, "Folder searched for volumes (or class folders).")
-_FLUID_LABELS = flags.DEFINE_list("fluid_labels", ["1", "2", "3"],
+_FLUID_LABELS = flags.DEFINE_list("fluid_labels", [str(code) for code in volumes.ALL_FLUID],
                                   "Reference codes counted as fluid (1 IRF, 2 SRF, 3 PED).")
 _MIN_FLUID_VOXELS = flags.DEFINE_integer("min_fluid_voxels", 1,
                                          "A B-scan is fluid with at least this many fluid voxels.")

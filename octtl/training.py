@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from octtl import callbacks, data, events, folds, models, outputs, pretrained, protocol, runs
+from octtl import callbacks, data, events, folds, models, outputs, pretrained, protocol, records, runs
 from octtl.errors import InputError, WeightsError
 
 
@@ -48,7 +48,7 @@ def configure_devices(mixed_precision: bool) -> list:
     return gpus
 
 
-def validate(config: Config, metadata: data.Metadata):
+def validate(config: Config, metadata: records.Metadata):
     """Fails early, naming the flag, on settings that cannot run."""
     from octtl import architectures
 
@@ -77,7 +77,7 @@ def validate(config: Config, metadata: data.Metadata):
                          "a classifier needs both classes")
 
 
-def splits(config: Config, metadata: data.Metadata, design: str, fold: int):
+def splits(config: Config, metadata: records.Metadata, design: str, fold: int):
     """(train, validation) indices of one fold of one design, as the config's folds and grouping make them."""
     groups = metadata.volume_ids if config.group_by_volume else None
     try:
@@ -126,7 +126,7 @@ class Session:
     def identity(self) -> dict:
         """The dataset's identity (manifest hash and size), recorded in every result."""
         if self._identity is None:
-            self._identity = data.identity(self.config.data_dir)
+            self._identity = records.identity(self.config.data_dir)
         return self._identity
 
     def finished(self, design: str, fold: int) -> Optional[dict]:
@@ -187,6 +187,8 @@ class Session:
             "weights_file": self.weights.path, "weights_scaling": self.weights.scaling,
             "train_size": int(len(train_idx)), "val_size": int(len(val_idx)),
             "majority_rate": _majority(self.metadata.labels[val_idx]), "data_dir": str(config.data_dir),
+            # How the data was labelled, so predict labels new reference volumes alike after the data is gone.
+            "fluid_labels": self.manifest.get("fluid_labels"), "min_fluid_voxels": self.manifest.get("min_fluid_voxels"),
         }
         try:
             result = {**base, **self._fit(used, train_idx, val_idx, out), "status": "ok"}
@@ -201,7 +203,8 @@ class Session:
         if self._ready:
             return
         config, say = self.config, self.say
-        self.metadata = data.read_metadata(config.data_dir)
+        self.metadata = records.read_metadata(config.data_dir)
+        self.manifest = records.read_manifest(config.data_dir)
         validate(config, self.metadata)
         self.identity  # noqa: B018  (a missing or unreadable manifest fails here, before any work)
         self.weights = resolve_weights(config, say)

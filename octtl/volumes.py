@@ -32,7 +32,8 @@ import SimpleITK as sitk
 from octtl.errors import InputError  # noqa: F401  (raised here; imported from here by older callers)
 
 VENDORS = ("cirrus", "spectralis", "topcon")
-FLUID_CODES = {"irf": 1, "srf": 2, "ped": 3}
+FLUID_CODES = {"irf": 1, "srf": 2, "ped": 3}  # RETOUCH's reference codes; 0 is no fluid
+ALL_FLUID = tuple(FLUID_CODES.values())  # what counts as fluid unless --fluid_labels says otherwise
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 # Axial (row) spacing in mm of each RETOUCH device, used only when the folder name does
@@ -372,7 +373,7 @@ def fluid_counts(reference: np.ndarray) -> dict:
             for kind, code in FLUID_CODES.items()}
 
 
-def fluid_labels(reference: np.ndarray, codes: Iterable[int] = (1, 2, 3),
+def fluid_labels(reference: np.ndarray, codes: Iterable[int] = ALL_FLUID,
                  min_voxels: int = 1) -> np.ndarray:
     """1 (fluid) for each B-scan with at least `min_voxels` voxels coded in `codes`, else 0."""
     inside = np.isin(reference, np.asarray(list(codes)))
@@ -391,7 +392,7 @@ def _check_reference(path, reference: np.ndarray) -> np.ndarray:
     return reference.astype(np.uint8)
 
 
-def read_volume(folder, *, codes=(1, 2, 3), min_voxels=1, allow_unlabeled=False,
+def read_volume(folder, *, codes=ALL_FLUID, min_voxels=1, allow_unlabeled=False,
                 max_volume_bytes: int = MAX_VOLUME_BYTES) -> Optional[BScans]:
     """Reads `folder/oct.mhd` and `folder/reference.mhd` into labelled 8-bit B-scans.
 

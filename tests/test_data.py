@@ -30,8 +30,8 @@ def center(image, size):
 
 def test_metadata_from_index_equals_records(converted):
     out, _, references = converted
-    meta = data.read_metadata(out)
-    scanned = data.scan_metadata(out)
+    meta = records.read_metadata(out)
+    scanned = records.scan_metadata(out)
     assert len(meta) == 18
     for field in ("labels", "volume_ids", "slices", "vendors", "irf", "srf", "ped", "sources"):
         np.testing.assert_array_equal(getattr(meta, field), getattr(scanned, field))
@@ -41,7 +41,7 @@ def test_metadata_from_index_equals_records(converted):
 
 
 def decoded(out, size, crop_mode="center"):
-    return data.decode(out, data.read_metadata(out), size, crop_mode)
+    return data.decode(out, records.read_metadata(out), size, crop_mode)
 
 
 @pytest.mark.parametrize("size", [32, 64])  # 64 > 40 rows: crop columns, pad rows
@@ -103,7 +103,7 @@ def test_bad_arguments(converted, tmp_path):
     with pytest.raises(ValueError, match="crop mode"):
         decoded(out, 16, "zoom")
     with pytest.raises(data.InputError, match="does not exist"):
-        data.read_metadata(tmp_path / "nowhere")
+        records.read_metadata(tmp_path / "nowhere")
 
 
 def _flip_bytes(out):

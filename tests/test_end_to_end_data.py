@@ -63,12 +63,12 @@ def test_1176_examples_match_reference_masks_exactly(paper_sized):
         rows = [e for e in expected if e[0] == volume["id"]]
         assert volume["num_fluid"] == sum(r[2] for r in rows)
         assert volume["irf_voxels"] == sum(r[3] for r in rows)
-    meta = data.read_metadata(paper_sized / "records")
+    meta = records.read_metadata(paper_sized / "records")
     np.testing.assert_array_equal(meta.labels, labels)
 
 
 def test_the_paper_dataset_decodes_into_memory_at_the_largest_native_input(paper_sized):
-    meta = data.read_metadata(paper_sized / "records")
+    meta = records.read_metadata(paper_sized / "records")
     decoded = data.decode(paper_sized / "records", meta, 299, "center")
     # What a training session keeps: uint8 crops, the models scale them; 1176 x 299 x 299 bytes = 105 MB.
     assert decoded.images.shape == (1176, 299, 299, 1) and decoded.images.dtype == np.uint8

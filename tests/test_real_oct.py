@@ -10,7 +10,7 @@ import re
 import pytest
 
 from conftest import REPO
-from octtl import data, folds, records, training
+from octtl import folds, records, training
 
 DEV = REPO.parent / "shared" / "data" / "oct2017-dev"
 PATIENT = r"^[A-Z]+-(\d+)-\d+$"
@@ -28,7 +28,7 @@ def dev_records(tmp_path_factory):
 def test_patients_become_groups(dev_records):
     stems = sorted(p.stem for p in DEV.rglob("*.jpeg"))
     patients = collections.Counter(re.match(PATIENT, s).group(1) for s in stems)
-    meta = data.read_metadata(dev_records)
+    meta = records.read_metadata(dev_records)
     assert sorted(meta.sources) == stems and len(meta) == 120
     assert collections.Counter(meta.volume_ids) == patients
     for patient in patients:

@@ -1,4 +1,4 @@
-"""Tests of the report (octtl/report.py, octtl/tables.py, octtl/figures.py, octtl/report_page.py).
+"""Tests of the report (octtl/report.py, octtl/tables.py, octtl/figures.py, octtl/reporting.py).
 
 Results with known values go through `python -m octtl.report`; every mean, std and interval in the CSVs is
 recomputed here with numpy. A mini sweep's run folders (3 networks, 1 batch size, 5 folds, predictions.csv

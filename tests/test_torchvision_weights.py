@@ -7,10 +7,8 @@ torch.nn.functional (no torchvision needed), to 1e-4 in the logits.
 
 import math
 import os
-import pathlib
 import re
 import shutil
-import subprocess
 import sys
 
 import h5py
@@ -18,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import REPO, SQUEEZENET_H5, run_main
+from conftest import SQUEEZENET_H5, run_main
 from octtl import architectures, import_torchvision_weights, models, pretrained, torchvision_weights
 
 torch = pytest.importorskip("torch")

@@ -112,7 +112,7 @@ def test_outputs_are_complete_and_consistent(finished_run):
     assert result["majority_rate"] == max(labels.mean(), 1 - labels.mean())
     # The packaged file: a known ImageNet file, so auto resolved to its caffe scaling.
     assert (result["weights"], result["weights_scaling"], result["preprocess"]) == ("imagenet", "caffe", "backbone")
-    assert result["data"] == data.identity(result["data_dir"])
+    assert result["data"] == records.identity(result["data_dir"])
 
 
 def test_console_tells_the_story(finished_run):
@@ -145,7 +145,7 @@ def test_flags_txt_reruns_the_run_with_octtls_flags_only(finished_run, records_d
 def test_best_model_reproduces_predictions(finished_run, records_dir):
     folder, _ = finished_run
     result = json.loads((folder / "result.json").read_text())
-    meta = data.read_metadata(records_dir)
+    meta = records.read_metadata(records_dir)
     index = {(v, s): i for i, (v, s) in enumerate(zip(meta.volume_ids, meta.slices))}
     with open(folder / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))

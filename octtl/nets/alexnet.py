@@ -4,7 +4,6 @@ Layers carry the Caffe/MATLAB names the paper uses (conv1..conv5, fc6..fc8); `TO
 torchvision's module paths so a torchvision checkpoint converts layer by layer.
 """
 
-import keras
 from keras import layers
 
 CLASSIFIER = "fc8"

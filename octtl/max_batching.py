@@ -13,10 +13,11 @@ memory (from the previous batch's peak resident size) leaves a margin of the hos
 import datetime
 import gc
 import json
-import os
 import pathlib
 import resource
 from typing import Callable, Dict, Optional, Tuple
+
+from octtl import outputs, protocol
 
 
 FITS = "fits"
@@ -139,7 +140,7 @@ class Trial:
         if self.gpu:
             tf.config.experimental.reset_memory_stats("GPU:0")
         model = models.build(self.arch, num_classes=2, weights="none", image_size=self.image_size)
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-4, momentum=0.9),
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=protocol.LR, momentum=protocol.MOMENTUM),
                       loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=self.jit_compile)
         rng = np.random.default_rng(0)
         x = rng.uniform(-1, 1, (batch, self.image_size, self.image_size, 1)).astype(np.float32)  # gray, as the records
@@ -147,7 +148,7 @@ class Trial:
         # Twice: the first call also creates the optimizer's momentum slots, which count against memory.
         for _ in range(2):
             loss = model.train_on_batch(x, y)
-        eval_batch = max(2 * batch, 64)  # octtl.training's default validation batch
+        eval_batch = protocol.eval_batch(batch)  # what a run validates with
         model.predict_on_batch(np.resize(x, (eval_batch,) + x.shape[1:]))
         if not np.isfinite(np.asarray(loss)).all():
             raise RuntimeError(f"{self.arch}: non-finite loss at batch {batch}")
@@ -195,7 +196,5 @@ def write_table(path, entries: Dict[str, dict], device: str) -> dict:
     table = read_table(path) or {}
     table.setdefault("archs", {}).update({arch: {**entry, "device": device} for arch, entry in entries.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(table, indent=2) + "\n")
-    os.replace(tmp, path)
+    outputs.write_json(path, table)
     return table
