@@ -5,9 +5,10 @@ Denoising is part of the input, like the crop: it is applied once to every B-sca
 in TensorFlow ops (`tf_denoise`: the median can, exactly; the others cannot, and export refuses).
 
 The filters are OpenCV's (opencv-python-headless). It was chosen over scikit-image for speed: on 496 x 512 uint8
-B-scans on two cores, OpenCV's non-local means takes about 0.12 s each (about 140 s for the paper's 1176), its
-bilateral filter 3-6 ms and its median 0.1-8 ms, where scikit-image's take 0.24-0.48 s, 0.15-0.28 s and 18-35 ms.
-OpenCV releases the GIL, so a thread pool spreads B-scans over the cores.
+B-scans on two idle cores, OpenCV's non-local means takes about 0.12 s each (about 140 s for the paper's 1176,
+twice that or more on busy cores), its bilateral filter 3-6 ms and its median 0.1-8 ms (window 3-7), where
+scikit-image's take 0.24-0.48 s, 0.15-0.28 s and 18-35 ms. OpenCV releases the GIL, so a thread pool spreads
+B-scans over the cores.
 
 `--denoise_strength` sets each method's main parameter (DEFAULT_STRENGTH when not given):
   median: the side of the square window in pixels, an odd integer 3-15 (default 3). Borders are extended by

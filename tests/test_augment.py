@@ -176,6 +176,17 @@ def test_views_centre_is_the_crop_that_validation_sees(mode, shape):
     np.testing.assert_array_equal(augment.view(image, SIZE, 0, mode).numpy(), crop)
 
 
+@pytest.mark.parametrize("mode", data.CROPS)
+def test_view_traces_for_b_scans_of_unknown_size_as_decoding_maps_it(mode):
+    import tensorflow as tf
+
+    traced = tf.function(lambda image: augment.view(image, SIZE, 8, mode),
+                         input_signature=[tf.TensorSpec((None, None, 1), tf.uint8)])
+    for shape in ((60, 70), (25, 33)):
+        image = np.random.default_rng(2).integers(0, 256, shape + (1,), dtype=np.uint8)
+        np.testing.assert_array_equal(traced(image).numpy(), augment.view(image, SIZE, 8, mode).numpy())
+
+
 @pytest.mark.parametrize("shape", [(60, 70), (30, 40)])
 def test_centre_view_is_the_b_scan_continued_by_reflection_beyond_its_edge(shape):
     image = np.random.default_rng(1).integers(0, 256, shape + (1,), dtype=np.uint8)
