@@ -9,7 +9,8 @@ model, where they cost nothing on an accelerator.
 
 import dataclasses
 import pathlib
-from typing import Sequence
+import time
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -48,17 +49,38 @@ class Decoded:
     """Every B-scan of a converted dataset decoded and cropped once: what a training session keeps in memory.
 
     Attributes:
-        images: uint8 (n, size, size, 1); row i is index.csv's row i. The paper's 1176 B-scans take 59 MB at
-            224 px and 105 MB at 299 px.
+        images: uint8 (n, side, side, 1), side = size + 2 margin; row i is index.csv's row i. The paper's 1176
+            B-scans take 59 MB at 224 px and 105 MB at 299 px (without a margin).
         labels: int32 (n,).
+        margin: Pixels kept beyond the crop on each side, for shifting and zooming augmentations (octtl.augment);
+            the central size x size window is the crop.
+        seconds: What decoding took (denoising included): a one-off cost per training session.
     """
 
     images: np.ndarray
     labels: np.ndarray
+    margin: int = 0
+    seconds: float = 0.0
+
+    @property
+    def crops(self) -> np.ndarray:
+        """The crops themselves (the views' central windows): what validation sees."""
+        m = self.margin
+        return self.images if m == 0 else self.images[:, m:self.images.shape[1] - m, m:self.images.shape[2] - m]
 
 
-def decode(records_dir, metadata: Metadata, image_size: int, crop_mode: str = "center") -> Decoded:
+def decode(records_dir, metadata: Metadata, image_size: int, crop_mode: str = "center", *, margin: int = 0,
+           view: Optional[Callable] = None, prefilter: Optional[Callable] = None) -> Decoded:
     """Decodes and crops every example once, checking the records against index.csv and manifest.json.
+
+    Args:
+        records_dir: Records written by tools/to_tfrecord.py.
+        metadata: Their index (records.read_metadata).
+        image_size: The crop's side.
+        crop_mode: 'center' or 'resize' (`crop`).
+        margin: Pixels beyond the crop on each side that `view` keeps (0: the crop itself).
+        view: Maps a whole (rows, cols, 1) uint8 B-scan tensor to its (size + 2 margin)^2 view; default `crop`.
+        prefilter: Maps a whole (rows, cols, 1) uint8 B-scan (numpy) to another, before the crop: --denoise.
 
     Raises:
         InputError: A shard that is missing, truncated or damaged (named, with the remedy), or records whose
@@ -81,12 +103,20 @@ def decode(records_dir, metadata: Metadata, image_size: int, crop_mode: str = "c
     features = {key: records.FEATURES[key] for key in (records.IMAGE, records.LABEL, records.VOLUME_ID,
                                                        records.SLICE)}
 
+    cut = view or (lambda image: crop(image, image_size, crop_mode))
+
     def parse(serialized):
         example = records.parse(serialized, features)
-        image = crop(records.decode_image(example[records.IMAGE]), image_size, crop_mode)
-        return image, example[records.LABEL], example[records.VOLUME_ID], example[records.SLICE]
+        image = records.decode_image(example[records.IMAGE])
+        if prefilter is not None:
+            # Denoising runs in numpy (OpenCV releases the GIL, so tf.data's parallel map runs it on every core).
+            image = tf.ensure_shape(tf.numpy_function(prefilter, [image], tf.uint8, stateful=False),
+                                    [None, None, 1])
+        return cut(image), example[records.LABEL], example[records.VOLUME_ID], example[records.SLICE]
 
-    images = np.zeros((len(metadata), image_size, image_size, 1), np.uint8)
+    started = time.perf_counter()
+    side = image_size + 2 * margin
+    images = np.zeros((len(metadata), side, side, 1), np.uint8)
     start = 0
     for path in paths:
         ds = tf.data.TFRecordDataset(str(path)).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
@@ -106,7 +136,8 @@ def decode(records_dir, metadata: Metadata, image_size: int, crop_mode: str = "c
     if start != len(metadata):
         raise InputError(f"{records_dir}: the shards hold {start} records, but {records.INDEX} has "
                          f"{len(metadata)} rows; {_AGAIN}")
-    return Decoded(images=images, labels=metadata.labels.astype(np.int32))
+    return Decoded(images=images, labels=metadata.labels.astype(np.int32), margin=margin,
+                   seconds=time.perf_counter() - started)
 
 
 _AGAIN = "convert the data again with tools/to_tfrecord.py"

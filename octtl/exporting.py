@@ -1,6 +1,7 @@
 """Exports a trained octtl model as a TensorFlow SavedModel that takes raw uint8 B-scans of any size.
 
-The crop of the model's training run is traced into the graph (its scaling is inside the model already, or, for
+The denoising (--denoise=median; nlm and bilateral have no TensorFlow form, and export refuses those models with
+one line) and the crop of the model's training run are traced into the graph (its scaling is inside the model already, or, for
 paper-mode models saved before it moved there, traced in too), so `tf.saved_model.load` or TF Serving can use
 it with TensorFlow alone, without octtl. Signature `serving_default`: input `bscans`, uint8 (batch, rows,
 columns), one size per call; output `p_fluid`, float32 (batch,). With a centre crop, B-scans smaller than the
@@ -14,6 +15,7 @@ import pathlib
 import shutil
 
 from octtl import outputs, prediction
+from octtl.errors import InputError
 
 EXPORT_METADATA = "octtl_export.json"
 SERVING_INPUT = "bscans"
@@ -37,13 +39,19 @@ def export(model_path, output_dir, overwrite: bool = False) -> dict:
     import keras
     import tensorflow as tf
 
-    from octtl import data
+    from octtl import data, denoise
 
     output_dir = pathlib.Path(output_dir)
     check_output(output_dir, overwrite)
     model, config = prediction.load_model(model_path)
     size = config.image_size
     rescale = prediction.rescale_mode(model, config)
+    if config.denoise not in denoise.IN_TENSORFLOW:
+        # Refused before anything is written: the graph would feed the model other inputs than training did.
+        try:
+            denoise.tf_denoise(tf.zeros([1, 8, 8], tf.uint8), config.denoise, config.denoise_strength)
+        except InputError as e:
+            raise InputError(f"--model={model_path}: its run used {e}") from None
 
     def serve(bscans):
         if config.crop == "center":
@@ -51,6 +59,7 @@ def export(model_path, output_dir, overwrite: bool = False) -> dict:
             tf.debugging.assert_greater_equal(
                 tf.minimum(shape[1], shape[2]), size,
                 message=f"B-scans must be at least {size}x{size} pixels for the centre crop of this model")
+        bscans = denoise.tf_denoise(bscans, config.denoise, config.denoise_strength)  # as training decoded them
         cropped = data.crop(bscans[..., None], size, config.crop)
         inputs = tf.cast(data.rescale(cropped, rescale), tf.float32)
         return {SERVING_OUTPUT: tf.cast(model(inputs, training=False)[:, 1], tf.float32)}

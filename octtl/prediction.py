@@ -47,6 +47,8 @@ class RunConfig:
     fluid_codes: tuple = (1, 2, 3)
     min_fluid_voxels: int = 1
     label_note: Optional[str] = None  # how the label rule was found, when it had to be guessed
+    denoise: str = "none"  # the training run's --denoise, applied to new scans alike
+    denoise_strength: Optional[float] = None
 
 
 def read_run_config(model_path) -> RunConfig:
@@ -72,7 +74,8 @@ def read_run_config(model_path) -> RunConfig:
     codes, min_voxels, note = _label_rule(result)
     return RunConfig(arch=str(result["arch"]), image_size=int(result["image_size"]),
                      preprocess=result["preprocess"], crop=result["crop"], fluid_codes=codes,
-                     min_fluid_voxels=min_voxels, label_note=note)
+                     min_fluid_voxels=min_voxels, label_note=note, denoise=result.get("denoise", "none"),
+                     denoise_strength=result.get("denoise_strength"))
 
 
 def _label_rule(result: dict):
@@ -151,10 +154,14 @@ class Predictor:
         self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def inputs(self, images) -> np.ndarray:
-        """What the model sees: each B-scan cropped (octtl.data.crop), and rescaled where the model does not."""
+        """What the model sees: each B-scan denoised as in training, cropped (octtl.data.crop), and rescaled
+        where the model does not scale itself."""
         import tensorflow as tf
 
-        from octtl import data
+        from octtl import data, denoise
+
+        if self.config.denoise != "none":
+            images = [denoise.denoise(image, self.config.denoise, self.config.denoise_strength) for image in images]
 
         size = self.config.image_size
         out = np.zeros((len(images), size, size, 1), np.float32)

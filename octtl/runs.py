@@ -25,7 +25,7 @@ import pathlib
 import sys
 from typing import Iterable, List, Optional
 
-from octtl import outputs, protocol
+from octtl import outputs, protocol, variants
 
 RESULT = "result.json"
 PREDICTIONS = "predictions.csv"  # the best model's validation predictions
@@ -39,7 +39,7 @@ MAX_BATCH = "max_batch.json"
 # What a result records of its configuration; a plan's run is done only where every one of these agrees.
 CONFIG_KEYS = ("data", "folds", "image_size", "crop", "weights", "preprocess", "lr", "momentum", "max_epochs",
                "checks_per_epoch", "patience", "early_stop", "max_iterations", "eval_every", "seed",
-               "group_by_volume", "mixed_precision")
+               "group_by_volume", "mixed_precision", "augment", "augment_strength", "denoise", "denoise_strength")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +74,26 @@ class Config:
     max_iterations: Optional[int] = None
     eval_every: Optional[int] = None
     save_model: bool = True
+    augment: str = ""  # comma list of octtl.augment.AUGMENTATIONS; the paper used none
+    augment_strength: float = 1.0
+    denoise: str = "none"  # octtl.denoise.METHODS
+    denoise_strength: Optional[float] = None  # None: the method's default
     overwrite: bool = False
 
     @property
     def size(self) -> int:
         return protocol.native_size(self.arch, self.image_size)
+
+    @property
+    def variant(self) -> dict:
+        """The run's lr, augmentation and denoising in their one spelling (octtl.variants.normalize)."""
+        return variants.normalize(self.lr, [a for a in self.augment.split(",") if a.strip() and a != "none"],
+                                  self.augment_strength, self.denoise, self.denoise_strength)
+
+    @property
+    def variant_name(self) -> str:
+        """The run folder's variant component, '' for the defaults."""
+        return variants.variant_name(**self.variant) or ""
 
     @property
     def validation_batch(self) -> int:
@@ -102,7 +117,12 @@ def planned(config: Config, identity: dict, result: dict) -> dict:
             "max_epochs": config.max_epochs, "checks_per_epoch": config.checks_per_epoch,
             "patience": config.patience, "early_stop": config.early_stop, "max_iterations": config.max_iterations,
             "eval_every": config.eval_every, "seed": config.seed, "group_by_volume": config.group_by_volume,
-            "mixed_precision": config.mixed_precision}
+            "mixed_precision": config.mixed_precision, **_recorded(config.variant)}
+
+
+def _recorded(variant: dict) -> dict:
+    """A variant as result.json records it (lists, not tuples: JSON has no tuples)."""
+    return {**variant, "augment": list(variant["augment"])}
 
 
 def flags_text(config: Config) -> str:
@@ -120,27 +140,37 @@ def flags_text(config: Config) -> str:
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Run:
-    """One training run of the study: a network at a batch size on one fold of one design."""
+    """One training run of the study: a network at a batch size on one fold of one design, in one variant.
+
+    `variant` is octtl.variants' folder component ('' for the default lr, augmentation and denoising): it sits
+    between the batch and the fold, so runs of the defaults keep their place.
+    """
 
     design: str
     arch: str
     batch: int
     fold: int
+    variant: str = ""
+
+    def _parts(self) -> tuple:
+        return (self.design, self.arch, f"batch{self.batch}", *([self.variant] if self.variant else []))
 
     def folder(self, logdir) -> pathlib.Path:
-        return pathlib.Path(logdir) / self.design / self.arch / f"batch{self.batch}" / f"fold{self.fold}"
+        return pathlib.Path(logdir).joinpath(*self._parts(), f"fold{self.fold}")
 
     def log(self, logdir) -> pathlib.Path:
         """Where the run's console output goes: outside its folder, which a restart empties."""
-        return pathlib.Path(logdir) / LOGS / self.design / self.arch / f"batch{self.batch}" / f"fold{self.fold}.log"
+        return pathlib.Path(logdir).joinpath(LOGS, *self._parts(), f"fold{self.fold}.log")
 
     def __str__(self):
-        return f"{self.design} {self.arch} batch {self.batch} fold {self.fold}"
+        variant = f" {self.variant}" if self.variant else ""
+        return f"{self.design} {self.arch} batch {self.batch}{variant} fold {self.fold}"
 
 
 def run_of(result: dict) -> Run:
     """The run a result belongs to."""
-    return Run(result["design"], result["arch"], int(result["batch"]), int(result["fold"]))
+    variant = variants.variant_name(**variants.variant_of(result)) or ""
+    return Run(result["design"], result["arch"], int(result["batch"]), int(result["fold"]), variant)
 
 
 def read_result(path) -> Optional[dict]:
@@ -198,7 +228,8 @@ def _show(value) -> str:
 def collect(logdir) -> List[dict]:
     """Every finished run's result.json under `logdir`, in run order."""
     results = []
-    for path in pathlib.Path(logdir).glob(f"*/*/batch*/fold*/{RESULT}"):
+    root = pathlib.Path(logdir)
+    for path in [*root.glob(f"*/*/batch*/fold*/{RESULT}"), *root.glob(f"*/*/batch*/*/fold*/{RESULT}")]:
         result = read_result(path)
         if result is not None and {"design", "arch", "batch", "fold"} <= set(result):
             results.append(result)

@@ -48,6 +48,12 @@ _DESIGNS = flags.DEFINE_list("designs", None, "Designs to run (baseline,limited)
 _TASK_INDEX = flags.DEFINE_integer("task_index", 0, "This task's share of the runs: 0..num_tasks-1.", lower_bound=0)
 _NUM_TASKS = flags.DEFINE_integer("num_tasks", 1, "Tasks sharing the sweep.", lower_bound=1)
 _GPUS = flags.DEFINE_list("gpus", None, "One worker per listed GPU (CUDA_VISIBLE_DEVICES), e.g. 0,1.")
+_LRS = flags.DEFINE_list("lrs", None, "Learning rates to sweep, e.g. 1e-4,3e-4,1e-3 (default: --lr's).")
+_AUGMENTS = flags.DEFINE_multi_string(
+    "augments", None, "One augmentation variant per use: --augments=none --augments=flip,shift (default: --augment).")
+_DENOISES = flags.DEFINE_multi_string(
+    "denoises", None, "One denoising variant per use: --denoises=none --denoises=nlm (or nlm:12 with a strength; "
+    "default: --denoise).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan (runs, done, stale, to do, time estimate) and exit.")
 _COLLECT = flags.DEFINE_bool("collect", False, "Rebuild LOGDIR/results.jsonl from the run folders and exit.")
 _MAX_BATCH_FILE = flags.DEFINE_string(
@@ -116,6 +122,44 @@ def training_config():
     return dataclasses.replace(_train.config_from_flags(), arch="squeezenet", batch=1, fold=0, save_model=save)
 
 
+def variants_from(base) -> dict:
+    """{variant folder name: the Config fields it sets} for every combination of --lrs, --augments, --denoises.
+
+    Raises:
+        ValueError: a value that is not a learning rate, an augmentation list or a denoising method (named).
+    """
+    from octtl import augment, denoise
+    from octtl.errors import InputError
+
+    try:
+        lrs = [float(v) for v in _LRS.value] if _LRS.value else [base.lr]
+    except ValueError:
+        raise ValueError(f"--lrs={','.join(_LRS.value)}: a comma list of learning rates") from None
+    if any(not 0 < lr < float("inf") for lr in lrs):
+        raise ValueError(f"--lrs={','.join(map(str, lrs))}: learning rates must be finite and > 0")
+    denoises = []
+    for value in _DENOISES.value or [f"{base.denoise}" + (f":{base.denoise_strength:g}" if base.denoise_strength
+                                                          else "")]:
+        method, _, strength = value.partition(":")
+        try:
+            denoises.append((method, float(strength) if strength else None))
+        except ValueError:
+            raise ValueError(f"--denoises={value}: a method, or method:strength") from None
+    try:
+        augments = [",".join(augment.parse(value)) for value in (_AUGMENTS.value or [base.augment])]
+        for method, strength in denoises:
+            denoise.check(method, strength)
+    except InputError as e:
+        raise ValueError(str(e).replace("--augment=", "--augments=").replace("--denoise=", "--denoises=")) from None
+    out = {}
+    for lr in lrs:
+        for augmentation in augments:
+            for method, strength in denoises:
+                fields = dict(lr=lr, augment=augmentation, denoise=method, denoise_strength=strength)
+                out.setdefault(dataclasses.replace(base, **fields).variant_name, fields)
+    return out
+
+
 def passthrough_args() -> list:
     """The octtl.train flags given to the sweep, as the equivalent octtl.train command takes them."""
     per_run = ("data_dir", "logdir", "folds", "design", "arch", "batch", "fold")
@@ -157,12 +201,13 @@ def main(argv):
         designs = designs_from(_DESIGNS.value or [_value("design")])
         batches, note = batches_from(_BATCHES.value, archs, logdir, _MAX_BATCH_FILE.value, _value("image_size"))
         base = training_config()
+        variants = variants_from(base)
         if _TASK_INDEX.value >= _NUM_TASKS.value:
             raise ValueError(f"--task_index={_TASK_INDEX.value}: must be below --num_tasks={_NUM_TASKS.value}")
     except ValueError as e:
         sys.exit(f"sweep: error: {e}")
     data_dir = _value("data_dir")
-    plan = sweeping.plan(designs, archs, batches, _value("folds"))
+    plan = sweeping.plan(designs, archs, batches, _value("folds"), list(variants))
     identity = None
     if data_dir:
         from octtl import console
@@ -184,14 +229,13 @@ def main(argv):
     mine = sweeping.shard(plan, _TASK_INDEX.value, _NUM_TASKS.value)
     task = f" (task {_TASK_INDEX.value} of {_NUM_TASKS.value})" if _NUM_TASKS.value > 1 else ""
 
-    def config_for(arch, batch):
-        return dataclasses.replace(base, arch=arch, batch=batch)
+    def config_for(run):
+        return dataclasses.replace(base, arch=run.arch, batch=run.batch, **variants[run.variant])
 
-    def stale(result):
+    def stale(run, result):
         if identity is None or base.overwrite:
             return None
-        return runs.stale_reason(result, runs.planned(config_for(result["arch"], int(result["batch"])),
-                                                      identity, result))
+        return runs.stale_reason(result, runs.planned(config_for(run), identity, result))
 
     if _DRY_RUN.value:
         if note:
@@ -200,19 +244,20 @@ def main(argv):
         print("\n".join(sweeping.describe(mine, logdir, plan, states, task)))
         todo = [run for run in mine if states[run] == "to do"]
         if todo:
-            command = sweeping.train_command(todo[0], data_dir, logdir, _value("folds"), passthrough_args())
+            variant = [f"--{name}={value}" for name, value in variants[todo[0].variant].items() if value is not None]
+            command = sweeping.train_command(todo[0], data_dir, logdir, _value("folds"), passthrough_args() + variant)
             print("first run to do, as one octtl.train: python " + " ".join(command[1:]))
         return
 
     def spec(members):
-        config = dataclasses.replace(config_for(members[0].arch, members[0].batch), overwrite=False)
+        config = dataclasses.replace(config_for(members[0]), overwrite=False)
         return {"config": dataclasses.asdict(config), "redo_stale": base.overwrite,
-                "runs": [[r.design, r.arch, r.batch, r.fold] for r in members]}
+                "runs": [[r.design, r.arch, r.batch, r.fold, r.variant] for r in members]}
 
     signal.signal(signal.SIGTERM, _terminate)
     groups = sweeping.groups(mine)
     workers = len(_GPUS.value) if _GPUS.value else (cli.WORKERS.value or 1)
-    print(f"sweep: {words.count(len(mine), 'run')}{task} in {words.count(len(groups), 'network x batch group')}, "
+    print(f"sweep: {words.count(len(mine), 'run')}{task} in {words.count(len(groups), 'network x batch x variant group')}, "
           f"{words.count(workers, 'worker')} at once"
           + (f"; {note}" if note else ""), flush=True)
     try:

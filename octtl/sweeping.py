@@ -46,10 +46,16 @@ def auto_batches(largest: int, smallest: int = protocol.SMALLEST_BATCH) -> List[
     return batches
 
 
-def plan(designs: Sequence[str], archs: Sequence[str], batches: Dict[str, Sequence[int]], folds: int) -> List[Run]:
-    """Every run of the study, in a fixed order (design, then arch as given, batch, fold)."""
-    return [Run(design, arch, batch, fold)
-            for design in designs for arch in archs for batch in batches[arch] for fold in range(folds)]
+def plan(designs: Sequence[str], archs: Sequence[str], batches: Dict[str, Sequence[int]], folds: int,
+         variants: Sequence[str] = ("",)) -> List[Run]:
+    """Every run of the study, in a fixed order (design, then arch as given, batch, variant, fold).
+
+    Args:
+        variants: The variants' folder names (octtl.variants.variant_name; '' for the defaults).
+    """
+    return [Run(design, arch, batch, fold, variant)
+            for design in designs for arch in archs for batch in batches[arch] for variant in variants
+            for fold in range(folds)]
 
 
 def shard(runs_: Sequence[Run], task_index: int, num_tasks: int) -> List[Run]:
@@ -64,10 +70,14 @@ def shard(runs_: Sequence[Run], task_index: int, num_tasks: int) -> List[Run]:
 
 
 def groups(runs_: Sequence[Run]) -> Dict[tuple, List[Run]]:
-    """The runs by (arch, batch), in plan order: what one worker's session trains."""
+    """The runs by (arch, batch, variant), in plan order: what one worker's session trains.
+
+    A variant's learning rate, augmentation and denoising are settings of the session (denoising changes the
+    decoded B-scans), so each variant has its own.
+    """
     out: Dict[tuple, List[Run]] = {}
     for run in runs_:
-        out.setdefault((run.arch, run.batch), []).append(run)
+        out.setdefault((run.arch, run.batch, run.variant), []).append(run)
     return out
 
 
@@ -143,15 +153,20 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def status(logdir, runs_: Sequence[Run], stale: Callable[[dict], Optional[str]]) -> Dict[Run, str]:
-    """'done', 'failed', 'stale: <why>' or 'to do' for each run, from its folder alone."""
+def status(logdir, runs_: Sequence[Run], stale: Callable[[Run, dict], Optional[str]]) -> Dict[Run, str]:
+    """'done', 'failed', 'stale: <why>' or 'to do' for each run, from its folder alone.
+
+    Args:
+        stale: Why a planned run's finished result does not answer the plan (None when it does).
+    """
     out = {}
     for run in runs_:
         result = runs.result_of(logdir, run)
+        why = stale(run, result) if result is not None else None
         if result is None:
             out[run] = "to do"
-        elif stale(result):
-            out[run] = f"stale: {stale(result)}"
+        elif why:
+            out[run] = f"stale: {why}"
         else:
             out[run] = "done" if result.get("status") == "ok" else "failed"
     return out
@@ -272,7 +287,7 @@ def sweep(groups_: Dict[tuple, List[Run]], logdir, spec: Callable[[List[Run]], d
                 key, members = pending.pop(0)
             crashed = _run_group(key, members, logdir, spec(members), gpu, counts, numbering, planned, lock, report)
             if crashed >= CRASHES_BEFORE_STOP:
-                report(f"sweep: {words.count(crashed, 'run')} of {key[0]} batch {key[1]} ended without a result; stopping")
+                report(f"sweep: {words.count(crashed, 'run')} of {_group_words(key)} ended without a result; stopping")
                 stop.set()
 
     threads = [threading.Thread(target=worker_loop, args=(gpu,), daemon=True) for gpu in slots]
@@ -289,7 +304,8 @@ def _run_group(key, members, logdir, job, gpu, counts, numbering, planned, lock,
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    log = pathlib.Path(logdir) / runs.LOGS / "workers" / f"{key[0]}-batch{key[1]}.log"
+    log = pathlib.Path(logdir) / runs.LOGS / "workers" / ("-".join([key[0], f"batch{key[1]}", *key[2:]]).rstrip("-")
+                                                           + ".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -334,9 +350,13 @@ def _run_group(key, members, logdir, job, gpu, counts, numbering, planned, lock,
             counts["crashed"] += 1
             counts["problems"].append(f"{run}: the worker exited with status {code} before it")
     if missing:
-        report(f"sweep: worker for {key[0]} batch {key[1]} exited with status {code} after "
+        report(f"sweep: worker for {_group_words(key)} exited with status {code} after "
                f"{format_duration(time.time() - started)}, {words.count(len(missing), 'run')} left; its log ends:\n{_tail(log)}")
     return len(missing)
+
+
+def _group_words(key) -> str:
+    return " ".join([key[0], f"batch {key[1]}", *[k for k in key[2:] if k]])
 
 
 def _count(event, run, logdir, counts, number, planned, lock, report):

@@ -3,8 +3,9 @@
   python -m octtl.train --data_dir=data/records --arch=xception --batch=16 --logdir=runs
   python -m octtl.train --flagfile=flags/demo.cfg
 
-Results land in LOGDIR/{design}/{arch}/batch{batch}/fold{fold}/ (result.json, predictions.csv,
-flags.txt, best.keras, TensorBoard events); `tensorboard --logdir=LOGDIR` shows them.
+Results land in LOGDIR/{design}/{arch}/batch{batch}/[variant/]fold{fold}/ (result.json, predictions.csv,
+flags.txt, best.keras, TensorBoard events; a variant folder only for a non-default --lr, --augment or --denoise);
+`tensorboard --logdir=LOGDIR` shows them.
 """
 
 import sys
@@ -52,6 +53,15 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", None,
                                    "Also evaluate accuracy/AUC every N iterations (default: at checks only).",
                                    lower_bound=1)
 _SAVE_MODEL = flags.DEFINE_bool("save_model", True, "Save the best model as best.keras in the run folder.")
+_AUGMENT = flags.DEFINE_string(
+    "augment", "", "Training-batch augmentations, a comma list of flip, shift, scale, intensity, speckle (default "
+    "none, as the paper); ranges in octtl/augment.py. Validation data never changes.")
+_AUGMENT_STRENGTH = flags.DEFINE_float("augment_strength", 1.0, "Scales every augmentation's range (0 < s < 5).")
+_DENOISE = flags.DEFINE_enum("denoise", "none", ["none", "median", "nlm", "bilateral"],
+                             "Denoise every B-scan once when the records are decoded, before cropping (OpenCV).")
+_DENOISE_STRENGTH = flags.DEFINE_float(
+    "denoise_strength", None, "The method's main parameter: median window side (odd, default 3), nlm h in grey "
+    "levels (default 10), bilateral sigma_color in grey levels (default 25).")
 
 
 def config_from_flags():
@@ -67,7 +77,8 @@ def config_from_flags():
         image_size=cli.IMAGE_SIZE.value, preprocess=_PREPROCESS.value, crop=_CROP.value, eval_batch=_EVAL_BATCH.value,
         mixed_precision=cli.MIXED_PRECISION.value, jit_compile=cli.JIT_COMPILE.value, strategy=_STRATEGY.value,
         early_stop=_EARLY_STOP.value, max_iterations=_MAX_ITERATIONS.value, eval_every=_EVAL_EVERY.value,
-        save_model=_SAVE_MODEL.value, overwrite=cli.OVERWRITE.value)
+        save_model=_SAVE_MODEL.value, augment=_AUGMENT.value, augment_strength=_AUGMENT_STRENGTH.value,
+        denoise=_DENOISE.value, denoise_strength=_DENOISE_STRENGTH.value, overwrite=cli.OVERWRITE.value)
 
 
 def main(argv):

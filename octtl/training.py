@@ -14,6 +14,7 @@ nothing is traced twice. `train` is a session of one run.
 
 import csv
 import dataclasses
+import functools
 import math
 import pathlib
 import shutil
@@ -25,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from octtl import callbacks, data, events, folds, models, outputs, pretrained, protocol, records, runs
+from octtl import augment, callbacks, data, denoise, events, folds, models, outputs, pretrained, protocol, records, runs
 from octtl.errors import InputError, WeightsError
 
 
@@ -67,6 +68,9 @@ def validate(config: Config, metadata: records.Metadata):
         raise InputError(f"--preprocess={config.preprocess}: choose from {', '.join(models.PREPROCESS_CHOICES)}")
     if config.crop not in data.CROPS:
         raise InputError(f"--crop={config.crop}: choose from {', '.join(data.CROPS)}")
+    augment.parse(config.augment)
+    augment.check_strength(config.augment_strength)
+    denoise.check(config.denoise, config.denoise_strength)
     minimum = architectures.get(config.arch).min_input_size
     if config.size < minimum:
         raise InputError(f"--image_size={config.size}: {config.arch} needs at least {minimum} px")
@@ -135,7 +139,7 @@ class Session:
         Touches neither weights nor records' images. A stale result is reported in one line; with
         `redo_stale` off it is returned (marked `stale`) rather than trained again.
         """
-        run = runs.Run(design, self.config.arch, self.config.batch, fold)
+        run = runs.Run(design, self.config.arch, self.config.batch, fold, self.config.variant_name)
         previous = runs.result_of(self.config.logdir, run)
         if previous is None or self.config.overwrite:
             return None
@@ -158,7 +162,7 @@ class Session:
         if done is not None:
             return done
         config = dataclasses.replace(self.config, design=design, fold=fold)
-        run = runs.Run(design, config.arch, config.batch, fold)
+        run = runs.Run(design, config.arch, config.batch, fold, config.variant_name)
         out = run.folder(config.logdir)
         self.say(f"train: {run} -> {out}")
         self._prepare()
@@ -187,6 +191,7 @@ class Session:
             "weights_file": self.weights.path, "weights_scaling": self.weights.scaling,
             "train_size": int(len(train_idx)), "val_size": int(len(val_idx)),
             "majority_rate": _majority(self.metadata.labels[val_idx]), "data_dir": str(config.data_dir),
+            "decode_seconds": self.decoded.seconds,  # once per session: denoising's cost is here, not per epoch
             # How the data was labelled, so predict labels new reference volumes alike after the data is gone.
             "fluid_labels": self.manifest.get("fluid_labels"), "min_fluid_voxels": self.manifest.get("min_fluid_voxels"),
         }
@@ -222,10 +227,22 @@ class Session:
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                 jit_compile=config.jit_compile)
             self.model.optimizer.build(self.model.trainable_variables)
-        started = time.perf_counter()
-        self.decoded = data.decode(config.data_dir, self.metadata, config.size, config.crop)
-        say(f"train: {len(self.metadata)} B-scans decoded and cropped to {config.size} px ({config.crop}) in "
-            f"{time.perf_counter() - started:.1f} s")
+        self.augmentations = augment.parse(config.augment)
+        self.margin = augment.margin(config.size, self.augmentations, config.augment_strength)
+        view = (functools.partial(augment.view, size=config.size, margin=self.margin, crop_mode=config.crop)
+                if self.margin else None)
+        strength = denoise.check(config.denoise, config.denoise_strength)
+        prefilter = (functools.partial(denoise.denoise, method=config.denoise, strength=strength)
+                     if config.denoise != "none" else None)
+        self.decoded = data.decode(config.data_dir, self.metadata, config.size, config.crop, margin=self.margin,
+                                   view=view, prefilter=prefilter)
+        denoised = f", denoised ({config.denoise} {strength:g})" if prefilter else ""
+        kept = f" with {self.margin} px around for shifts and zooms" if self.margin else ""
+        say(f"train: {len(self.metadata)} B-scans decoded{denoised} and cropped to {config.size} px "
+            f"({config.crop}){kept} in {self.decoded.seconds:.1f} s")
+        if self.augmentations:
+            say(f"train: augmenting training batches: {', '.join(self.augmentations)} at strength "
+                f"{config.augment_strength:g} ({_ranges_in_words(self.augmentations, config.augment_strength)})")
         say(f"train: weights: {self.weights.describe()}"
             + (f", trained on {self.weights.scaling} inputs ({models.SCALING_WORDS[self.weights.scaling]})"
                if self.weights.scaling else ""))
@@ -259,8 +276,14 @@ class Session:
     def _fit(self, config: Config, train_idx, val_idx, out: pathlib.Path) -> dict:
         say, model = self.say, self.model
         self._reset(config.seed)
-        train_ds = data.training_batches(self.decoded, train_idx, config.batch, config.seed)
-        val_images, val_labels = self.decoded.images[val_idx], self.metadata.labels[val_idx]
+        if self.augmentations:
+            train_ds = augment.training_batches(self.decoded.images, self.decoded.labels, train_idx, config.batch,
+                                                config.seed, config.size, self.margin, self.augmentations,
+                                                config.augment_strength)
+        else:
+            train_ds = data.training_batches(self.decoded, train_idx, config.batch, config.seed)
+        # Validation never sees an augmentation: the views' central windows are the plain crops.
+        val_images, val_labels = self.decoded.crops[val_idx], self.metadata.labels[val_idx]
         steps_per_epoch = len(train_idx) // config.batch  # MATLAB drops the last partial mini-batch.
         epochs = config.max_epochs
         if config.max_iterations and not config.early_stop:
@@ -345,6 +368,15 @@ def check_line(e: callbacks.Evaluation, stop: callbacks.HalfEpochEarlyStop, step
         line += (f"; early stop after {left} more check{'s' * (left != 1)} without a lower loss"
                  if not stop.early_stopped else "; early stop: loss did not improve")
     return line
+
+
+def _ranges_in_words(augmentations, strength) -> str:
+    r = augment.ranges(strength)
+    words = {"flip": f"mirror with probability {r['flip_probability']:g}",
+             "shift": f"shift up to {r['shift_fraction']:g} of the side", "scale": "zoom {:g}-{:g}".format(*r["zoom"]),
+             "intensity": "gain {:g}-{:g}, gamma {:.3g}-{:.3g}".format(*r["gain"], *r["gamma"]),
+             "speckle": f"speckle sd {r['speckle_std']:g}"}
+    return "; ".join(words[a] for a in augmentations)
 
 
 def _majority(labels) -> float:

@@ -23,7 +23,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from octtl import denoise, protocol, stats, tables
+from octtl import denoise, protocol
 from octtl.errors import InputError
 
 AXES = ("lr", "augment", "denoise")
@@ -210,6 +210,8 @@ def variant_table(results: Sequence[Mapping], axis: str, defaults: Mapping = DEF
     Returns:
         Rows by design (the paper's order), network and batch, the default first, then by variant name.
     """
+    from octtl import tables  # the report's: naming variants needs neither
+
     if axis not in AXES:
         raise ValueError(f"variant axis must be one of {AXES}, got {axis!r}")
     reference = normalize(defaults["lr"], defaults["augment"], defaults["augment_strength"], defaults["denoise"],
@@ -241,6 +243,8 @@ def variant_table(results: Sequence[Mapping], axis: str, defaults: Mapping = DEF
 
 def _row(design, arch, batch, axis, label, value, folds: Dict[int, Mapping],
          baseline: Dict[int, Mapping]) -> VariantRow:
+    from octtl import stats, tables  # the report's: naming variants needs neither
+
     ok = [folds[k] for k in sorted(folds)]
     accuracy = [r["best_accuracy"] for r in ok]
     aucs = [r["best_auc"] for r in ok if r.get("best_auc") is not None]
@@ -259,6 +263,8 @@ def _row(design, arch, batch, axis, label, value, folds: Dict[int, Mapping],
 
 def _compare(pairs) -> tuple:
     """(mean of variant - default, Wilcoxon p, pairs) of (variant, default) score pairs."""
+    from octtl import stats  # the report's: naming variants needs neither
+
     if not pairs:
         return math.nan, math.nan, 0
     a, b = np.array(pairs, float).T

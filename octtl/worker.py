@@ -2,7 +2,7 @@
 
   python -m octtl.worker SPEC.json      (started by octtl.sweeping, not by hand)
 
-SPEC holds `config` (octtl.training.Config's fields), `runs` ([design, arch, batch, fold] each), `redo_stale`
+SPEC holds `config` (octtl.runs.Config's fields), `runs` ([design, arch, batch, fold, variant] each), `redo_stale`
 and `status_fd`, a pipe to the sweep. For each run the worker takes the run's lock, skips it when it is done,
 writes everything the run prints (TensorFlow's lines too) to the run's log, trains it, appends its result to
 LOGDIR/results.jsonl and sends one JSON status line to the sweep.
@@ -51,14 +51,17 @@ def run_spec(spec: dict):
     status = os.fdopen(spec["status_fd"], "w", buffering=1)
 
     def send(run, event, **fields):
-        status.write(json.dumps({"run": [run.design, run.arch, run.batch, run.fold], "event": event, **fields})
+        status.write(json.dumps({"run": [run.design, run.arch, run.batch, run.fold, run.variant], "event": event,
+                                 **fields})
                      + "\n")
 
     training.configure_devices(config.mixed_precision)
     say = lambda line: print(line, flush=True)  # noqa: E731  (into the current run's log)
     session = training.Session(config, say=say, progress=False, redo_stale=spec["redo_stale"])
-    for design, arch, batch, fold in spec["runs"]:
-        run = runs.Run(design, arch, batch, fold)
+    for design, arch, batch, fold, variant in spec["runs"]:
+        run = runs.Run(design, arch, batch, fold, variant)
+        if variant != config.variant_name:
+            raise ValueError(f"{run}: not the variant of this worker's settings ({config.variant_name or 'default'})")
         with sweeping.claimed(config.logdir, run) as mine:
             if not mine:
                 send(run, "busy")

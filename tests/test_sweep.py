@@ -264,7 +264,7 @@ def test_record_appends_a_redone_run_and_readers_take_the_last(tmp_path):
 def _bogus_spec(members):
     """A job no worker can start (an unknown Config field): the worker dies before any run."""
     return {"config": {"no_such_setting": 1}, "redo_stale": False,
-            "runs": [[r.design, r.arch, r.batch, r.fold] for r in members]}
+            "runs": [[r.design, r.arch, r.batch, r.fold, r.variant] for r in members]}
 
 
 def test_a_run_another_sweep_holds_is_left_to_it(tmp_path, records_dir):
@@ -272,7 +272,7 @@ def test_a_run_another_sweep_holds_is_left_to_it(tmp_path, records_dir):
     config = {"data_dir": str(records_dir), "logdir": str(tmp_path), "arch": "squeezenet", "batch": 8, "folds": 2,
               "image_size": 32, "max_epochs": 1, "weights": "none"}
     spec = lambda members: {"config": config, "redo_stale": False,  # noqa: E731
-                            "runs": [[r.design, r.arch, r.batch, r.fold] for r in members]}
+                            "runs": [[r.design, r.arch, r.batch, r.fold, r.variant] for r in members]}
     lines = []
     with sweeping.claimed(tmp_path, run) as mine:
         assert mine
