@@ -89,7 +89,7 @@ def main(argv):
         bare_times.append(bare(config, metadata, 0))
         octtl_times.append(octtl_run(config, 0))
         keras.backend.clear_session()
-    train_size = len(training.splits(config, metadata, 0)[0])
+    train_size = len(training.splits(config, metadata, config.design, 0)[0])
     iterations = train_size // config.batch * config.max_epochs
     b, o = statistics.median(bare_times), statistics.median(octtl_times)
     print(f"\n{config.arch} at {config.size} px, batch {config.batch}, {iterations} iterations, "

@@ -1,0 +1,267 @@
+"""Training-time augmentation of B-scans (--augment, --augment_strength): seeded, on training batches only.
+
+The transformations and their ranges at strength s (`ranges`; s = 1 gives the issue's numbers, s scales them
+all; 0 < s < 5, where the gain's lower end would reach 0):
+  flip: left-right mirror with probability 0.5 (B-scans of left and right eyes are mirror images).
+  shift: translation by whole pixels, uniform over -floor(0.1 s size)..floor(0.1 s size) along each axis.
+  scale: zoom z uniform in [1 - 0.1 s, 1 + 0.1 s]; the output shows a window of side size / z, resampled
+      bilinearly (z > 1 enlarges).
+  intensity: y = gain * x^gamma on [0, 1], gain uniform in [1 - 0.2 s, 1 + 0.2 s], gamma log-uniform in
+      [1.25^-s, 1.25^s], clipped to [0, 1]: black stays black and the order of grey levels is kept.
+  speckle: multiplicative noise, y = x (1 + n) with n ~ N(0, (0.1 s)^2) per pixel, clipped to [0, 255].
+They are applied in that order (zoom and shift as one crop), whatever order --augment lists them in, and the
+result is rounded back to uint8 once, so training and validation batches keep one dtype.
+
+Shift and scale need pixels outside the crop. They come from the B-scan itself, not from padding: decoding keeps
+a *view* of each B-scan larger than the crop by `margin` pixels on every side (`view`), whose central size x size
+window is exactly the crop training without augmentation sees (validation takes that window: `center`). Views
+cost memory in proportion: the paper's 1176 B-scans at 299 + 2 x 47 px take 182 MB instead of 105 MB.
+  --crop=center: the view is the B-scan's centre crop of side size + 2 margin, at native pixel scale. B-scans are
+      496 x 512 or larger and the margin is at most a few tens of pixels at s = 1 (47 for a 299 crop with both
+      shift and scale), so the view normally lies inside the B-scan. Where it does not, the B-scan is continued
+      by mirror reflection (edge pixel not repeated), and a B-scan smaller than the crop itself is first
+      zero-padded to it exactly as octtl.data.crop does.
+  --crop=resize: the crop is the whole B-scan resized to size x size, so nothing lies outside it: the view is
+      the same resize (same scale per axis) continued over the B-scan's mirror reflection, so a shifted or
+      zoomed-out window shows reflected B-scan rather than black. Its central window is replaced by
+      octtl.data.crop's own resize, so it is exact; at that seam the antialiasing kernels of the two resizes
+      differ by a few grey levels.
+`margin` is 0 without shift and scale, and the view is then octtl.data.crop's crop itself.
+
+Randomness is stateless (`tf.random.stateless_*`): each batch draws from a seed of its own, taken from a
+`tf.data.Dataset.random` stream seeded with the run's seed and drawn anew every epoch, so a run is reproducible
+and two runs with the same seed train on the same batches. Each transformation has its own stream, so switching
+one on does not change what another draws.
+"""
+
+import math
+from typing import Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from octtl import data
+from octtl.errors import InputError
+
+AUGMENTATIONS = ("flip", "shift", "scale", "intensity", "speckle")
+GEOMETRIC = ("shift", "scale")
+MAX_STRENGTH = 5.0  # exclusive: at 5 the gain's range starts at 0 (black B-scans)
+# The ranges at strength 1 (the issue's).
+FLIP_PROBABILITY = 0.5
+SHIFT_FRACTION = 0.1
+ZOOM = 0.1
+GAIN = 0.2
+GAMMA = 1.25
+SPECKLE_STD = 0.1
+# Which slot of a batch's split seed each transformation draws from.
+_ZOOM, _SHIFT, _FLIP, _INTENSITY, _SPECKLE = range(5)
+
+
+def parse(text: str) -> Tuple[str, ...]:
+    """--augment's comma list as a tuple in AUGMENTATIONS order; "" and "none" are no augmentation.
+
+    Raises:
+        InputError: An unknown name (one line naming --augment).
+    """
+    names = [name.strip() for name in (text or "").split(",") if name.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise InputError(f"--augment={text}: unknown augmentation {unknown[0]!r}; choose a comma list of "
+                         f"{', '.join(AUGMENTATIONS)}, or none")
+    return tuple(name for name in AUGMENTATIONS if name in names)
+
+
+def check_strength(strength: float) -> float:
+    """--augment_strength as a float, refused in one line unless 0 < strength < 5."""
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 < value < MAX_STRENGTH:
+        raise InputError(f"--augment_strength={strength}: must be > 0 and < {MAX_STRENGTH:g} (it scales every "
+                         "range; at 5 the gain would reach 0)")
+    return value
+
+
+def ranges(strength: float = 1.0) -> dict:
+    """The ranges every augmentation draws from at `strength` (the module docstring says how each is used)."""
+    s = check_strength(strength)
+    return {"flip_probability": FLIP_PROBABILITY,
+            "shift_fraction": SHIFT_FRACTION * s,
+            "zoom": (1 - ZOOM * s, 1 + ZOOM * s),
+            "gain": (1 - GAIN * s, 1 + GAIN * s),
+            "gamma": (GAMMA ** -s, GAMMA ** s),
+            "speckle_std": SPECKLE_STD * s}
+
+
+def max_shift(size: int, strength: float) -> int:
+    """The largest shift in whole pixels along each axis: floor(0.1 s size)."""
+    return int(math.floor(SHIFT_FRACTION * check_strength(strength) * size + 1e-9))
+
+
+def margin(size: int, augmentations: Sequence[str], strength: float = 1.0) -> int:
+    """Pixels a training view needs beyond the crop on each side, so that every shifted or zoomed window fits.
+
+    The window's outermost sample lies (size - 1) / (2 z) + shift from the view's centre; the view's half side is
+    (size - 1) / 2 + margin, with one pixel to spare. 0 without shift and scale.
+    """
+    return _required_margin(size, augmentations, check_strength(strength))
+
+
+def _required_margin(size: int, augmentations: Sequence[str], s: float) -> int:
+    if not set(GEOMETRIC) & set(augmentations):
+        return 0
+    shift = max_shift(size, s) if "shift" in augmentations else 0
+    zoom = 0
+    if "scale" in augmentations:
+        zoom = math.ceil(((size - 1) / (1 - ZOOM * s) - (size - 1)) / 2 - 1e-9)
+    # One pixel of slack: crop_and_resize puts a sample that float32 rounding lands a hair beyond the view's
+    # last pixel at 0, so no window may reach that far.
+    return shift + zoom + 1
+
+
+def view(image, size: int, margin: int, crop_mode: str = "center"):
+    """A (size + 2 margin)^2 uint8 view of one B-scan whose central size x size window is data.crop's crop.
+
+    Args:
+        image: uint8 (rows, columns, 1), the whole (denoised) B-scan.
+        size: The crop's side.
+        margin: Extra pixels on each side (`margin`); 0 gives data.crop's crop itself.
+        crop_mode: --crop; how the view extends beyond the B-scan is in the module docstring.
+    """
+    if crop_mode not in data.CROPS:
+        raise ValueError(f"crop mode must be one of {data.CROPS}, got {crop_mode!r}")
+    if margin == 0:
+        return data.crop(image, size, crop_mode)
+    image = tf.convert_to_tensor(image)
+    side = size + 2 * margin
+    if crop_mode == "center":
+        # As data.crop: a B-scan smaller than the crop is zero-padded to it, then the view is centred alike.
+        rows, cols = tf.shape(image)[0], tf.shape(image)[1]
+        padded = tf.image.resize_with_crop_or_pad(image, tf.maximum(rows, size), tf.maximum(cols, size))
+        rows, cols = tf.shape(padded)[0], tf.shape(padded)[1]
+        out = tf.gather(padded, _reflect(tf.range(side) + (rows - size) // 2 - margin, rows), axis=0)
+        return tf.gather(out, _reflect(tf.range(side) + (cols - size) // 2 - margin, cols), axis=1)
+    exact = data.crop(image, size, "resize")
+    shape = tf.shape(image)[:2]
+    scale = tf.cast([size, size], tf.float32) / tf.cast(shape, tf.float32)  # as tf.image.resize computes it
+    # Enough reflected rows and columns for the margin and the antialiasing kernel's reach.
+    pad = tf.cast(tf.math.ceil((margin + 2) / scale), tf.int32) + 1
+    padded = tf.gather(image, _reflect(tf.range(-pad[0], shape[0] + pad[0]), shape[0]), axis=0)
+    padded = tf.gather(padded, _reflect(tf.range(-pad[1], shape[1] + pad[1]), shape[1]), axis=1)
+    wide = tf.raw_ops.ScaleAndTranslate(
+        images=tf.cast(padded, tf.float32)[None], size=[side, side], scale=scale,
+        translation=margin - tf.cast(pad, tf.float32) * scale, kernel_type="triangle", antialias=True)[0]
+    wide = tf.cast(tf.clip_by_value(tf.round(wide), 0, 255), tf.uint8)
+    middle = tf.concat([wide[margin:margin + size, :margin], exact, wide[margin:margin + size, margin + size:]],
+                       axis=1)
+    return tf.concat([wide[:margin], middle, wide[margin + size:]], axis=0)
+
+
+def _reflect(indices, n):
+    """Indices folded into [0, n) by mirror reflection without repeating the edge (numpy's 'reflect'), any reach."""
+    period = tf.maximum(2 * (n - 1), 1)
+    folded = tf.math.floormod(indices, period)
+    return tf.where(folded >= n, period - folded, folded)
+
+
+def center(views, margin: int):
+    """The central crop of a batch of views (n, size + 2 margin, ..., 1): what validation and prediction see."""
+    if margin == 0:
+        return views
+    return views[:, margin:views.shape[1] - margin, margin:views.shape[2] - margin]
+
+
+def make_augment(size: int, margin: int, augmentations: Sequence[str], strength: float = 1.0):
+    """The batch transformation: (views, labels, seed) -> (uint8 (b, size, size, 1) images, labels).
+
+    Args:
+        size: The crop's side.
+        margin: The views' margin; at least `margin(size, augmentations, strength)`.
+        augmentations: Names from AUGMENTATIONS (order does not matter).
+        strength: --augment_strength.
+
+    Returns:
+        A function of uint8 views (b, size + 2 margin, size + 2 margin, 1), labels and an int64 (2,) seed
+        for tf.random's stateless ops; the same seed gives the same batch.
+    """
+    s = check_strength(strength)
+    unknown = set(augmentations) - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
+    needed = _required_margin(size, augmentations, s)
+    if margin < needed:
+        raise ValueError(f"views with margin {margin} are too small for {', '.join(augmentations)} at strength "
+                         f"{s:g} (margin {needed} needed)")
+    r = ranges(s)
+    side = size + 2 * margin
+    shift = max_shift(size, s) if "shift" in augmentations else 0
+    on = set(augmentations)
+
+    def augment(views, labels, seed):
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=5)
+        batch = tf.shape(views)[0]
+        if on & set(GEOMETRIC):
+            zoom = tf.ones([batch])
+            if "scale" in on:
+                zoom = tf.random.stateless_uniform([batch], seeds[_ZOOM], *r["zoom"])
+            offset = tf.zeros([batch, 2])
+            if shift:
+                offset = tf.cast(tf.random.stateless_uniform([batch, 2], seeds[_SHIFT], -shift, shift + 1,
+                                                             dtype=tf.int32), tf.float32)
+            # Output pixel i samples the view at centre + offset + (i - (size - 1) / 2) / zoom, so zoom 1 and
+            # no offset sample the central window's pixels exactly.
+            half = (size - 1) / (2 * zoom)
+            centre = (side - 1) / 2 + offset
+            boxes = tf.stack([centre[:, 0] - half, centre[:, 1] - half, centre[:, 0] + half, centre[:, 1] + half],
+                             axis=1) / (side - 1)
+            images = tf.image.crop_and_resize(views, tf.clip_by_value(boxes, 0.0, 1.0), tf.range(batch),
+                                              (size, size))
+        else:
+            images = tf.cast(center(views, margin), tf.float32)
+        if "flip" in on:
+            flip = tf.random.stateless_uniform([batch], seeds[_FLIP]) < r["flip_probability"]
+            images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        if "intensity" in on:
+            draws = tf.random.stateless_uniform([batch, 2], seeds[_INTENSITY])
+            gain = r["gain"][0] + (r["gain"][1] - r["gain"][0]) * draws[:, 0]
+            gamma = GAMMA ** (s * (2 * draws[:, 1] - 1))
+            images = 255 * tf.clip_by_value(
+                gain[:, None, None, None] * (images / 255) ** gamma[:, None, None, None], 0.0, 1.0)
+        if "speckle" in on:
+            images = images * (1 + tf.random.stateless_normal(tf.shape(images), seeds[_SPECKLE],
+                                                              stddev=r["speckle_std"]))
+        return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8), labels
+
+    return augment
+
+
+def training_batches(views: np.ndarray, labels: np.ndarray, indices: Sequence[int], batch_size: int, seed: int,
+                     size: int, margin: int = 0, augmentations: Sequence[str] = (),
+                     strength: float = 1.0) -> tf.data.Dataset:
+    """octtl.data.training_batches over views, augmented: (uint8 (b, size, size, 1) images, labels) batches.
+
+    The shuffle and batching are data.training_batches' (seeded, reshuffled every epoch, last partial batch
+    dropped), so the same examples come in the same order; without augmentations and margin 0 the batches are
+    data.training_batches' byte for byte.
+
+    Args:
+        views: uint8 (n, size + 2 margin, size + 2 margin, 1), from `view`; never modified.
+        labels: (n,) labels.
+        seed: The run's seed; it seeds the shuffle and the augmentations.
+    """
+    indices = np.unique(np.asarray(indices, dtype=np.int64))
+    if indices.size == 0:
+        raise ValueError("no examples selected")
+    augment = make_augment(size, margin, augmentations, strength)
+    ds = tf.data.Dataset.from_tensor_slices((views[indices], labels[indices]))
+    ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if augmentations or margin:
+        # One (2,) stateless seed per batch, a new stream every epoch, the same for the same run seed.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+        ds = tf.data.Dataset.zip(ds, seeds).map(lambda batch, batch_seed: augment(*batch, batch_seed),
+                                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
