@@ -26,6 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from octtl import metaimage
 from octtl import outputs
 from octtl import volumes as volumes_lib
 from octtl import words
@@ -135,7 +136,7 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
             fluid_codes: Sequence[int] = volumes_lib.ALL_FLUID, min_fluid_voxels: int = 1,
             classes: Optional[Sequence[str]] = None, num_shards: int = 0, workers: int = 4,
             allow_unlabeled: bool = False, skip_bad: bool = False, group_regex: Optional[str] = None,
-            max_volume_bytes: int = volumes_lib.MAX_VOLUME_BYTES, settings: Optional[dict] = None,
+            max_volume_bytes: int = metaimage.MAX_VOLUME_BYTES, settings: Optional[dict] = None,
             progress: Optional[Callable] = _print_progress) -> dict:
     """Converts RETOUCH volumes or class image folders under `input_dir` to sharded TFRecords.
 
@@ -411,7 +412,7 @@ def _counts(rows, volume_rows, shard_files, skipped, class_names) -> dict:
 def _bscan_count(folder) -> int:
     """B-scans in a volume from its header alone; 0 when the header is bad (read_volume reports it)."""
     try:
-        dims = volumes_lib.read_header(pathlib.Path(folder) / "oct.mhd")["DimSize"].split()
+        dims = metaimage.read_header(pathlib.Path(folder) / "oct.mhd")["DimSize"].split()
         return max(int(dims[2]), 0) if len(dims) == 3 else 0
     except (volumes_lib.InputError, ValueError):
         return 0
