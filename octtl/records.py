@@ -107,21 +107,10 @@ def shard_paths(records_dir) -> list:
     return sorted(str(p) for p in pathlib.Path(records_dir).glob(SHARD_PATTERN))
 
 
-def _load(item, codes, min_voxels, allow_unlabeled, max_volume_bytes):
-    """Reads and PNG-encodes one source item: a volume folder or an (image path, label) pair."""
-    try:
-        if isinstance(item, volumes_lib.ImageItem):
-            bscans = volumes_lib.read_image_file(item)
-        else:
-            bscans = volumes_lib.read_volume(item, codes=codes, min_voxels=min_voxels,
-                                             allow_unlabeled=allow_unlabeled, max_volume_bytes=max_volume_bytes)
-    except OSError as e:
-        # Said here, naming the input: convert reports an OSError that escapes as one of --output_dir.
-        where = e.filename or getattr(item, "path", item)
-        raise volumes_lib.InputError(f"{where}: cannot be read ({e.strerror or e})") from None
-    if bscans is None:
-        return None, []
-    return bscans, [volumes_lib.encode_png(image) for image in bscans.images]
+def _load(item, **how):
+    """One source item (a volume folder or an image) read into B-scans, and their PNG bytes."""
+    bscans = volumes_lib.read_item(item, **how)
+    return bscans, [] if bscans is None else [volumes_lib.encode_png(image) for image in bscans.images]
 
 
 def _print_progress(done, total, bscans, item):
@@ -181,14 +170,8 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
                                      f"got {list(fluid_codes)}")
 
     if input_format == "retouch":
-        items = volumes_lib.find_volumes(input_dir)
         wanted = [vendor] if isinstance(vendor, str) else list(vendor or ["all"])
-        if "all" not in wanted:
-            unknown = [v for v in wanted if v not in volumes_lib.VENDORS]
-            if unknown:
-                raise volumes_lib.InputError(f"--vendor must be all or among {volumes_lib.VENDORS}, got {unknown}")
-            items = [f for f in items if _vendor_or_bad(f, skip_bad) in (*wanted, None)]
-        _check_unique_ids(items)
+        items = volumes_lib.find_vendor_volumes(input_dir, wanted, skip_bad)
         class_names = list(CLASSES)
         what = "volumes (folders holding oct.mhd)" + ("" if "all" in wanted else f" of vendor {','.join(wanted)}")
     elif input_format == "image_folders":
@@ -223,7 +206,7 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
             outputs.write_json(staging / MANIFEST, manifest)
             outputs.publish(staging, output_dir)
         except (OSError, tf.errors.OpError) as e:
-            # Inputs are read in _load, which names them; what fails here is writing the output.
+            # Inputs are read in volumes.read_item, which names them; what fails here is writing the output.
             reason = (e.strerror if isinstance(e, OSError) else e.message) or str(e)
             raise volumes_lib.InputError(
                 f"--output_dir={output_dir}: cannot write ({reason.strip().splitlines()[0][:200]})") from None
@@ -231,26 +214,6 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
-
-
-def _vendor_or_bad(folder, skip_bad):
-    """peek_vendor, or None for a bad header under --skip_bad (read_volume then reports it as skipped)."""
-    try:
-        return volumes_lib.peek_vendor(folder)
-    except volumes_lib.InputError:
-        if skip_bad:
-            return None
-        raise
-
-
-def _check_unique_ids(folders):
-    """Refuses two volume folders of one name: records and folds know a volume by its volume/id alone."""
-    seen = {}
-    for folder in folders:
-        if folder.name in seen:
-            raise volumes_lib.InputError(f"{folder}: volume id {folder.name} is also that of {seen[folder.name]}; "
-                                         "volume/id must be unique")
-        seen[folder.name] = folder
 
 
 def _write(items, staging, class_names, codes, min_voxels, num_shards, workers,
@@ -283,7 +246,7 @@ def _plan_shards(items, num_shards: int) -> tuple:
     if isinstance(items[0], volumes_lib.ImageItem):
         planned = len(items)
     else:
-        planned = sum(_bscan_count(folder) for folder in items)
+        planned = sum(volumes_lib.promised_bscans(folder) for folder in items)
     shards = num_shards if num_shards > 0 else max(1, -(-planned // 1000))
     return shards, max(1, -(-planned // shards))
 
@@ -407,15 +370,6 @@ def _counts(rows, volume_rows, shard_files, skipped, class_names) -> dict:
         "skipped": skipped,
         "rule_8bit": "uint8 as is; uint16 v/257 (full 16-bit range); float in [0,1] x255; else min-max",
     }
-
-
-def _bscan_count(folder) -> int:
-    """B-scans in a volume from its header alone; 0 when the header is bad (read_volume reports it)."""
-    try:
-        dims = metaimage.read_header(pathlib.Path(folder) / "oct.mhd")["DimSize"].split()
-        return max(int(dims[2]), 0) if len(dims) == 3 else 0
-    except (volumes_lib.InputError, ValueError):
-        return 0
 
 
 @dataclasses.dataclass(frozen=True)

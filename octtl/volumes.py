@@ -125,6 +125,41 @@ def find_volumes(input_dir) -> list:
 
 
 
+def find_vendor_volumes(input_dir, vendors: Sequence[str] = ("all",), skip_bad: bool = False) -> list:
+    """The volume folders `find_volumes` finds, of the given vendors ('all': every one); volume ids are unique.
+
+    Under `skip_bad` a folder whose header is bad stays in, for read_volume to report it as skipped.
+    """
+    folders = find_volumes(input_dir)
+    if "all" not in vendors:
+        unknown = [v for v in vendors if v not in VENDORS]
+        if unknown:
+            raise InputError(f"--vendor must be all or among {VENDORS}, got {unknown}")
+        folders = [f for f in folders if _vendor_or_bad(f, skip_bad) in (*vendors, None)]
+    _check_unique_ids(folders)
+    return folders
+
+
+def _vendor_or_bad(folder, skip_bad):
+    """peek_vendor, or None for a bad header under --skip_bad (read_volume then reports it as skipped)."""
+    try:
+        return peek_vendor(folder)
+    except InputError:
+        if skip_bad:
+            return None
+        raise
+
+
+def _check_unique_ids(folders):
+    """Refuses two volume folders of one name: records and folds know a volume by its volume/id alone."""
+    seen = {}
+    for folder in folders:
+        if folder.name in seen:
+            raise InputError(f"{folder}: volume id {folder.name} is also that of {seen[folder.name]}; "
+                             "volume/id must be unique")
+        seen[folder.name] = folder
+
+
 def to_uint8(array: np.ndarray) -> np.ndarray:
     """Maps a volume to 8 bits with the module's one documented rule."""
     if array.dtype == np.uint8:
@@ -245,6 +280,15 @@ def peek_vendor(folder) -> str:
     return vendor_from_geometry(shape, axial_spacing)
 
 
+def promised_bscans(folder) -> int:
+    """B-scans in a volume from its header alone; 0 when the header is bad (read_volume reports it)."""
+    try:
+        dims = metaimage.read_header(pathlib.Path(folder) / "oct.mhd")["DimSize"].split()
+        return max(int(dims[2]), 0) if len(dims) == 3 else 0
+    except (InputError, ValueError):
+        return 0
+
+
 def find_images(input_dir, classes: Sequence[str], group_regex: Optional[str] = None) -> list:
     """An ImageItem for each image in `input_dir/<class>/`, label = position in `classes`.
 
@@ -328,6 +372,24 @@ def read_image_file(item: ImageItem) -> BScans:
     return BScans(volume_id=item.volume_id, vendor="unknown", images=array[None],
                   labels=np.array([item.label], np.int64), irf=unknown, srf=unknown, ped=unknown,
                   slices=np.array([item.slice], np.int64), sources=np.array([path.stem], dtype=object))
+
+
+def read_item(item, *, codes=ALL_FLUID, min_voxels=1, allow_unlabeled=False,
+              max_volume_bytes: int = metaimage.MAX_VOLUME_BYTES) -> Optional[BScans]:
+    """One input as B-scans: an ImageItem's image, or a volume folder as `read_volume` reads it.
+
+    Raises:
+        InputError: naming the file, for whatever cannot be read, an OSError included.
+    """
+    try:
+        if isinstance(item, ImageItem):
+            return read_image_file(item)
+        return read_volume(item, codes=codes, min_voxels=min_voxels, allow_unlabeled=allow_unlabeled,
+                           max_volume_bytes=max_volume_bytes)
+    except OSError as e:
+        # Said here, naming the input: convert reports an OSError that escapes as one of --output_dir.
+        where = e.filename or getattr(item, "path", item)
+        raise InputError(f"{where}: cannot be read ({e.strerror or e})") from None
 
 
 def _gray(image) -> np.ndarray:
