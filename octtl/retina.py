@@ -13,7 +13,9 @@ import dataclasses
 
 import numpy as np
 
-IRF, SRF, PED = 1, 2, 3  # RETOUCH's reference codes of the fluid kinds.
+from octtl.volumes import FLUID_CODES
+
+IRF, SRF, PED = FLUID_CODES["irf"], FLUID_CODES["srf"], FLUID_CODES["ped"]  # The lesion kinds.
 
 SCAN_MM = 6.0  # Lateral extent and extent across B-scans of every vendor's macular cube.
 DEPTH_MM = 2.0  # Nominal axial field of view: anatomy is scaled to the row count, not to the header spacing.
