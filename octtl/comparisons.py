@@ -53,6 +53,7 @@ class MetricComparison:
 
     @property
     def pairwise_test(self) -> str:
+        """The test of each pair: Nemenyi after a Friedman test, else the test itself ('' for none)."""
         return "Nemenyi" if self.test == "Friedman" else self.test
 
 

@@ -211,4 +211,5 @@ def roc(pooled: Sequence[comparisons.Pooled], title: str) -> Figure:
 
 
 def save(fig: Figure, path, dpi: int = 100):
+    """Writes the figure to `path` at `dpi` dots per inch."""
     fig.savefig(path, dpi=dpi)

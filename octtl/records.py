@@ -67,6 +67,7 @@ SHARD_PATTERN = "bscans-*-of-*.tfrecord"
 
 
 def shard_name(shard: int, num_shards: int) -> str:
+    """The file name of shard `shard` of `num_shards` (0-based), which SHARD_PATTERN matches."""
     return f"bscans-{shard:05d}-of-{num_shards:05d}.tfrecord"
 
 

@@ -53,10 +53,12 @@ def figure_files(rows: Sequence[tables.Row], curves: dict) -> List[Tuple[str, st
 
 
 def cd_name(design: str, batch: int) -> str:
+    """File name of the critical-difference diagram of a design's batch size."""
     return f"cd_{design}_batch{batch}.png"
 
 
 def roc_name(design: str) -> str:
+    """File name of a design's ROC figure."""
     return f"roc_{design}.png"
 
 

@@ -78,10 +78,12 @@ class Config:
 
     @property
     def size(self) -> int:
+        """The input side the run uses: image_size when set, else the network's native one."""
         return protocol.native_size(self.arch, self.image_size)
 
     @property
     def validation_batch(self) -> int:
+        """The evaluation batch: eval_batch when set, else twice the training batch, at least 64."""
         return protocol.eval_batch(self.batch, self.eval_batch)
 
 
@@ -128,6 +130,7 @@ class Run:
     fold: int
 
     def folder(self, logdir) -> pathlib.Path:
+        """The run's folder: LOGDIR/{design}/{arch}/batch{batch}/fold{fold}."""
         return pathlib.Path(logdir) / self.design / self.arch / f"batch{self.batch}" / f"fold{self.fold}"
 
     def log(self, logdir) -> pathlib.Path:

@@ -75,6 +75,7 @@ class Row:
 
     @property
     def complete(self) -> bool:
+        """Whether as many folds finished ok as the runs were asked to split into."""
         return self.n_folds >= self.folds
 
 
@@ -196,6 +197,7 @@ def top(rows: Sequence[Row], design: str, k: int = 3) -> List[Row]:
 
 
 def title(design: str, rows: Sequence[Row], what: str) -> str:
+    """The heading of a design's table, numbered as in the paper (Table II baseline, III limited)."""
     number = TABLE_NUMBERS.get(design, "")
     return (f"Table {number}{' - ' if number else ''}mean (standard deviation) accuracy, AUC of {what} across "
             f"{folds_of(rows, design)} folds of the {design_label(rows, design)}")
@@ -248,6 +250,7 @@ def notes(design: str, rows: Sequence[Row], failed: Sequence[dict]) -> List[str]
 
 
 def failed_lines(design: str, failed: Sequence[dict]) -> List[str]:
+    """One line per failed run of the design: network, batch, fold and the error."""
     return [f"{r['arch']} batch {r['batch']} fold {r['fold']}: {r.get('error', 'failed')}"
             for r in failed if r["design"] == design]
 

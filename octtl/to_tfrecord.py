@@ -33,6 +33,7 @@ _MAX_VOLUME_BYTES = flags.DEFINE_integer(
     "(checked before reading, so a lying header cannot exhaust memory).", lower_bound=1)
 
 def main(argv):
+    """The to_tfrecord command: converts --input_dir into sharded TFRecords in --output_dir."""
     cli.no_arguments(argv)
     cli.require("to_tfrecord", "input_dir", "output_dir")
     vendor = cli.VENDOR.value or ["all"]
@@ -87,6 +88,7 @@ def summary(manifest, output_dir) -> str:
 
 
 def run():
+    """Console-script entry point: parses the flags and runs main."""
     app.run(main)
 
 
