@@ -34,6 +34,7 @@ class Evaluation:
     p_fluid: Optional[np.ndarray] = None
 
     def record(self) -> dict:
+        """The evaluation as an entry of result.json's `checks`: JSON-safe, an undefined AUC as null."""
         # JSON has no NaN: an undefined AUC (one class in the validation set) is null.
         auc = None if math.isnan(self.val_auc) else self.val_auc
         return {"iteration": self.iteration, "val_loss": self.val_loss,
@@ -99,9 +100,11 @@ class HalfEpochEarlyStop(keras.callbacks.Callback):
         self.epochs_started = 0
 
     def on_epoch_begin(self, epoch, logs=None):
+        """Counts the epochs started."""
         self.epochs_started = epoch + 1
 
     def on_train_batch_end(self, batch, logs=None):
+        """Counts the iteration; evaluates at checks, --eval_every points and --max_iterations (which stops)."""
         self.iteration += 1
         is_check = (batch + 1) in self._check_steps
         extra = bool(self._eval_every) and self.iteration % self._eval_every == 0

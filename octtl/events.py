@@ -62,6 +62,7 @@ class StepLogger(keras.callbacks.Callback):
         self.diverged = None
 
     def on_train_batch_end(self, batch, logs=None):
+        """Logs the iteration's loss and accuracy; stops training on a non-finite or exploding loss."""
         logs = logs or {}
         iteration = self._iteration() + 1  # the early-stop callback counts after this one
         loss = float(logs.get("loss", math.nan))

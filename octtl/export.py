@@ -16,6 +16,7 @@ from octtl import cli
 
 
 def main(argv):
+    """The export command: checks --output, then writes the SavedModel of --model there."""
     cli.no_arguments(argv)
     cli.require("export", "model", "output")
     from octtl import exporting, prediction
@@ -40,6 +41,7 @@ def main(argv):
 
 
 def run():
+    """Console-script entry point: parses the flags and runs main."""
     app.run(main)
 
 

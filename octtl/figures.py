@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence
 
 from matplotlib.figure import Figure
 
-from octtl import stats, tables
+from octtl import comparisons, stats, tables
 
 # Fig 3 shows these batch sizes (the ones every network of the paper reached).
 CURVE_BATCHES = (8, 16, 32)
@@ -155,7 +155,7 @@ def accuracy_by_design(rows: Sequence[tables.Row]) -> Figure:
     return fig
 
 
-def critical_difference(comparison: tables.MetricComparison, title: str) -> Figure:
+def critical_difference(comparison: comparisons.MetricComparison, title: str) -> Figure:
     """Demsar's critical-difference diagram: average ranks on a 1..k axis, the CD bar, and a thick line joining
     networks the Nemenyi test cannot tell apart at stats.ALPHA (drawn by scikit-posthocs)."""
     import pandas
@@ -183,7 +183,7 @@ def critical_difference(comparison: tables.MetricComparison, title: str) -> Figu
     return fig
 
 
-def roc(pooled: Sequence[tables.Pooled], title: str) -> Figure:
+def roc(pooled: Sequence[comparisons.Pooled], title: str) -> Figure:
     """ROC curves of the predictions pooled over folds, one per (batch, network), with the pooled AUC."""
     from sklearn import metrics
 
@@ -211,4 +211,5 @@ def roc(pooled: Sequence[tables.Pooled], title: str) -> Figure:
 
 
 def save(fig: Figure, path, dpi: int = 100):
+    """Writes the figure to `path` at `dpi` dots per inch."""
     fig.savefig(path, dpi=dpi)

@@ -28,6 +28,7 @@ CONVERTIBLE = [name for name, entry in architectures.ARCHITECTURES.items()
 
 
 def main(argv):
+    """The import_torchvision_weights command: converts --checkpoint into the Keras weights files of --arch."""
     cli.no_arguments(argv)
     cli.require("import_torchvision_weights", "arch")
     if cli.ARCH.value not in CONVERTIBLE:
@@ -60,6 +61,7 @@ def main(argv):
 
 
 def run():
+    """Console-script entry point: parses the flags and runs main."""
     app.run(main)
 
 

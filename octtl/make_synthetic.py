@@ -54,6 +54,7 @@ def _render(folders: list[pathlib.Path], path: str) -> None:
 
 
 def main(argv):
+    """The make_synthetic command: writes each --vendor's synthetic training set under --output_dir."""
     cli.no_arguments(argv)
     cli.require("make_synthetic", "output_dir")
     vendors = list(dict.fromkeys(FLAGS.vendor or ["spectralis"]))
@@ -85,6 +86,7 @@ def main(argv):
 
 
 def run():
+    """Console-script entry point: parses the flags and runs main."""
     app.run(main)
 
 

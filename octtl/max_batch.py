@@ -25,6 +25,7 @@ _MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "Largest batch tried (a powe
 
 
 def main(argv):
+    """The max_batch command: measures each network's largest batch into its file (LOGDIR/max_batch.json)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     archs = list(architectures.ARCHITECTURES) if cli.ARCH.value in (None, "all") else [cli.ARCH.value]
@@ -66,6 +67,7 @@ def main(argv):
 
 
 def run():
+    """Console-script entry point: parses the flags and runs main."""
     app.run(main)
 
 

@@ -62,9 +62,11 @@ class InputScaling:
 
     @property
     def scale_offset(self):
+        """The per-channel (scale, offset) that maps 0..255 inputs into this scaling's range."""
         return PAPER_SCALING if self.preprocess == "paper" else BACKBONE_SCALING[self.family]
 
     def describe(self) -> str:
+        """The scaling in words, as training prints it."""
         if self.preprocess == "paper":
             return "paper ([-1, 1], as the paper fed every network)"
         return f"backbone ({self.family}: {SCALING_WORDS[self.family]}, what the weights were trained on)"

@@ -26,6 +26,7 @@ DEFAULT_OUTPUT = "predictions.csv"  # --output; the per-volume summary goes besi
 
 
 def main(argv):
+    """The predict command: predicts every B-scan of --input with --model and writes --output."""
     cli.no_arguments(argv)
     cli.require("predict", "model", "input")
     output = cli.OUTPUT.value or DEFAULT_OUTPUT
@@ -50,6 +51,7 @@ def main(argv):
 
 
 def run():
+    """Console-script entry point: parses the flags and runs main."""
     app.run(main)
 
 

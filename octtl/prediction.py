@@ -245,6 +245,7 @@ class Report:
     note: Optional[str] = None
 
     def lines(self) -> list:
+        """The console report: counts, one line per volume, metrics where labels were known, Grad-CAM, files."""
         n_fluid = sum(r["prediction"] for r in self.rows)
         volumes = len(self.summaries)
         out = [f"{len(self.rows)} B-scan{'s' * (len(self.rows) != 1)} of {volumes} volume{'s' * (volumes != 1)} "

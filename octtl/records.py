@@ -14,6 +14,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from octtl import metaimage
 from octtl import outputs
 from octtl import volumes as volumes_lib
 from octtl import words
@@ -65,6 +67,7 @@ SHARD_PATTERN = "bscans-*-of-*.tfrecord"
 
 
 def shard_name(shard: int, num_shards: int) -> str:
+    """The file name of shard `shard` of `num_shards` (0-based), which SHARD_PATTERN matches."""
     return f"bscans-{shard:05d}-of-{num_shards:05d}.tfrecord"
 
 
@@ -105,21 +108,10 @@ def shard_paths(records_dir) -> list:
     return sorted(str(p) for p in pathlib.Path(records_dir).glob(SHARD_PATTERN))
 
 
-def _load(item, codes, min_voxels, allow_unlabeled, max_volume_bytes):
-    """Reads and PNG-encodes one source item: a volume folder or an (image path, label) pair."""
-    try:
-        if isinstance(item, volumes_lib.ImageItem):
-            bscans = volumes_lib.read_image_file(item)
-        else:
-            bscans = volumes_lib.read_volume(item, codes=codes, min_voxels=min_voxels,
-                                             allow_unlabeled=allow_unlabeled, max_volume_bytes=max_volume_bytes)
-    except OSError as e:
-        # Said here, naming the input: convert reports an OSError that escapes as one of --output_dir.
-        where = e.filename or getattr(item, "path", item)
-        raise volumes_lib.InputError(f"{where}: cannot be read ({e.strerror or e})") from None
-    if bscans is None:
-        return None, []
-    return bscans, [volumes_lib.encode_png(image) for image in bscans.images]
+def _load(item, **how):
+    """One source item (a volume folder or an image) read into B-scans, and their PNG bytes."""
+    bscans = volumes_lib.read_item(item, **how)
+    return bscans, [] if bscans is None else [volumes_lib.encode_png(image) for image in bscans.images]
 
 
 def _print_progress(done, total, bscans, item):
@@ -134,7 +126,7 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
             fluid_codes: Sequence[int] = volumes_lib.ALL_FLUID, min_fluid_voxels: int = 1,
             classes: Optional[Sequence[str]] = None, num_shards: int = 0, workers: int = 4,
             allow_unlabeled: bool = False, skip_bad: bool = False, group_regex: Optional[str] = None,
-            max_volume_bytes: int = volumes_lib.MAX_VOLUME_BYTES, settings: Optional[dict] = None,
+            max_volume_bytes: int = metaimage.MAX_VOLUME_BYTES, settings: Optional[dict] = None,
             progress: Optional[Callable] = _print_progress) -> dict:
     """Converts RETOUCH volumes or class image folders under `input_dir` to sharded TFRecords.
 
@@ -179,14 +171,8 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
                                      f"got {list(fluid_codes)}")
 
     if input_format == "retouch":
-        items = volumes_lib.find_volumes(input_dir)
         wanted = [vendor] if isinstance(vendor, str) else list(vendor or ["all"])
-        if "all" not in wanted:
-            unknown = [v for v in wanted if v not in volumes_lib.VENDORS]
-            if unknown:
-                raise volumes_lib.InputError(f"--vendor must be all or among {volumes_lib.VENDORS}, got {unknown}")
-            items = [f for f in items if _vendor_or_bad(f, skip_bad) in (*wanted, None)]
-        _check_unique_ids(items)
+        items = volumes_lib.find_vendor_volumes(input_dir, wanted, skip_bad)
         class_names = list(CLASSES)
         what = "volumes (folders holding oct.mhd)" + ("" if "all" in wanted else f" of vendor {','.join(wanted)}")
     elif input_format == "image_folders":
@@ -221,7 +207,7 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
             outputs.write_json(staging / MANIFEST, manifest)
             outputs.publish(staging, output_dir)
         except (OSError, tf.errors.OpError) as e:
-            # Inputs are read in _load, which names them; what fails here is writing the output.
+            # Inputs are read in volumes.read_item, which names them; what fails here is writing the output.
             reason = (e.strerror if isinstance(e, OSError) else e.message) or str(e)
             raise volumes_lib.InputError(
                 f"--output_dir={output_dir}: cannot write ({reason.strip().splitlines()[0][:200]})") from None
@@ -231,109 +217,145 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
     return manifest
 
 
-def _vendor_or_bad(folder, skip_bad):
-    """peek_vendor, or None for a bad header under --skip_bad (read_volume then reports it as skipped)."""
-    try:
-        return volumes_lib.peek_vendor(folder)
-    except volumes_lib.InputError:
-        if skip_bad:
-            return None
-        raise
-
-
-def _check_unique_ids(folders):
-    """Refuses two volume folders of one name: records and folds know a volume by its volume/id alone."""
-    seen = {}
-    for folder in folders:
-        if folder.name in seen:
-            raise volumes_lib.InputError(f"{folder}: volume id {folder.name} is also that of {seen[folder.name]}; "
-                                         "volume/id must be unique")
-        seen[folder.name] = folder
-
-
 def _write(items, staging, class_names, codes, min_voxels, num_shards, workers,
            allow_unlabeled, skip_bad, max_volume_bytes, progress):
     """Reads items in parallel and writes them, in item order, into contiguous shards."""
-    if isinstance(items[0], volumes_lib.ImageItem):
-        planned = len(items)
-    else:
-        planned = sum(_bscan_count(folder) for folder in items)
-    shards = num_shards if num_shards > 0 else max(1, -(-planned // 1000))
-    per_shard = max(1, -(-planned // shards))
-    rows, volume_rows, skipped = [], [], []
-    writers, shard_counts = [], []
-
-    def writer_for(index):
-        shard = min(index // per_shard, shards - 1)
-        while len(writers) <= shard:
-            writers.append(tf.io.TFRecordWriter(str(staging / f"shard-{len(writers)}.tmp")))
-            shard_counts.append(0)
-        return shard
-
+    out = _ShardWriter(staging, *_plan_shards(items, num_shards))
+    load = functools.partial(_load, codes=codes, min_voxels=min_voxels, allow_unlabeled=allow_unlabeled,
+                             max_volume_bytes=max_volume_bytes)
     try:
         with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-            # Bounded look-ahead keeps memory flat on large inputs while keeping workers busy.
-            window = max(2, 2 * workers)
-            submit = lambda k: pool.submit(  # noqa: E731
-                _load, items[k], codes, min_voxels, allow_unlabeled, max_volume_bytes)
-            futures = {k: submit(k) for k in range(min(window, len(items)))}
+            ahead = _ReadAhead(pool, load, items, workers)
             for i, item in enumerate(items):
-                future = futures.pop(i)
-                if i + window < len(items):
-                    futures[i + window] = submit(i + window)
-                try:
-                    bscans, pngs = future.result()
-                except volumes_lib.InputError as e:
-                    if not skip_bad:
-                        for f in futures.values():
-                            f.cancel()
-                        raise
-                    skipped.append({"item": str(getattr(item, "path", item)), "error": str(e)})
-                    print(f"skipped: {e}", file=sys.stderr)
+                loaded = _loaded_or_skipped(ahead, i, item, skip_bad, out)
+                if loaded is None:
                     continue
+                bscans, pngs = loaded
                 if bscans is None:
-                    skipped.append({"item": str(item), "error": "no reference.mhd"})
-                    if progress:
-                        progress(i + 1, len(items), None, item)
-                    continue
-                for k, png in enumerate(pngs):
-                    index = len(rows)
-                    shard = writer_for(index)
-                    height, width = bscans.images.shape[1:]
-                    values = dict(label=int(bscans.labels[k]), volume_id=bscans.volume_id,
-                                  slice=int(bscans.slices[k]), vendor=bscans.vendor,
-                                  irf=int(bscans.irf[k]), srf=int(bscans.srf[k]), ped=int(bscans.ped[k]),
-                                  source=str(bscans.sources[k]))
-                    writers[shard].write(encode(png, height, width, **{
-                        "slice_index" if key == "slice" else key: value for key, value in values.items()}))
-                    shard_counts[shard] += 1
-                    rows.append(dict(index=index, shard=shard, **values))
-                if not isinstance(item, volumes_lib.ImageItem):
-                    volume_rows.append({
-                        "id": bscans.volume_id, "vendor": bscans.vendor, "path": str(item),
-                        "shape": list(bscans.images.shape), "num_bscans": len(bscans),
-                        "num_fluid": int(bscans.labels.sum()),
-                        "irf_voxels": int(bscans.irf.sum()), "srf_voxels": int(bscans.srf.sum()),
-                        "ped_voxels": int(bscans.ped.sum())})
+                    out.skip(item, "no reference.mhd")
+                else:
+                    out.add(item, bscans, pngs)
                 if progress:
                     progress(i + 1, len(items), bscans, item)
     finally:
-        for writer in writers:
+        out.close()
+    return out.finish(class_names)
+
+
+def _plan_shards(items, num_shards: int) -> tuple:
+    """(shards, examples per shard) for the B-scans the inputs promise; num_shards 0 picks about 1000 per shard."""
+    if isinstance(items[0], volumes_lib.ImageItem):
+        planned = len(items)
+    else:
+        planned = sum(volumes_lib.promised_bscans(folder) for folder in items)
+    shards = num_shards if num_shards > 0 else max(1, -(-planned // 1000))
+    return shards, max(1, -(-planned // shards))
+
+
+class _ReadAhead:
+    """Loads items on a thread pool ahead of the one being written, and hands them out in item order."""
+
+    def __init__(self, pool, load, items, workers: int):
+        self._pool, self._load, self._items = pool, load, items
+        # Bounded look-ahead keeps memory flat on large inputs while keeping workers busy.
+        self._window = max(2, 2 * workers)
+        self._futures = {k: self._submit(k) for k in range(min(self._window, len(items)))}
+
+    def _submit(self, k):
+        return self._pool.submit(self._load, self._items[k])
+
+    def result(self, i):
+        """What loading item i returned (it raises what loading raised); item i + window starts loading first."""
+        future = self._futures.pop(i)
+        if i + self._window < len(self._items):
+            self._futures[i + self._window] = self._submit(i + self._window)
+        return future.result()
+
+    def cancel(self) -> None:
+        """Drops the loads not started yet."""
+        for f in self._futures.values():
+            f.cancel()
+
+
+def _loaded_or_skipped(ahead: _ReadAhead, i: int, item, skip_bad: bool, out: "_ShardWriter"):
+    """Item i as loaded; None for a bad item under --skip_bad (listed as skipped), which otherwise stops the run."""
+    try:
+        return ahead.result(i)
+    except volumes_lib.InputError as e:
+        if not skip_bad:
+            ahead.cancel()
+            raise
+        out.skip(getattr(item, "path", item), str(e))
+        print(f"skipped: {e}", file=sys.stderr)
+        return None
+
+
+class _ShardWriter:
+    """Writes examples into contiguous shards in index order, keeping the rows of the index and the manifest."""
+
+    def __init__(self, staging: pathlib.Path, shards: int, per_shard: int):
+        self.staging, self.shards, self.per_shard = staging, shards, per_shard
+        self.rows, self.volume_rows, self.skipped = [], [], []
+        self.writers, self.counts = [], []
+
+    def _shard_for(self, index: int) -> int:
+        """The shard of example `index`; shards are opened as the first example of each arrives."""
+        shard = min(index // self.per_shard, self.shards - 1)
+        while len(self.writers) <= shard:
+            self.writers.append(tf.io.TFRecordWriter(str(self.staging / f"shard-{len(self.writers)}.tmp")))
+            self.counts.append(0)
+        return shard
+
+    def add(self, item, bscans: volumes_lib.BScans, pngs) -> None:
+        """Writes one item's examples and their index rows; a volume also gets its row of the manifest."""
+        for k, png in enumerate(pngs):
+            index = len(self.rows)
+            shard = self._shard_for(index)
+            height, width = bscans.images.shape[1:]
+            values = dict(label=int(bscans.labels[k]), volume_id=bscans.volume_id,
+                          slice=int(bscans.slices[k]), vendor=bscans.vendor,
+                          irf=int(bscans.irf[k]), srf=int(bscans.srf[k]), ped=int(bscans.ped[k]),
+                          source=str(bscans.sources[k]))
+            self.writers[shard].write(encode(png, height, width, **{
+                "slice_index" if key == "slice" else key: value for key, value in values.items()}))
+            self.counts[shard] += 1
+            self.rows.append(dict(index=index, shard=shard, **values))
+        if not isinstance(item, volumes_lib.ImageItem):
+            self.volume_rows.append({
+                "id": bscans.volume_id, "vendor": bscans.vendor, "path": str(item),
+                "shape": list(bscans.images.shape), "num_bscans": len(bscans),
+                "num_fluid": int(bscans.labels.sum()),
+                "irf_voxels": int(bscans.irf.sum()), "srf_voxels": int(bscans.srf.sum()),
+                "ped_voxels": int(bscans.ped.sum())})
+
+    def skip(self, where, error: str) -> None:
+        """Lists an input that was left out, and why, for the manifest."""
+        self.skipped.append({"item": str(where), "error": error})
+
+    def close(self) -> None:
+        """Closes every shard opened."""
+        for writer in self.writers:
             writer.close()
-    if not rows:
-        raise volumes_lib.InputError("no B-scans converted: every input was skipped")
 
-    # Only now is the shard count final (skipped volumes can leave the last shards short).
-    shard_files = []
-    for shard, count in enumerate(shard_counts):
-        name = shard_name(shard, len(shard_counts))
-        os.rename(staging / f"shard-{shard}.tmp", staging / name)
-        shard_files.append({"file": name, "num_examples": count})
-    with open(staging / INDEX, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    def finish(self, class_names: list) -> dict:
+        """Gives the closed shards their final names and writes index.csv; returns the manifest's counts."""
+        if not self.rows:
+            raise volumes_lib.InputError("no B-scans converted: every input was skipped")
+        # Only now is the shard count final (skipped volumes can leave the last shards short).
+        shard_files = []
+        for shard, count in enumerate(self.counts):
+            name = shard_name(shard, len(self.counts))
+            os.rename(self.staging / f"shard-{shard}.tmp", self.staging / name)
+            shard_files.append({"file": name, "num_examples": count})
+        with open(self.staging / INDEX, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return _counts(self.rows, self.volume_rows, shard_files, self.skipped, class_names)
 
+
+def _counts(rows, volume_rows, shard_files, skipped, class_names) -> dict:
+    """The manifest's counts of examples, classes, volumes and shards, and what was skipped."""
     labels = np.array([r["label"] for r in rows])
     counts = {name: int(np.count_nonzero(labels == k)) for k, name in enumerate(class_names)}
     return {
@@ -349,15 +371,6 @@ def _write(items, staging, class_names, codes, min_voxels, num_shards, workers,
         "skipped": skipped,
         "rule_8bit": "uint8 as is; uint16 v/257 (full 16-bit range); float in [0,1] x255; else min-max",
     }
-
-
-def _bscan_count(folder) -> int:
-    """B-scans in a volume from its header alone; 0 when the header is bad (read_volume reports it)."""
-    try:
-        dims = volumes_lib.read_header(pathlib.Path(folder) / "oct.mhd")["DimSize"].split()
-        return max(int(dims[2]), 0) if len(dims) == 3 else 0
-    except (volumes_lib.InputError, ValueError):
-        return 0
 
 
 @dataclasses.dataclass(frozen=True)

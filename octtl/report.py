@@ -50,6 +50,7 @@ def load(logdir, results_path=None):
 
 
 def main(argv):
+    """The report command: writes the tables, figures and index.html of LOGDIR's results into --out_dir."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
@@ -72,6 +73,7 @@ def main(argv):
 
 
 def run():
+    """Console-script entry point: parses the flags and runs main."""
     app.run(main)
 
 

@@ -15,7 +15,7 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from octtl import figures, stats, tables
+from octtl import comparisons, figures, stats, tables
 from octtl import words
 
 _STYLE = """
@@ -53,18 +53,20 @@ def figure_files(rows: Sequence[tables.Row], curves: dict) -> List[Tuple[str, st
 
 
 def cd_name(design: str, batch: int) -> str:
+    """File name of the critical-difference diagram of a design's batch size."""
     return f"cd_{design}_batch{batch}.png"
 
 
 def roc_name(design: str) -> str:
+    """File name of a design's ROC figure."""
     return f"roc_{design}.png"
 
 
-def statistics_files(rows: Sequence[tables.Row], comparisons: Sequence[tables.Comparison],
+def statistics_files(rows: Sequence[tables.Row], tested: Sequence[comparisons.Comparison],
                      pooled: dict) -> List[Tuple[str, str, Callable]]:
     """(file name, caption, drawing function) of the critical-difference diagrams and the ROC figures."""
     out = []
-    for c in comparisons:
+    for c in tested:
         acc = c.accuracy
         if acc.test == "Friedman":
             title = (f"{tables.design_label(rows, c.design)}, batch size {c.batch}: average rank of accuracy over "
@@ -100,9 +102,9 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
     """
     rows, failed = tables.aggregate(results)
     curves = tables.accuracy_curves(results)
-    comparisons = tables.comparisons(results)
+    tested = comparisons.comparisons(results)
     # Read every input before writing anything, so bad input leaves no half-written report.
-    pooled = {design: tables.pooled_predictions(results, logdir, tables.roc_rows(rows, design, k))
+    pooled = {design: comparisons.pooled_predictions(results, logdir, tables.roc_rows(rows, design, k))
               for design in tables.designs(rows)}
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,21 +112,43 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
     for design in tables.designs(rows):
         mine = [r for r in rows if r.design == design]
         tables.write_csv(mine, out_dir / f"table_{design}.csv")
-        (out_dir / f"table_{design}.md").write_text(tables.markdown(design, rows, failed, k, comparisons))
-        tables.write_paired_csv([c for c in comparisons if c.design == design], out_dir / f"paired_{design}.csv")
+        (out_dir / f"table_{design}.md").write_text(markdown(design, rows, failed, k, tested))
+        comparisons.write_paired_csv([c for c in tested if c.design == design], out_dir / f"paired_{design}.csv")
         written += [out_dir / f"table_{design}.csv", out_dir / f"table_{design}.md", out_dir / f"paired_{design}.csv"]
     images, captions = {}, {}
-    for name, caption, draw in figure_files(rows, curves) + statistics_files(rows, comparisons, pooled):
+    for name, caption, draw in figure_files(rows, curves) + statistics_files(rows, tested, pooled):
         figures.save(draw(), out_dir / name)
         images[name], captions[name] = (out_dir / name).read_bytes(), caption
         written.append(out_dir / name)
-    (out_dir / "index.html").write_text(page(rows, failed, results, images, captions, source, k, comparisons,
+    (out_dir / "index.html").write_text(page(rows, failed, results, images, captions, source, k, tested,
                                              pooled))
     written.append(out_dir / "index.html")
     return written
 
 
-def page(rows, failed, results, images, captions, source: str, k: int, comparisons=(), pooled=None) -> str:
+def markdown(design: str, rows: Sequence[tables.Row], failed: Sequence[dict], k: int = 3,
+             tested: Sequence[comparisons.Comparison] = ()) -> str:
+    """table_{design}.md: the top-k per batch size (Table II/III), every network, then the paired tests of each
+    batch size (`tested`, from `comparisons.comparisons`)."""
+    mine = [r for r in rows if r.design == design]
+    lines = [f"# {tables.title(design, mine, f'top {k} performers')}", ""]
+    lines += tables.markdown_table(tables.top(mine, design, k), tables.TOP_COLUMNS, True)
+    lines += ["", f"## All networks, {tables.design_label(rows, design)}", ""]
+    lines += tables.markdown_table(mine, tables.ALL_COLUMNS, True)
+    extra = [tables.INTERVAL_NOTE] + tables.notes(design, rows, failed)
+    if extra:
+        lines += [""] + [f"- {n}" for n in extra]
+    broken = tables.failed_lines(design, failed)
+    if broken:
+        lines += ["", "## Failed runs", ""] + [f"- {b}" for b in broken]
+    mine = [c for c in tested if c.design == design]
+    if mine:
+        lines += ["", "## Paired comparisons across folds", ""]
+        lines += [f"- {line}" for c in mine for line in comparisons.comparison_lines(c)]
+    return "\n".join(lines) + "\n"
+
+
+def page(rows, failed, results, images, captions, source: str, k: int, tested=(), pooled=None) -> str:
     """index.html: per design the top-k and full tables with intervals and notes, the paired statistics, the
     figures; then the settings."""
     pooled = pooled or {}
@@ -157,7 +181,7 @@ def page(rows, failed, results, images, captions, source: str, k: int, compariso
         if broken:
             parts.append("<h3>Failed runs (not averaged)</h3><ul>"
                          + "".join(f"<li>{esc(b)}</li>" for b in broken) + "</ul>")
-        parts += statistics_section([c for c in comparisons if c.design == design], images, captions)
+        parts += statistics_section([c for c in tested if c.design == design], images, captions)
         names = [f"fig2_{design}.png", f"fig4_{design}.png", f"fig3_{design}.png", roc_name(design)]
         parts.append('<div class="figures">' + "".join(
             _figure(name, images[name], captions[name]) for name in names if name in images) + "</div>")
@@ -189,17 +213,17 @@ _METHOD = (
     "independent samples, so these p-values are approximate and tend to be optimistic; bold: p < {alpha}.")
 
 
-def statistics_section(comparisons: Sequence[tables.Comparison], images: dict, captions: dict) -> List[str]:
+def statistics_section(tested: Sequence[comparisons.Comparison], images: dict, captions: dict) -> List[str]:
     """The HTML of one design's paired statistics: a summary table per batch size, then pairwise tables and
     critical-difference diagrams."""
-    if not comparisons:
+    if not tested:
         return []
     esc = html.escape
     parts = ["<h3>Paired comparisons across folds</h3>",
              f'<p class="method">{esc(_METHOD.format(min_folds=stats.MIN_FOLDS, alpha=stats.ALPHA))}</p>',
              '<table class="omnibus"><tr><th>Batch size</th><th>Networks</th><th>Common folds</th><th>Test</th>'
              "<th>Accuracy: statistic</th><th>Accuracy: p</th><th>AUC: statistic</th><th>AUC: p</th></tr>"]
-    for c in comparisons:
+    for c in tested:
         folds = sorted({len(c.accuracy.folds), len(c.auc.folds)})
         cells = [_td(str(c.batch)), _td(", ".join(c.archs) or "-"), _td(" / ".join(map(str, folds))),
                  _td(c.accuracy.test or c.auc.test or "none")]
@@ -207,11 +231,11 @@ def statistics_section(comparisons: Sequence[tables.Comparison], images: dict, c
             cells += _omnibus_cells(m)
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table>")
-    for c in comparisons:
+    for c in tested:
         notes = [f"left out of the comparison: {'; '.join(c.left_out)}"] if c.left_out else []
-        notes += [n for m in (c.accuracy, c.auc) for n in tables.comparison_notes(m)]
+        notes += [n for m in (c.accuracy, c.auc) for n in comparisons.comparison_notes(m)]
         parts += [f'<p class="note">{esc(f"Batch size {c.batch}, {n}")}</p>' for n in notes]
-    for c in comparisons:
+    for c in tested:
         if not (c.accuracy.test or c.auc.test):
             continue
         test = c.accuracy.pairwise_test or c.auc.pairwise_test
@@ -234,7 +258,7 @@ def _p_cell(p: float, text: str = "") -> str:
     return _td(text or stats.format_p(p), "num significant" if significant else "num")
 
 
-def _omnibus_cells(m: tables.MetricComparison) -> List[str]:
+def _omnibus_cells(m: comparisons.MetricComparison) -> List[str]:
     """(statistic, p) cells of one metric's test across networks."""
     if m.friedman is not None:
         f = m.friedman
@@ -249,7 +273,7 @@ def _omnibus_cells(m: tables.MetricComparison) -> List[str]:
     return [_td("-"), _td(f"no test: {m.reason}")]
 
 
-def pairwise_table(c: tables.Comparison) -> str:
+def pairwise_table(c: comparisons.Comparison) -> str:
     """Every pair of networks: mean difference of each metric over the common folds, and its p."""
     rows = ['<table class="pairwise"><tr><th>Network A</th><th>Network B</th>'
             "<th>Accuracy A − B (mean over folds)</th><th>Accuracy p</th><th>AUC A − B</th><th>AUC p</th></tr>"]

@@ -82,6 +82,7 @@ class Config:
 
     @property
     def size(self) -> int:
+        """The input side the run uses: image_size when set, else the network's native one."""
         return protocol.native_size(self.arch, self.image_size)
 
     @property
@@ -97,6 +98,7 @@ class Config:
 
     @property
     def validation_batch(self) -> int:
+        """The evaluation batch: eval_batch when set, else twice the training batch, at least 64."""
         return protocol.eval_batch(self.batch, self.eval_batch)
 
 
@@ -156,6 +158,7 @@ class Run:
         return (self.design, self.arch, f"batch{self.batch}", *([self.variant] if self.variant else []))
 
     def folder(self, logdir) -> pathlib.Path:
+        """The run's folder: LOGDIR/{design}/{arch}/batch{batch}/[{variant}/]fold{fold}."""
         return pathlib.Path(logdir).joinpath(*self._parts(), f"fold{self.fold}")
 
     def log(self, logdir) -> pathlib.Path:

@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from octtl import volumes
+from octtl import metaimage, volumes
 from octtl.errors import InputError
 
 INPUT_KINDS = ("volume", "volumes", "records", "images")
@@ -128,7 +128,7 @@ def _read_volume(folder, volume_id, codes, min_voxels) -> Scans:
         return _read_unlabelled(folder / "oct.mhd", volume_id)
     bscans = volumes.read_volume(folder, codes=codes, min_voxels=min_voxels)
     # read_volume has validated the reference; its voxels are read again for the masks it does not return.
-    reference = sitk.GetArrayFromImage(volumes.read_image(reference_path))
+    reference = sitk.GetArrayFromImage(metaimage.read_image(reference_path))
     return _volume_scans(volume_id, str(folder / "oct.mhd"), bscans.images, labels=bscans.labels,
                          masks=np.isin(reference, codes))
 
@@ -136,7 +136,7 @@ def _read_volume(folder, volume_id, codes, min_voxels) -> Scans:
 def _read_unlabelled(path, volume_id) -> Scans:
     import SimpleITK as sitk
 
-    image = volumes.read_image(path)
+    image = metaimage.read_image(path)
     try:
         pixels = volumes.to_uint8(sitk.GetArrayFromImage(image))
     except InputError as e:

@@ -76,6 +76,7 @@ def archs_from(names) -> list:
 
 
 def designs_from(names) -> list:
+    """The --designs names in order, each once; ValueError for none or an unknown one."""
     unknown = [n for n in names if n not in protocol.DESIGNS]
     if unknown or not names:
         raise ValueError(f"--designs={','.join(names)}: choose from {', '.join(protocol.DESIGNS)}")
@@ -186,6 +187,7 @@ def _terminate(signum, frame):
 
 
 def main(argv):
+    """The sweep command: runs the study's runs in workers, or prints the plan (--dry_run), or collects results."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logdir = _value("logdir")
@@ -275,6 +277,7 @@ def main(argv):
 
 
 def run():
+    """Console-script entry point: parses the flags and runs main."""
     app.run(main)
 
 

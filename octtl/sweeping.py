@@ -146,6 +146,7 @@ def estimate_seconds(finished: Sequence[dict], todo: Sequence[Run]) -> tuple:
 
 
 def format_duration(seconds: float) -> str:
+    """A duration in words: seconds below 90 s, minutes below 90 min, else hours."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

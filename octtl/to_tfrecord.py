@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 
 from octtl import cli
+from octtl import metaimage
 from octtl import volumes
 from octtl import words
 
@@ -28,10 +29,11 @@ _GROUP_REGEX = flags.DEFINE_string(
 _ALLOW_UNLABELED = flags.DEFINE_bool("allow_unlabeled", False, "Skip volumes without reference.mhd.")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Convert the good volumes and list the bad ones.")
 _MAX_VOLUME_BYTES = flags.DEFINE_integer(
-    "max_volume_bytes", volumes.MAX_VOLUME_BYTES, "Refuse a volume whose header promises more data bytes than this "
+    "max_volume_bytes", metaimage.MAX_VOLUME_BYTES, "Refuse a volume whose header promises more data bytes than this "
     "(checked before reading, so a lying header cannot exhaust memory).", lower_bound=1)
 
 def main(argv):
+    """The to_tfrecord command: converts --input_dir into sharded TFRecords in --output_dir."""
     cli.no_arguments(argv)
     cli.require("to_tfrecord", "input_dir", "output_dir")
     vendor = cli.VENDOR.value or ["all"]
@@ -86,6 +88,7 @@ def summary(manifest, output_dir) -> str:
 
 
 def run():
+    """Console-script entry point: parses the flags and runs main."""
     app.run(main)
 
 

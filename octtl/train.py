@@ -82,6 +82,7 @@ def config_from_flags():
 
 
 def main(argv):
+    """The train command: runs --fold (or every fold) of one network with the paper's protocol."""
     cli.no_arguments(argv)
     cli.require("train", "data_dir", "arch", "batch")
     if cli.ARCH.value == "all":
@@ -115,6 +116,7 @@ def main(argv):
 
 
 def run():
+    """Console-script entry point: parses the flags and runs main."""
     app.run(main)
 
 

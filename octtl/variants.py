@@ -187,6 +187,7 @@ class VariantRow:
 
     @property
     def is_default(self) -> bool:
+        """Whether this row is its group's default variant."""
         return self.variant == DEFAULT_LABEL
 
 

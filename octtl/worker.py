@@ -87,6 +87,7 @@ def run_spec(spec: dict):
 
 
 def main(argv):
+    """Runs the group of runs that SPEC.json (argv[1]) describes; started by the sweep."""
     if len(argv) != 2:
         sys.exit("usage: python -m octtl.worker SPEC.json (started by octtl.sweep)")
     with open(argv[1]) as f:

@@ -1,4 +1,4 @@
-"""Tests of the report (octtl/report.py, octtl/tables.py, octtl/figures.py, octtl/reporting.py).
+"""Tests of the report (octtl/report.py, octtl/tables.py, octtl/comparisons.py, octtl/figures.py, octtl/reporting.py).
 
 Results with known values go through `python -m octtl.report`; every mean, std and interval in the CSVs is
 recomputed here with numpy. A mini sweep's run folders (3 networks, 1 batch size, 5 folds, predictions.csv
@@ -22,7 +22,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from conftest import REPO
-from octtl import browser, figures, stats, tables
+from octtl import browser, comparisons, figures, stats, tables
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 FOLDS = 10
@@ -265,7 +265,7 @@ def test_paired_comparisons_use_the_folds_every_network_finished(known, report):
         ("accuracy", "7", "4", "Friedman"), ("auc", "6", "4", "Friedman")}
     assert len(batch16) == 2 * 6  # every pair of 4 networks, for each metric
     folds = {"accuracy": [3, 4, 5, 6, 7, 8, 9], "auc": [3, 4, 6, 7, 8, 9]}
-    for metric, field in tables.METRICS.items():
+    for metric, field in comparisons.METRICS.items():
         archs = sorted({r["arch_a"] for r in batch16} | {r["arch_b"] for r in batch16})
         table = np.array([[next(r[field] for r in known if (r["design"], r["batch"], r["arch"], r["fold"])
                                 == ("baseline", 16, a, f)) for a in archs] for f in folds[metric]])
@@ -284,7 +284,7 @@ def test_paired_comparisons_use_the_folds_every_network_finished(known, report):
 
 def paired(results):
     """(design, batch) -> Comparison."""
-    return {(c.design, c.batch): c for c in tables.comparisons(results)}
+    return {(c.design, c.batch): c for c in comparisons.comparisons(results)}
 
 
 def test_runs_whose_folds_are_different_splits_are_not_paired():
@@ -311,11 +311,11 @@ def test_two_networks_get_wilcoxon_and_the_page_says_five_folds_cannot_reach_5_p
     assert c.accuracy.test == "Wilcoxon" and c.accuracy.archs == ["vgg16", "alexnet"]
     assert c.accuracy.pairwise[0, 1] == pytest.approx(0.0625)  # 5 of 5 folds in favour: 2 / 2^5
     assert c.auc.pairwise[0, 1] == 1.0  # the same AUC in every fold
-    notes = tables.comparison_notes(c.accuracy)
+    notes = comparisons.comparison_notes(c.accuracy)
     assert notes == ["accuracy: with 5 folds the smallest exact two-sided Wilcoxon p is 0.0625 > 0.05: no pair "
                      "can be significant at 0.05 whatever the scores."]
     fewer = paired([r for r in runs if r["fold"] < 4])[("limited", 8)]
-    assert not fewer.accuracy.test and tables.comparison_notes(fewer.accuracy) == [
+    assert not fewer.accuracy.test and comparisons.comparison_notes(fewer.accuracy) == [
         "accuracy: no test (4 folds common to all networks; the paired tests need at least 5)."]
 
 
@@ -390,14 +390,14 @@ def test_roc_pools_the_folds_predictions(mini):
     rows, _ = tables.aggregate(results)
     top = tables.roc_rows(rows, "baseline", 2)
     assert [r.arch for r in top] == ["vgg16", "alexnet"]
-    pooled = tables.pooled_predictions(results, root, top)
+    pooled = comparisons.pooled_predictions(results, root, top)
     for p in pooled:
         assert p.folds == [0, 1, 2, 3, 4] and p.missing == [] and len(p.labels) == 5 * 48
     fig = figures.roc(pooled, "ROC")
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     for p, text in zip(pooled, legend):
         assert text == f"{p.row.arch}, batch 8: AUC {auc_by_hand(p.labels, p.p_fluid):.2f} (5 folds)"
-    assert tables.pooled_predictions(results, root / "nowhere", top)[0].missing == [0, 1, 2, 3, 4]
+    assert comparisons.pooled_predictions(results, root / "nowhere", top)[0].missing == [0, 1, 2, 3, 4]
 
 
 def test_bad_predictions_file_is_one_error_line(tmp_path):
@@ -460,7 +460,7 @@ def test_page_in_a_real_browser(mini, tmp_path):
 
 def test_critical_difference_diagram_joins_exactly_the_pairs_nemenyi_cannot_separate(mini):
     _, _, results = mini
-    c = tables.comparisons(results)[0].accuracy
+    c = comparisons.comparisons(results)[0].accuracy
     assert c.test == "Friedman" and c.archs == ["vgg16", "alexnet", "squeezenet"]
     ax = figures.critical_difference(c, "CD").axes[0]
     cd_bar = [line for line in ax.lines if list(line.get_ydata()) == [1.2, 1.2]]

@@ -1,4 +1,5 @@
-"""Tests of octtl/volumes.py: the 8-bit rule, vendor inference, per-B-scan labels, finding and checking volumes."""
+"""Tests of octtl/volumes.py and octtl/metaimage.py: the 8-bit rule, vendor inference, per-B-scan labels, finding
+and checking volumes (headers and data bytes before any voxel is read)."""
 
 import os
 import pathlib
@@ -11,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import write_volume
-from octtl import volumes
+from octtl import metaimage, volumes
 
 
 def test_uint16_maps_linearly_over_full_range():
@@ -224,20 +225,20 @@ def test_header_size_and_local_data(tmp_path):
     raw = skip / "oct.raw"
     raw.write_bytes(b"preamble" + raw.read_bytes())
     _set(skip / "oct.mhd", "HeaderSize", "8")
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(volumes.read_image(skip / "oct.mhd")), array)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(metaimage.read_image(skip / "oct.mhd")), array)
     _set(skip / "oct.mhd", "HeaderSize", "-1")
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(volumes.read_image(skip / "oct.mhd")), array)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(metaimage.read_image(skip / "oct.mhd")), array)
     raw.write_bytes(raw.read_bytes() + b"x")
     _set(skip / "oct.mhd", "HeaderSize", "8")
     with pytest.raises(volumes.InputError, match=f"^{raw}: longer than its header says, expected 56 bytes"):
-        volumes.read_image(skip / "oct.mhd")
+        metaimage.read_image(skip / "oct.mhd")
     local = tmp_path / "local.mha"
     sitk.WriteImage(sitk.GetImageFromArray(array), str(local))
-    assert volumes.inspect_image(local) == (2, 3, 4)
+    assert metaimage.inspect_image(local) == (2, 3, 4)
     with open(local, "ab") as f:
         f.write(b"\0\0")
     with pytest.raises(volumes.InputError, match=f"^{local}: longer than its header says"):
-        volumes.inspect_image(local)
+        metaimage.inspect_image(local)
 
 
 @pytest.mark.parametrize("key, value, message", [
