@@ -287,6 +287,13 @@ def _read_weights(path):
     raise WeightsError(f"{path} holds no Keras weights (neither legacy layer_names nor Keras 3 layers)")
 
 
+def _few(names, shown=5) -> str:
+    """The first names of a list and how many more: one error line, not a page (another network has hundreds)."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(n) for n in names[:shown]) + more
+
+
 def _shapes(arrays):
     return [tuple(a.shape) for a in arrays]
 
@@ -325,10 +332,10 @@ def _load_weights(model, path, entry, swapped):
         by_key = {keys[layer.name]: layer for layer in weighted}
         extra = sorted(set(entries) - set(by_key))
         if extra:
-            fail(f"the file has weights for {extra} that no layer of the model matches")
+            fail(f"the file has weights for {_few(extra)} that no layer of the model matches")
         missing = [layer.name for key, layer in by_key.items() if key not in entries and layer.name != HEAD]
         if missing:
-            fail(f"no weights for layers {missing}")
+            fail(f"no weights for layers {_few(missing)}")
         for key, arrays in entries.items():
             assign(by_key[key], arrays, key)
         return
@@ -343,7 +350,7 @@ def _load_weights(model, path, entry, swapped):
         present = {name for name, _ in entries}
         missing = [name for name in by_name if name not in present and name != HEAD]
         if missing:
-            fail(f"no weights for layers {missing}")
+            fail(f"no weights for layers {_few(missing)}")
         for name, arrays in entries:
             assign(model.get_layer(HEAD) if name in head_names else by_name[name], arrays, name)
         return

@@ -29,7 +29,6 @@ import tensorflow as tf
 from octtl import metaimage
 from octtl import outputs
 from octtl import volumes as volumes_lib
-from octtl import words
 from octtl.errors import InputError
 
 IMAGE = "image/encoded"
@@ -114,20 +113,12 @@ def _load(item, **how):
     return bscans, [] if bscans is None else [volumes_lib.encode_png(image) for image in bscans.images]
 
 
-def _print_progress(done, total, bscans, item):
-    if bscans is None:
-        print(f"[{done}/{total}] {item}: no reference, skipped", file=sys.stderr)
-    elif total <= 200 or done % max(1, total // 100) == 0 or done == total:
-        print(f"[{done}/{total}] {bscans.volume_id} ({bscans.vendor}): {words.count(len(bscans), 'B-scan')}, "
-              f"{int(bscans.labels.sum())} fluid", file=sys.stderr, flush=True)
-
-
 def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all",
             fluid_codes: Sequence[int] = volumes_lib.ALL_FLUID, min_fluid_voxels: int = 1,
             classes: Optional[Sequence[str]] = None, num_shards: int = 0, workers: int = 4,
             allow_unlabeled: bool = False, skip_bad: bool = False, group_regex: Optional[str] = None,
             max_volume_bytes: int = metaimage.MAX_VOLUME_BYTES, settings: Optional[dict] = None,
-            progress: Optional[Callable] = _print_progress) -> dict:
+            progress: Optional[Callable] = None) -> dict:
     """Converts RETOUCH volumes or class image folders under `input_dir` to sharded TFRecords.
 
     Nothing appears at `output_dir` until every shard, the index and the manifest are

@@ -7,6 +7,7 @@ markdown files beside it are the same content for other tools.
 """
 
 import base64
+import csv
 import functools
 import html
 import pathlib
@@ -15,7 +16,7 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from octtl import comparisons, figures, stats, tables
+from octtl import comparisons, figures, runs, stats, tables, variants
 from octtl import words
 
 _STYLE = """
@@ -100,6 +101,10 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
     Raises:
         ValueError: a malformed predictions.csv (before anything is written).
     """
+    # Tables II-III, their statistics and figures are the paper's settings; other variants get their own tables.
+    variant_rows = {axis: variants.variant_table(results, axis) for axis in variants.AXES}
+    variant_rows = {axis: rows for axis, rows in variant_rows.items() if any(not r.is_default for r in rows)}
+    results = [r for r in results if not runs.run_of(r).variant]
     rows, failed = tables.aggregate(results)
     curves = tables.accuracy_curves(results)
     tested = comparisons.comparisons(results)
@@ -115,13 +120,16 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
         (out_dir / f"table_{design}.md").write_text(markdown(design, rows, failed, k, tested))
         comparisons.write_paired_csv([c for c in tested if c.design == design], out_dir / f"paired_{design}.csv")
         written += [out_dir / f"table_{design}.csv", out_dir / f"table_{design}.md", out_dir / f"paired_{design}.csv"]
+    for axis, axis_rows in variant_rows.items():
+        write_variant_csv(axis_rows, out_dir / f"variants_{axis}.csv")
+        written.append(out_dir / f"variants_{axis}.csv")
     images, captions = {}, {}
     for name, caption, draw in figure_files(rows, curves) + statistics_files(rows, tested, pooled):
         figures.save(draw(), out_dir / name)
         images[name], captions[name] = (out_dir / name).read_bytes(), caption
         written.append(out_dir / name)
     (out_dir / "index.html").write_text(page(rows, failed, results, images, captions, source, k, tested,
-                                             pooled))
+                                             pooled, variant_rows))
     written.append(out_dir / "index.html")
     return written
 
@@ -148,9 +156,10 @@ def markdown(design: str, rows: Sequence[tables.Row], failed: Sequence[dict], k:
     return "\n".join(lines) + "\n"
 
 
-def page(rows, failed, results, images, captions, source: str, k: int, tested=(), pooled=None) -> str:
+def page(rows, failed, results, images, captions, source: str, k: int, tested=(), pooled=None,
+         variant_rows=None) -> str:
     """index.html: per design the top-k and full tables with intervals and notes, the paired statistics, the
-    figures; then the settings."""
+    figures; then the variants against the defaults, and the settings."""
     pooled = pooled or {}
     esc = html.escape
     ok = sum(r.get("status") == "ok" for r in results)
@@ -195,6 +204,7 @@ def page(rows, failed, results, images, captions, source: str, k: int, tested=()
     parts.append("<h2>Accuracy by train-set design</h2>")
     parts.append(_figure("accuracy_by_design.png", images["accuracy_by_design.png"],
                          captions["accuracy_by_design.png"]))
+    parts += variants_section(variant_rows or {})
     settings = tables.settings(results)
     if settings:
         parts.append("<h2>Settings of the runs</h2><ul>" + "".join(
@@ -202,6 +212,59 @@ def page(rows, failed, results, images, captions, source: str, k: int, tested=()
             + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+VARIANT_COLUMNS = ("design", "arch", "batch", "axis", "variant", "value", "n_folds", "n_paired", "accuracy_mean",
+                   "accuracy_ci_low", "accuracy_ci_high", "accuracy_diff", "accuracy_p", "auc_mean", "auc_ci_low",
+                   "auc_ci_high", "auc_diff", "auc_p")
+_AXIS_WORDS = {"lr": "learning rate (--lrs)", "augment": "augmentation (--augments)",
+               "denoise": "denoising (--denoises)"}
+VARIANT_NOTE = (
+    "Each variant against the default settings (the paper's: lr 1e-4, no augmentation, no denoising) of the same "
+    "network and batch size, on the same folds: mean over its folds with the Nadeau-Bengio 95% interval, the mean "
+    "difference to the default over the folds both finished, and the two-sided Wilcoxon signed-rank p of that "
+    "difference. Choosing the best variant on these same folds is optimistic: with no nested validation, its "
+    "mean overstates what it would score on new data.")
+
+
+def write_variant_csv(rows, path):
+    """One line per variant row (octtl.variants.variant_table), numbers at full precision."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(VARIANT_COLUMNS)
+        for row in rows:
+            writer.writerow([tables.csv_number(getattr(row, c)) for c in VARIANT_COLUMNS])
+
+
+def variants_section(variant_rows) -> List[str]:
+    """The page's tables of variants along each swept axis, against the default, with the caution they need."""
+    if not variant_rows:
+        return []
+    esc = html.escape
+    parts = ["<h2>Variants against the defaults</h2>", f'<p class="method">{esc(VARIANT_NOTE)}</p>']
+    for axis, rows in variant_rows.items():
+        parts.append(f"<h3>{esc(_AXIS_WORDS[axis].capitalize())} "
+                     f'(<a href="variants_{axis}.csv">variants_{axis}.csv</a>)</h3>')
+        head = ["Design", "Network", "Batch", "Variant", "Folds", "Accuracy [95% CI]", "vs default", "p",
+                "AUC [95% CI]", "vs default", "p"]
+        out = ["<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+        for r in rows:
+            diff = (lambda d: "" if r.is_default or d != d else f"{d:+.3f}")
+            cells = [r.design, r.arch, str(r.batch), r.value + (" (default)" if r.is_default else ""),
+                     f"{r.n_folds}" + ("" if r.is_default else f" ({r.n_paired} paired)"),
+                     _mean_ci(r.accuracy_mean, r.accuracy_ci_low, r.accuracy_ci_high), diff(r.accuracy_diff)]
+            out.append("<tr>" + "".join(_td(c) for c in cells) + (_td("") if r.is_default else _p_cell(r.accuracy_p))
+                       + _td(_mean_ci(r.auc_mean, r.auc_ci_low, r.auc_ci_high)) + _td(diff(r.auc_diff))
+                       + (_td("") if r.is_default else _p_cell(r.auc_p)) + "</tr>")
+        out.append("</table>")
+        parts.append("\n".join(out))
+    return parts
+
+
+def _mean_ci(mean: float, low: float, high: float) -> str:
+    if mean != mean:
+        return "-"
+    return f"{mean:.3f}" + ("" if low != low else f" [{low:.3f}, {high:.3f}]")
 
 
 _METHOD = (

@@ -300,7 +300,7 @@ def accuracy_curves(results: Sequence[dict]) -> Dict[tuple, List[Tuple[int, floa
 
 def settings(results: Sequence[dict],
              keys=("weights", "image_size", "lr", "momentum", "preprocess", "crop", "seed", "group_by_volume",
-                   "data_dir")) -> Dict[str, List[str]]:
+                   "augment", "augment_strength", "denoise", "denoise_strength", "data_dir")) -> Dict[str, List[str]]:
     """The distinct values of the training settings across results (a report should not mix them unawares)."""
     out = {}
     for key in keys:

@@ -57,10 +57,19 @@ def main(argv):
             vendor=vendor, fluid_codes=codes, min_fluid_voxels=_MIN_FLUID_VOXELS.value,
             classes=_CLASSES.value, num_shards=_NUM_SHARDS.value, workers=workers,
             allow_unlabeled=_ALLOW_UNLABELED.value, skip_bad=_SKIP_BAD.value, group_regex=_GROUP_REGEX.value,
-            max_volume_bytes=_MAX_VOLUME_BYTES.value, settings=settings)
+            max_volume_bytes=_MAX_VOLUME_BYTES.value, settings=settings, progress=progress)
     except volumes.InputError as e:
         sys.exit(f"to_tfrecord: error: {e}")
     print(summary(manifest, cli.OUTPUT_DIR.value))
+
+
+def progress(done, total, bscans, item):
+    """One line per converted input on stderr (every 1% of them for large inputs): a per-volume counter."""
+    if bscans is None:
+        print(f"[{done}/{total}] {item}: no reference, skipped", file=sys.stderr)
+    elif total <= 200 or done % max(1, total // 100) == 0 or done == total:
+        print(f"[{done}/{total}] {bscans.volume_id} ({bscans.vendor}): {words.count(len(bscans), 'B-scan')}, "
+              f"{int(bscans.labels.sum())} fluid", file=sys.stderr, flush=True)
 
 
 def summary(manifest, output_dir) -> str:

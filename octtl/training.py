@@ -161,6 +161,7 @@ class Session:
         done = self.finished(design, fold)
         if done is not None:
             return done
+        outputs.check_target(self.config.logdir, "--logdir", overwrite=True, folder=True)
         config = dataclasses.replace(self.config, design=design, fold=fold)
         run = runs.Run(design, config.arch, config.batch, fold, config.variant_name)
         out = run.folder(config.logdir)
@@ -175,11 +176,14 @@ class Session:
                              "use fewer --folds or another --seed")
         if len(np.unique(self.metadata.labels[val_idx])) < 2:
             self.say(f"train: note: the validation set of fold {fold} holds one class: its AUC is undefined")
-        events.write_hparams_config(config.logdir)
         if out.exists():
             # No result.json (or a stale one): its events and checkpoints would mix with the new ones.
             shutil.rmtree(out)
-        out.mkdir(parents=True)
+        try:
+            out.mkdir(parents=True)
+        except OSError as e:
+            raise InputError(f"--logdir={config.logdir}: cannot create {out} ({e.strerror or e})") from None
+        events.write_hparams_config(config.logdir)
         used = dataclasses.replace(config, weights=self.weights.requested, preprocess=self.scaling.preprocess,
                                    image_size=config.size, overwrite=False, weights_fallback=None)
         outputs.write_text(out / runs.FLAGS_FILE, runs.flags_text(used))

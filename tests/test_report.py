@@ -481,3 +481,34 @@ def test_critical_difference_diagram_joins_exactly_the_pairs_nemenyi_cannot_sepa
              if a < b and c.pairwise[i, j] < stats.ALPHA}
     assert apart  # the data make vgg16 and squeezenet differ, so the diagram has something to show
     assert joined == {(a, b) for a in c.archs for b in c.archs if a < b} - apart
+
+
+def test_variant_tables_against_the_default(tmp_path):
+    """A learning-rate axis: its own table, paired with the default fold by fold, recomputed here with scipy."""
+    from scipy import stats as scipy_stats
+
+    default = [0.70, 0.74, 0.71, 0.80, 0.76]
+    faster = [0.78, 0.79, 0.70, 0.86, 0.83]
+    results = [result("baseline", 16, "vgg16", k, a, 0.8, 10, folds=5) for k, a in enumerate(default)]
+    results += [{**result("baseline", 16, "vgg16", k, a, 0.85, 10, folds=5), "lr": 0.0003}
+                for k, a in enumerate(faster)]
+    logdir = tmp_path / "runs"
+    logdir.mkdir()
+    (logdir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "octtl.report", f"--logdir={logdir}", f"--out_dir={out}"],
+                          capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(out / "variants_lr.csv")
+    assert [(r["variant"], r["value"], int(r["n_folds"])) for r in rows] == [
+        ("default", "0.0001", 5), ("lr0.0003", "0.0003", 5)]
+    variant = rows[1]
+    assert float(variant["accuracy_mean"]) == pytest.approx(np.mean(faster), abs=1e-12)
+    assert float(variant["accuracy_diff"]) == pytest.approx(np.mean(np.subtract(faster, default)), abs=1e-12)
+    assert float(variant["accuracy_p"]) == pytest.approx(scipy_stats.wilcoxon(faster, default).pvalue, abs=1e-12)
+    assert int(variant["n_paired"]) == 5
+    # Tables II-III keep the paper's settings: the variant's runs are not averaged into them.
+    table = read_csv(out / "table_baseline.csv")
+    assert [(r["arch"], float(r["accuracy_mean"])) for r in table] == [("vgg16", pytest.approx(np.mean(default)))]
+    page = (out / "index.html").read_text()
+    assert "Variants against the defaults" in page and "is optimistic" in page and "variants_lr.csv" in page

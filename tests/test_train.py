@@ -303,6 +303,15 @@ def test_bad_settings_fail_with_one_line_and_write_nothing(records_dir, tmp_path
     assert not any(tmp_path.iterdir())
 
 
+def test_a_logdir_that_cannot_be_created_is_one_line(records_dir, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(*small_args(records_dir, tmp_path / "file" / "runs"))
+    assert str(exit_info.value.code).startswith(f"train: error: --logdir={tmp_path / 'file' / 'runs'}: cannot be "
+                                                "created")
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
 def test_garbage_weights_fail_before_the_run_folder(records_dir, tmp_path):
     garbage = tmp_path / "w.h5"
     garbage.write_bytes(b"not hdf5")
