@@ -1,29 +1,25 @@
 """Acceptance of the data stage: the paper-sized synthetic dataset through both tools, checked with numpy."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import tensorflow as tf
 
-from conftest import REPO
-from octtl import data, records
+from conftest import run_main
+from octtl import data, make_synthetic, records, to_tfrecord
 
 
 @pytest.fixture(scope="module")
 def paper_sized(tmp_path_factory):
     """24 default Spectralis volumes (49 x 496 x 512 uint16) made and converted by the command-line tools."""
     root = tmp_path_factory.mktemp("paper")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    for args in (["tools/make_synthetic.py", f"--output_dir={root / 'synthetic'}"],
-                 ["tools/to_tfrecord.py", f"--input_dir={root / 'synthetic'}", f"--output_dir={root / 'records'}"]):
-        proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    # The commands' own main, in this process (no second TensorFlow start-up): what the tools run.
+    for command, args in ((make_synthetic, [f"--output_dir={root / 'synthetic'}"]),
+                          (to_tfrecord, [f"--input_dir={root / 'synthetic'}", f"--output_dir={root / 'records'}"])):
+        code, _, err = run_main(command, *args)
+        assert code == 0, err[-2000:]
     return root
 
 
