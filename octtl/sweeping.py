@@ -1,10 +1,11 @@
-"""The paper's study as a plan of runs, executed in groups: one worker process per network x batch size.
+"""The paper's study as a plan of runs, executed in groups: one worker process per network x batch x variant.
 
-A run is one (design, arch, batch, fold) (octtl.runs). The plan is every run of the study in a fixed order;
-`shard` gives each of N tasks every N-th run. Runs that share everything that shapes the compiled graph (the
-network and batch size; input size, weights, scaling and precision are the sweep's own) form a group, and one
-worker process (octtl.worker) trains a whole group in one training session: records decoded once, network built
-and compiled once, every (design, fold) run of the group on it, each exactly as a fresh `octtl.train` would.
+A run is one (design, arch, batch, fold) in one variant (octtl.runs). The plan is every run of the study in a
+fixed order; `shard` gives each of N tasks every N-th run. Runs that share everything a training session holds
+(the network and batch size, the variant's learning rate, augmentation and denoising; input size, weights,
+scaling and precision are the sweep's own) form a group, and one worker process (octtl.worker) trains a whole
+group in one session: records decoded once, network built and compiled once, every (design, fold) run of the
+group on it, each exactly as a fresh `octtl.train` would.
 
 The run folders are the truth: a run is done when its result.json exists and records the plan's configuration;
 a worker claims a run with a lock on LOGDIR/logs/.../fold{fold}.lock (the kernel drops it when its holder dies,
