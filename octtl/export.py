@@ -11,8 +11,15 @@ empty unless --overwrite.
 import sys
 
 from absl import app
+from absl import flags
 
 from octtl import cli
+
+# The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
+flags.declare_key_flag("model")
+flags.declare_key_flag("output")
+flags.declare_key_flag("overwrite")
+
 
 
 def main(argv):

@@ -26,6 +26,11 @@ _CHECKPOINT = flags.DEFINE_string(
 CONVERTIBLE = [name for name, entry in architectures.ARCHITECTURES.items()
                if any(f.convert_from for f in entry.imagenet)]
 
+# The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
+flags.declare_key_flag("arch")
+flags.declare_key_flag("output_dir")
+
+
 
 def main(argv):
     """The import_torchvision_weights command: converts --checkpoint into the Keras weights files of --arch."""

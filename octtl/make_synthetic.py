@@ -25,6 +25,12 @@ flags.DEFINE_integer("width", None, "Columns per B-scan (default: the vendor's).
 flags.DEFINE_float("fluid_fraction", 0.6, "Target share of B-scans with fluid.")
 flags.DEFINE_string("render_example", None, "If set, save a B-scan with its coloured reference to this PNG.")
 
+# The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
+flags.declare_key_flag("output_dir")
+flags.declare_key_flag("vendor")
+flags.declare_key_flag("seed")
+
+
 
 def _progress(vendor: str, counts: list):
     """Per-volume counter on stderr; also collects (fluid B-scans, B-scans) per volume for the summary."""

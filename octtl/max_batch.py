@@ -23,6 +23,15 @@ from octtl import runs
 
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "Largest batch tried (a power of two).", lower_bound=1)
 
+# The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
+flags.declare_key_flag("arch")
+flags.declare_key_flag("image_size")
+flags.declare_key_flag("logdir")
+flags.declare_key_flag("output")
+flags.declare_key_flag("mixed_precision")
+flags.declare_key_flag("jit_compile")
+
+
 
 def main(argv):
     """The max_batch command: measures each network's largest batch into its file (LOGDIR/max_batch.json)."""

@@ -24,6 +24,12 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "A B-scan is predicted fluid w
                                 lower_bound=0.0, upper_bound=1.0)
 DEFAULT_OUTPUT = "predictions.csv"  # --output; the per-volume summary goes beside it
 
+# The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
+flags.declare_key_flag("model")
+flags.declare_key_flag("output")
+flags.declare_key_flag("overwrite")
+
+
 
 def main(argv):
     """The predict command: predicts every B-scan of --input with --model and writes --output."""

@@ -20,13 +20,16 @@ from absl import flags  # noqa: E402
 
 from octtl import cli  # noqa: E402
 from octtl import runs  # noqa: E402
-from octtl import reporting  # noqa: E402
 from octtl import words  # noqa: E402
 
 _OUT_DIR = flags.DEFINE_string("out_dir", "report", "Folder the tables, figures and index.html are written to.")
 _RESULTS = flags.DEFINE_string("results", None,
                                f"Results file; default LOGDIR/{runs.RESULTS}, else the run folders.")
 _TOP = flags.DEFINE_integer("top", 3, "Networks per batch size in the top table (Table II shows 3).", lower_bound=1)
+
+# The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
+flags.declare_key_flag("logdir")
+
 
 
 def load(logdir, results_path=None):
@@ -61,8 +64,10 @@ def main(argv):
         listed = {runs.run_of(r) for r in results}
         missing = [r for r in runs.collect(cli.LOGDIR.value) if runs.run_of(r) not in listed]
         if missing:
-            print(f"report: note: {len(missing)} finished runs in {cli.LOGDIR.value} are not in {source}; "
+            print(f"report: note: {words.count(len(missing), 'finished run')} in {cli.LOGDIR.value} are not in {source}; "
                   f"python -m octtl.sweep --logdir={cli.LOGDIR.value} --collect adds them", file=sys.stderr)
+    from octtl import reporting  # matplotlib, scipy: after --help, which answers without them
+
     try:
         written = reporting.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value)
     except ValueError as e:

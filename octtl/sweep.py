@@ -59,6 +59,11 @@ _COLLECT = flags.DEFINE_bool("collect", False, "Rebuild LOGDIR/results.jsonl fro
 _MAX_BATCH_FILE = flags.DEFINE_string(
     "max_batch_file", None, f"Largest-batch probe table for --batches=auto; default LOGDIR/{runs.MAX_BATCH}.")
 
+# The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
+flags.declare_key_flag("workers")
+flags.adopt_module_key_flags(_train)  # every octtl.train flag passes through to the runs
+
+
 
 def _value(name):
     return flags.FLAGS[name].value

@@ -62,6 +62,12 @@ def main(argv):
         sys.exit(f"to_tfrecord: error: {e}")
     print(summary(manifest, cli.OUTPUT_DIR.value))
 
+# The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
+flags.declare_key_flag("output_dir")
+flags.declare_key_flag("vendor")
+flags.declare_key_flag("workers")
+
+
 
 def progress(done, total, bscans, item):
     """One line per converted input on stderr (every 1% of them for large inputs): a per-volume counter."""

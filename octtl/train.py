@@ -63,6 +63,16 @@ _DENOISE_STRENGTH = flags.DEFINE_float(
     "denoise_strength", None, "The method's main parameter: median window side (odd, default 3), nlm h in grey "
     "levels (default 10), bilateral sigma_color in grey levels (default 25).")
 
+# The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
+flags.declare_key_flag("logdir")
+flags.declare_key_flag("arch")
+flags.declare_key_flag("image_size")
+flags.declare_key_flag("mixed_precision")
+flags.declare_key_flag("jit_compile")
+flags.declare_key_flag("seed")
+flags.declare_key_flag("overwrite")
+
+
 
 def config_from_flags():
     """The run settings the flags give, as octtl.training's plain Config."""
