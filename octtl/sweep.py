@@ -200,9 +200,10 @@ def main(argv):
         count = runs.rebuild(logdir)
         print(f"sweep: {pathlib.Path(logdir) / runs.RESULTS}: {count} results from the run folders")
         return
-    from octtl import sweeping
+    from octtl import console, sweeping
     from octtl.errors import InputError
 
+    console.start_tensorflow()  # checking --augments, and later the records' index, imports TensorFlow: quietly
     try:
         archs = archs_from(_ARCHS.value)
         designs = designs_from(_DESIGNS.value or [_value("design")])
@@ -217,9 +218,6 @@ def main(argv):
     plan = sweeping.plan(designs, archs, batches, _value("folds"), list(variants))
     identity = None
     if data_dir:
-        from octtl import console
-
-        console.start_tensorflow()  # reading the records' index imports TensorFlow: quietly
         from octtl import records
 
         try:

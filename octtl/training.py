@@ -49,8 +49,8 @@ def configure_devices(mixed_precision: bool) -> list:
     return gpus
 
 
-def validate(config: Config, metadata: records.Metadata):
-    """Fails early, naming the flag, on settings that cannot run."""
+def check_settings(config: Config):
+    """Fails, naming the flag, on settings that cannot run, before any data is read or anything is printed."""
     from octtl import architectures
 
     if config.arch not in architectures.ARCHITECTURES and config.arch not in architectures.TESTING:
@@ -68,12 +68,17 @@ def validate(config: Config, metadata: records.Metadata):
         raise InputError(f"--preprocess={config.preprocess}: choose from {', '.join(models.PREPROCESS_CHOICES)}")
     if config.crop not in data.CROPS:
         raise InputError(f"--crop={config.crop}: choose from {', '.join(data.CROPS)}")
-    augment.parse(config.augment)
-    augment.check_strength(config.augment_strength)
-    denoise.check(config.denoise, config.denoise_strength)
     minimum = architectures.get(config.arch).min_input_size
     if config.size < minimum:
         raise InputError(f"--image_size={config.size}: {config.arch} needs at least {minimum} px")
+    augment.parse(config.augment)
+    augment.check_strength(config.augment_strength)
+    denoise.check(config.denoise, config.denoise_strength)
+
+
+def validate(config: Config, metadata: records.Metadata):
+    """Fails early, naming the flag or the data, on settings that cannot run on these data."""
+    check_settings(config)
     if len(metadata) == 0:
         raise InputError(f"{config.data_dir}: no examples")
     if len(np.unique(metadata.labels)) < 2:
@@ -121,6 +126,7 @@ class Session:
 
     def __init__(self, config: Config, say: Callable[[str], None] = print, progress: Optional[bool] = None,
                  redo_stale: bool = True):
+        check_settings(config)
         self.config, self.say, self.redo_stale = config, say, redo_stale
         self.progress = sys.stdout.isatty() if progress is None else progress
         self._identity = None

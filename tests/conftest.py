@@ -56,6 +56,16 @@ def small_volumes(tmp_path):
 HELDOUT_VOLUMES, BSCANS, SIDE = 6, 20, 128
 
 
+def synthetic_records(root, volumes: int, bscans: int, height: int, width: int, seed: int) -> pathlib.Path:
+    """Synthetic Spectralis volumes under root/volumes converted to root/records; returns the records folder."""
+    from octtl import records, synthetic
+
+    root = pathlib.Path(root)
+    synthetic.write_dataset(root / "volumes", volumes=volumes, bscans=bscans, height=height, width=width, seed=seed)
+    records.convert(root / "volumes", root / "records", progress=None)
+    return root / "records"
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> pathlib.Path:
     """Run folder of a SqueezeNet fine-tuned from ImageNet on 12 synthetic volumes (128 px B-scans resized to 96).
@@ -63,11 +73,10 @@ def trained_run(tmp_path_factory) -> pathlib.Path:
     The one trained model of the session (about 10 s on 2 cores): predict, export and Grad-CAM tests share it.
     The run folder is what octtl.train writes (best.keras beside result.json); `auto` scaling is the weights'.
     """
-    from octtl import records, synthetic, training
+    from octtl import training
 
     root = tmp_path_factory.mktemp("octtl-trained")
-    synthetic.write_dataset(root / "volumes", volumes=12, bscans=BSCANS, height=SIDE, width=SIDE, seed=3)
-    records.convert(root / "volumes", root / "records", progress=None)
+    synthetic_records(root, volumes=12, bscans=BSCANS, height=SIDE, width=SIDE, seed=3)
     config = training.Config(data_dir=str(root / "records"), logdir=str(root / "runs"), arch="squeezenet", batch=16,
                              folds=5, weights="imagenet", group_by_volume=True, image_size=96, crop="resize",
                              max_epochs=4)

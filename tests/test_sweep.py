@@ -22,8 +22,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from conftest import REPO, run_main
-from octtl import architectures, records, runs, sweep, sweeping, synthetic
+from conftest import REPO, run_main, synthetic_records
+from octtl import architectures, runs, sweep, sweeping
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
 ARCHS = ("squeezenet", "alexnet")  # the two cheapest networks that take the same input size
@@ -34,10 +34,7 @@ FOLDS = 2
 @pytest.fixture(scope="module")
 def records_dir(tmp_path_factory):
     """6 synthetic volumes of 8 B-scans, 64 x 64: 48 examples."""
-    root = tmp_path_factory.mktemp("sweep-data")
-    synthetic.write_dataset(root / "volumes", volumes=6, bscans=8, height=64, width=64, seed=5)
-    records.convert(root / "volumes", root / "records", progress=None)
-    return root / "records"
+    return synthetic_records(tmp_path_factory.mktemp("sweep-data"), volumes=6, bscans=8, height=64, width=64, seed=5)
 
 
 def sweep_command(records_dir, logdir, *extra):

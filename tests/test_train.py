@@ -21,7 +21,7 @@ from absl.testing import flagsaver
 from sklearn import metrics
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import REPO
+from conftest import REPO, synthetic_records
 from octtl import data, events, records, runs, synthetic, train, training
 from octtl.errors import InputError, WeightsError
 
@@ -35,10 +35,7 @@ QUIET = dict(say=lambda line: None, progress=False)
 @pytest.fixture(scope="module")
 def records_dir(tmp_path_factory):
     """12 synthetic volumes of 10 B-scans, 96 x 96: 120 examples."""
-    root = tmp_path_factory.mktemp("train-data")
-    synthetic.write_dataset(root / "volumes", volumes=12, bscans=10, height=96, width=96, seed=3)
-    records.convert(root / "volumes", root / "records", progress=None)
-    return root / "records"
+    return synthetic_records(tmp_path_factory.mktemp("train-data"), volumes=12, bscans=10, height=96, width=96, seed=3)
 
 
 def run_train(*args):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_main
-from octtl import data, exporting, prediction, records, runs, sweep, synthetic, train, training
+from conftest import run_main, synthetic_records
+from octtl import data, exporting, prediction, records, runs, sweep, train, training
 from octtl.errors import InputError
 
 QUIET = dict(say=lambda line: None, progress=False)
@@ -23,10 +23,7 @@ QUIET = dict(say=lambda line: None, progress=False)
 @pytest.fixture(scope="module")
 def records_dir(tmp_path_factory):
     """8 synthetic volumes of 6 B-scans, 72 x 80: 48 examples."""
-    root = tmp_path_factory.mktemp("variant-data")
-    synthetic.write_dataset(root / "volumes", volumes=8, bscans=6, height=72, width=80, seed=2)
-    records.convert(root / "volumes", root / "records", progress=None)
-    return root / "records"
+    return synthetic_records(tmp_path_factory.mktemp("variant-data"), volumes=8, bscans=6, height=72, width=80, seed=2)
 
 
 def tiny(records_dir, logdir, **changes):
