@@ -3,8 +3,8 @@
   python benchmarks/pipeline.py [--records_dir=DIR] [--image_size=224] [--batch=32] [--epochs=3]
 
 Compares, on the synthetic paper-sized dataset (24 Spectralis volumes, 1176 B-scans):
-  * octtl: `data.decode` (records -> decode -> centre crop, once per training session, checked against
-    index.csv), then `data.training_batches` epochs (in-memory uint8 crops, shuffled, batched; the model scales);
+  * octtl: `pipeline.decode` (records -> decode -> centre crop, once per training session, checked against
+    index.csv), then `pipeline.training_batches` epochs (in-memory uint8 crops, shuffled, batched; the model scales);
   * keras folders: PNG files in class folders read with keras.utils.image_dataset_from_directory, decoded and
     resized every epoch, the pipeline a Keras user would write instead.
 """
@@ -25,7 +25,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
-from octtl import data, records, synthetic  # noqa: E402
+from octtl.data import pipeline
+
+from octtl.data import records
+
+from octtl.synthetic import render  # noqa: E402
 
 _RECORDS_DIR = flags.DEFINE_string("records_dir", None, "Converted records; default: generate synthetic data.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Crop side.")
@@ -50,7 +54,7 @@ def main(argv):
         records_dir = pathlib.Path(_RECORDS_DIR.value)
     else:
         print("generating 24 synthetic Spectralis volumes ...", file=sys.stderr)
-        synthetic.write_dataset(work / "volumes", vendor="spectralis", volumes=24, seed=0)
+        render.write_dataset(work / "volumes", vendor="spectralis", volumes=24, seed=0)
         records_dir = work / "records"
         records.convert(work / "volumes", records_dir, progress=None)
     meta = records.read_metadata(records_dir)
@@ -60,9 +64,9 @@ def main(argv):
 
     # octtl: decoded once per training session, then every epoch from memory.
     start = time.perf_counter()
-    decoded = data.decode(records_dir, meta, size, "center")
+    decoded = pipeline.decode(records_dir, meta, size, "center")
     first = n / (time.perf_counter() - start)
-    ds = data.training_batches(decoded, indices, batch, seed=0)
+    ds = pipeline.training_batches(decoded, indices, batch, seed=0)
     count = n // batch * batch  # the last partial batch is dropped, as the paper's MATLAB did
     images_per_second(ds, count)  # warm-up
     cached = statistics.median(images_per_second(ds, count) for _ in range(_EPOCHS.value))

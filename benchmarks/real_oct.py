@@ -31,7 +31,8 @@ def main(argv):
     from octtl import console
 
     console.start_tensorflow()
-    from octtl import records, training
+    from octtl.data import records
+    from octtl.training import session
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="octtl-real-oct-"))
     manifest = records.convert(_DATA_DIR.value, work / "records", input_format="image_folders",
@@ -45,12 +46,12 @@ def main(argv):
             for weights in ("imagenet", "none"):
                 runs = []
                 for fold in fold_list:
-                    config = training.Config(
+                    config = session.Config(
                         data_dir=str(work / "records"), logdir=str(work / "runs" / f"{preprocess}-{crop}-{weights}"),
                         arch="squeezenet", batch=16, folds=5, group_by_volume=True, image_size=_IMAGE_SIZE.value,
                         crop=crop, weights=weights, preprocess=preprocess)
                     started = time.time()
-                    result = training.train(config, fold, say=lambda line: None, progress=False)
+                    result = session.train(config, fold, say=lambda line: None, progress=False)
                     runs.append(result)
                     print(f"  {preprocess} {crop} {weights} fold {fold}: accuracy {result['best_accuracy']:.3f}, "
                           f"AUC {result['best_auc']:.3f} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)

@@ -29,14 +29,17 @@ _FOLDS = flags.DEFINE_integer("folds", 5, "Folds (both designs, every fold).")
 
 def main(argv):
     del argv
-    from octtl import records, runs, sweeping, synthetic
+    from octtl import runs
+    from octtl.data import records
+    from octtl.study import runner
+    from octtl.synthetic import render
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="octtl-bench-sweep-"))
-    synthetic.write_dataset(work / "volumes", volumes=12, bscans=10, height=96, width=96, seed=3)
+    render.write_dataset(work / "volumes", volumes=12, bscans=10, height=96, width=96, seed=3)
     records.convert(work / "volumes", work / "records", progress=None)
     common = [f"--data_dir={work / 'records'}", f"--image_size={_IMAGE_SIZE.value}", f"--folds={_FOLDS.value}",
               "--max_epochs=1", "--weights=none"]
-    plan = sweeping.plan(["baseline", "limited"], _ARCHS.value, {a: [_BATCH.value] for a in _ARCHS.value},
+    plan = runner.plan(["baseline", "limited"], _ARCHS.value, {a: [_BATCH.value] for a in _ARCHS.value},
                          _FOLDS.value)
     env = dict(os.environ, OCTTL_VERBOSE="0")
 

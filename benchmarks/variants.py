@@ -34,12 +34,15 @@ def main(argv):
     from octtl import console
 
     console.start_tensorflow()
-    from octtl import records, synthetic, training, variants
+    from octtl.data import records
+    from octtl.synthetic import render
+    from octtl.training import session
+    from octtl.results import variants
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="octtl-bench-variants-"))
     records.convert(_REAL_DIR.value, work / "real", input_format="image_folders", classes=["NORMAL", "DME"],
                     group_regex=r"^[A-Z]+-(\d+)-\d+$", progress=None)
-    synthetic.write_dataset(work / "volumes", volumes=_VOLUMES.value, seed=7)
+    render.write_dataset(work / "volumes", volumes=_VOLUMES.value, seed=7)
     records.convert(work / "volumes", work / "synthetic", progress=None)
     sets = {"real dev set (baseline, grouped by patient)": dict(data_dir=work / "real", design="baseline",
                                                                group_by_volume=True),
@@ -49,11 +52,11 @@ def main(argv):
     for label, where in sets.items():
         results, costs = [], {}
         for name, changes in VARIANTS.items():
-            config = training.Config(data_dir=str(where["data_dir"]), logdir=str(work / "runs" / label[:4]),
+            config = session.Config(data_dir=str(where["data_dir"]), logdir=str(work / "runs" / label[:4]),
                                      arch="squeezenet", batch=16, folds=_FOLDS, image_size=_IMAGE_SIZE.value,
                                      crop="resize", design=where["design"], group_by_volume=where["group_by_volume"],
                                      save_model=False, **changes)
-            session = training.Session(config, say=lambda line: None, progress=False)
+            session = session.Session(config, say=lambda line: None, progress=False)
             started = time.time()
             mine = [session.run(config.design, fold) for fold in range(_FOLDS)]
             costs[name] = (time.time() - started, mine[0].get("decode_seconds", 0.0))
@@ -68,7 +71,7 @@ def main(argv):
             for row in variants.variant_table(results, axis):
                 rows.setdefault(row.variant, row)
         for name, changes in VARIANTS.items():
-            key = variants.variant_name(**training.Config(data_dir="", logdir="", arch="squeezenet", batch=16,
+            key = variants.variant_name(**session.Config(data_dir="", logdir="", arch="squeezenet", batch=16,
                                                           **changes).variant) or variants.DEFAULT_LABEL
             r = rows[key]
             wall, decode = costs[name]

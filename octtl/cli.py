@@ -10,12 +10,14 @@ import sys
 
 from absl import flags
 
-from octtl import architectures, protocol
+from octtl import protocol
+
+from octtl.nets import registry
 
 VENDORS = ("spectralis", "cirrus", "topcon")
 
 LOGDIR = flags.DEFINE_string("logdir", "runs", "Root of the run folders and TensorBoard logs.")
-ARCH = flags.DEFINE_enum("arch", None, ["all", *architectures.ARCHITECTURES],
+ARCH = flags.DEFINE_enum("arch", None, ["all", *registry.ARCHITECTURES],
                          "Network (Table I); octtl.max_batch also takes all (its default).")
 IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input side in pixels; default the network's (Table I).",
                                   lower_bound=1)

@@ -26,19 +26,20 @@ def main(argv):
     """The export command: checks --output, then writes the SavedModel of --model there."""
     cli.no_arguments(argv)
     cli.require("export", "model", "output")
-    from octtl import exporting, prediction
+    from octtl.inference import savedmodel
+    from octtl.inference import predictor
     from octtl.errors import InputError
 
     try:
-        exporting.check_output(cli.OUTPUT.value, cli.OVERWRITE.value)
+        savedmodel.check_output(cli.OUTPUT.value, cli.OVERWRITE.value)
     except InputError as e:
         sys.exit(f"export: error: {e}")
     from octtl import console
 
     console.start_tensorflow()
     try:
-        metadata = exporting.export(cli.MODEL.value, cli.OUTPUT.value, overwrite=cli.OVERWRITE.value)
-    except prediction.ModelError as e:
+        metadata = savedmodel.export(cli.MODEL.value, cli.OUTPUT.value, overwrite=cli.OVERWRITE.value)
+    except predictor.ModelError as e:
         sys.exit(f"export: error: --model: {e}")
     except InputError as e:
         sys.exit(f"export: error: {e}")

@@ -5,8 +5,8 @@ r"""Converts a torchvision ImageNet checkpoint into the Keras weights files that
 
 Writes <arch>_imagenet_notop.weights.h5 (all but the last classifier: what fine-tuning needs) and
 <arch>_imagenet.weights.h5 into --output_dir, by default the Keras cache $KERAS_HOME/models, which
-`octtl.models.build(arch, weights='imagenet')` searches. Reading `.pth` files needs torch
-(`pip install octtl[convert]`); nothing else in octtl does. octtl/torchvision_weights.py holds the mapping.
+`octtl.nets.models.build(arch, weights='imagenet')` searches. Reading `.pth` files needs torch
+(`pip install octtl[convert]`); nothing else in octtl does. octtl/nets/torchvision_weights.py holds the mapping.
 """
 
 import os
@@ -15,15 +15,15 @@ import sys
 from absl import app
 from absl import flags
 
-from octtl import architectures
+from octtl.nets import registry
 from octtl import cli
-from octtl import pretrained
+from octtl.nets import pretrained
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "torchvision state dict (.pth); default: torch.hub's cached copy of the ImageNet one.")
 # --arch: the network whose checkpoint it is; --output_dir: where the Keras files go (default: the Keras cache,
 # $KERAS_HOME/models).
-CONVERTIBLE = [name for name, entry in architectures.ARCHITECTURES.items()
+CONVERTIBLE = [name for name, entry in registry.ARCHITECTURES.items()
                if any(f.convert_from for f in entry.imagenet)]
 
 # The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
@@ -42,7 +42,7 @@ def main(argv):
     from octtl import console
 
     console.start_tensorflow()
-    from octtl import torchvision_weights
+    from octtl.nets import torchvision_weights
 
     arch = cli.ARCH.value
     checkpoint = os.path.expanduser(

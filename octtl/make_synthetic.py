@@ -14,7 +14,7 @@ from absl import flags
 
 from octtl import cli
 from octtl import outputs
-from octtl import synthetic
+from octtl.synthetic import render
 from octtl import words
 
 FLAGS = flags.FLAGS
@@ -34,7 +34,7 @@ flags.declare_key_flag("seed")
 
 def _progress(vendor: str, counts: list):
     """Per-volume counter on stderr; also collects (fluid B-scans, B-scans) per volume for the summary."""
-    def report(done: int, total: int, summary: synthetic.VolumeSummary) -> None:
+    def report(done: int, total: int, summary: render.VolumeSummary) -> None:
         counts.append((summary.fluid_bscans, summary.bscans))
         # Rewrite one line on a terminal; keep one line per volume in logs.
         start, end = ("\r", "\n" if done == total else "") if sys.stderr.isatty() else ("", "\n")
@@ -49,13 +49,13 @@ def _render(folders: list[pathlib.Path], path: str) -> None:
     best = None
     for folder in folders:
         reference = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "reference.mhd")))
-        index = synthetic.example_index(reference)
-        score = synthetic.example_score(reference[index])
+        index = render.example_index(reference)
+        score = render.example_score(reference[index])
         if best is None or score > best[0]:
             best = (score, folder, index, reference)
     _, folder, index, reference = best
     oct_volume = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oct.mhd")))
-    synthetic.render_example(oct_volume, reference, index, path)
+    render.render_example(oct_volume, reference, index, path)
     print(f"example: {folder.name} B-scan {index} -> {path}")
 
 
@@ -65,18 +65,18 @@ def main(argv):
     cli.require("make_synthetic", "output_dir")
     vendors = list(dict.fromkeys(FLAGS.vendor or ["spectralis"]))
     if "all" in vendors:
-        vendors = list(synthetic.VENDORS)
+        vendors = list(render.VENDORS)
     output_dir = pathlib.Path(FLAGS.output_dir)
     # Check every vendor before writing any, so a bad flag never leaves half of a multi-vendor request.
     for vendor in vendors:
-        folder = output_dir / synthetic.VENDORS[vendor].folder
+        folder = output_dir / render.VENDORS[vendor].folder
         if outputs.is_occupied(folder):
             raise SystemExit(f"make_synthetic: error: {folder} already exists and is not empty")
     written = []
     for vendor in vendors:
         fluid = []
         try:
-            folders = synthetic.write_dataset(
+            folders = render.write_dataset(
                 output_dir, vendor=vendor, volumes=FLAGS.volumes, seed=FLAGS.seed, bscans=FLAGS.bscans,
                 height=FLAGS.height, width=FLAGS.width, fluid_fraction=FLAGS.fluid_fraction,
                 on_volume=_progress(vendor, fluid))

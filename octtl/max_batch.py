@@ -4,7 +4,7 @@
   python -m octtl.max_batch                      # every network
 
 Doubles the batch from 8 until a training step runs out of accelerator memory and keeps the last that fitted
-(see octtl/max_batching.py). Writes LOGDIR/max_batch.json, merged with the networks measured before; the sweep's
+(see octtl/study/batch_probe.py). Writes LOGDIR/max_batch.json, merged with the networks measured before; the sweep's
 `--batches=auto` reads it from there (`--max_batch_file` elsewhere). Without a GPU it measures host memory,
 and says so: that number is not a GPU's.
 """
@@ -15,8 +15,8 @@ import sys
 from absl import app
 from absl import flags
 
-from octtl import architectures
-from octtl import max_batching
+from octtl.nets import registry
+from octtl.study import batch_probe
 from octtl import cli
 from octtl import protocol
 from octtl import runs
@@ -37,26 +37,26 @@ def main(argv):
     """The max_batch command: measures each network's largest batch into its file (LOGDIR/max_batch.json)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    archs = list(architectures.ARCHITECTURES) if cli.ARCH.value in (None, "all") else [cli.ARCH.value]
+    archs = list(registry.ARCHITECTURES) if cli.ARCH.value in (None, "all") else [cli.ARCH.value]
     for arch in archs:
         size = protocol.native_size(arch, cli.IMAGE_SIZE.value)
-        if size < architectures.get(arch).min_input_size:
+        if size < registry.get(arch).min_input_size:
             sys.exit(f"max_batch: error: --image_size={size}: {arch} needs at least "
-                     f"{architectures.get(arch).min_input_size}")
+                     f"{registry.get(arch).min_input_size}")
     from octtl import console
 
     console.start_tensorflow()
     import tensorflow as tf
 
-    from octtl import training
+    from octtl.training import session
 
-    gpus = training.configure_devices(cli.MIXED_PRECISION.value)
+    gpus = session.configure_devices(cli.MIXED_PRECISION.value)
     if gpus:
         name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
         device = f"GPU {name}"
         print(f"max_batch: measuring GPU memory on {name}" + (f" (the first of {len(gpus)})" if len(gpus) > 1 else ""))
     else:
-        available = max_batching.host_available_bytes()
+        available = batch_probe.host_available_bytes()
         device = "CPU (host memory)"
         print("max_batch: no GPU: measuring host memory"
               + (f" ({available / 2**30:.1f} GiB available)" if available else "")
@@ -64,14 +64,14 @@ def main(argv):
     path = cli.OUTPUT.value or os.path.join(cli.LOGDIR.value, runs.MAX_BATCH)
     for arch in archs:
         size = protocol.native_size(arch, cli.IMAGE_SIZE.value)
-        entry = max_batching.probe(arch, size, bool(gpus), _MAX_BATCH.value, cli.MIXED_PRECISION.value,
+        entry = batch_probe.probe(arch, size, bool(gpus), _MAX_BATCH.value, cli.MIXED_PRECISION.value,
                                   cli.JIT_COMPILE.value)
         # Written after each network, so an interrupted probe keeps what it measured.
-        max_batching.write_table(path, {arch: entry}, device)
+        batch_probe.write_table(path, {arch: entry}, device)
         tried = ", ".join(f"{b}: {outcome}" for b, outcome in entry["tried"].items())
         cap = f" (the --max_batch={_MAX_BATCH.value} cap; more may fit)" if entry["capped"] else ""
         print(f"max_batch: {arch} at {size} px: largest batch {entry['largest_batch']}{cap} "
-              f"[Table I: {architectures.get(arch).largest_batch}; tried {tried}]", flush=True)
+              f"[Table I: {registry.get(arch).largest_batch}; tried {tried}]", flush=True)
     print(f"max_batch: table in {path}")
 
 

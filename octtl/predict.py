@@ -36,20 +36,20 @@ def main(argv):
     cli.no_arguments(argv)
     cli.require("predict", "model", "input")
     output = cli.OUTPUT.value or DEFAULT_OUTPUT
-    from octtl import prediction
+    from octtl.inference import predictor
     from octtl.errors import InputError
 
     try:
-        prediction.check_outputs(output, _GRADCAM_DIR.value, cli.OVERWRITE.value)
+        predictor.check_outputs(output, _GRADCAM_DIR.value, cli.OVERWRITE.value)
     except InputError as e:
         sys.exit(f"predict: error: {e}")
     from octtl import console
 
     console.start_tensorflow()
     try:
-        report = prediction.predict(cli.MODEL.value, _INPUT.value, output, gradcam_dir=_GRADCAM_DIR.value,
+        report = predictor.predict(cli.MODEL.value, _INPUT.value, output, gradcam_dir=_GRADCAM_DIR.value,
                                     threshold=_THRESHOLD.value, overwrite=cli.OVERWRITE.value)
-    except prediction.ModelError as e:
+    except predictor.ModelError as e:
         sys.exit(f"predict: error: --model: {e}")
     except InputError as e:
         sys.exit(f"predict: error: {e}")

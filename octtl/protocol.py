@@ -6,7 +6,7 @@ so changing a value of the protocol means changing one line. Imports nothing hea
 
 from typing import Optional
 
-from octtl import architectures
+from octtl.nets import registry
 
 DESIGNS = ("baseline", "limited")  # train on 9 folds and validate on 1 (90/10), or the reverse (10/90)
 FOLDS = 10
@@ -22,7 +22,7 @@ MIN_EVAL_BATCH = 64
 
 def native_size(arch: str, image_size: Optional[int] = None) -> int:
     """The input side a run uses: `image_size` when given, else the network's own (Table I)."""
-    return int(image_size) if image_size else architectures.get(arch).input_size
+    return int(image_size) if image_size else registry.get(arch).input_size
 
 
 def eval_batch(batch: int, eval_batch: Optional[int] = None) -> int:

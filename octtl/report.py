@@ -66,10 +66,10 @@ def main(argv):
         if missing:
             print(f"report: note: {words.count(len(missing), 'finished run')} in {cli.LOGDIR.value} are not in {source}; "
                   f"python -m octtl.sweep --logdir={cli.LOGDIR.value} --collect adds them", file=sys.stderr)
-    from octtl import reporting  # matplotlib, scipy: after --help, which answers without them
+    from octtl.results import page  # matplotlib, scipy: after --help, which answers without them
 
     try:
-        written = reporting.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value)
+        written = page.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value)
     except ValueError as e:
         sys.exit(f"report: error: {e}")
     failed = sum(r.get("status") != "ok" for r in results)

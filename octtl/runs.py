@@ -25,7 +25,9 @@ import pathlib
 import sys
 from typing import Iterable, List, Optional
 
-from octtl import outputs, protocol, variants
+from octtl import outputs, protocol
+
+from octtl.results import variants
 
 RESULT = "result.json"
 PREDICTIONS = "predictions.csv"  # the best model's validation predictions
@@ -74,9 +76,9 @@ class Config:
     max_iterations: Optional[int] = None
     eval_every: Optional[int] = None
     save_model: bool = True
-    augment: str = ""  # comma list of octtl.augment.AUGMENTATIONS; the paper used none
+    augment: str = ""  # comma list of octtl.data.augment.AUGMENTATIONS; the paper used none
     augment_strength: float = 1.0
-    denoise: str = "none"  # octtl.denoise.METHODS
+    denoise: str = "none"  # octtl.data.denoise.METHODS
     denoise_strength: Optional[float] = None  # None: the method's default
     overwrite: bool = False
 
@@ -87,7 +89,7 @@ class Config:
 
     @property
     def variant(self) -> dict:
-        """The run's lr, augmentation and denoising in their one spelling (octtl.variants.normalize)."""
+        """The run's lr, augmentation and denoising in their one spelling (octtl.results.variants.normalize)."""
         return variants.normalize(self.lr, [a for a in self.augment.split(",") if a.strip() and a != "none"],
                                   self.augment_strength, self.denoise, self.denoise_strength)
 
@@ -144,7 +146,7 @@ def flags_text(config: Config) -> str:
 class Run:
     """One training run of the study: a network at a batch size on one fold of one design, in one variant.
 
-    `variant` is octtl.variants' folder component ('' for the default lr, augmentation and denoising): it sits
+    `variant` is octtl.results.variants' folder component ('' for the default lr, augmentation and denoising): it sits
     between the batch and the fold, so runs of the defaults keep their place.
     """
 

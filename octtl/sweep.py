@@ -7,7 +7,7 @@ r"""Runs the paper's study: every network x batch size x design x fold, one trai
 
 Execution: the runs of one network at one batch size (both designs, every fold) go to one worker process, which
 decodes the records once, builds and compiles the network once, and trains each run on it exactly as a fresh
-`octtl.train` process would (octtl.training.Session). `--workers=N` runs N such groups at once (on a GPU they
+`octtl.train` process would (octtl.training.session.Session). `--workers=N` runs N such groups at once (on a GPU they
 share the card, memory growth on); `--gpus=0,1` pins one worker to each listed GPU. Each run's console output
 goes to LOGDIR/logs/{design}/{arch}/batch{batch}/fold{fold}.log, each finished run is appended to
 LOGDIR/results.jsonl, and `--collect` rebuilds that file from the run folders.
@@ -34,7 +34,7 @@ import sys
 from absl import app
 from absl import flags
 
-from octtl import architectures
+from octtl.nets import registry
 from octtl import cli
 from octtl import protocol
 from octtl import runs
@@ -72,11 +72,11 @@ def _value(name):
 def archs_from(names) -> list:
     """--archs as a list of registry names, in Table I order for 'all' and as given otherwise."""
     if names == ["all"]:
-        return list(architectures.ARCHITECTURES)
-    unknown = [n for n in names if n not in architectures.ARCHITECTURES]
+        return list(registry.ARCHITECTURES)
+    unknown = [n for n in names if n not in registry.ARCHITECTURES]
     if unknown or not names:
         raise ValueError(f"--archs={','.join(names)}: unknown network(s) {', '.join(unknown) or '(none given)'}; "
-                         f"choose all or from {', '.join(architectures.ARCHITECTURES)}")
+                         f"choose all or from {', '.join(registry.ARCHITECTURES)}")
     return list(dict.fromkeys(names))
 
 
@@ -90,7 +90,8 @@ def designs_from(names) -> list:
 
 def batches_from(values, archs, logdir, max_batch_file, image_size):
     """{arch: batch sizes} and, for auto, a line saying where each largest batch came from."""
-    from octtl import max_batching, sweeping
+    from octtl.study import batch_probe
+    from octtl.study import runner
 
     if values != ["auto"]:
         try:
@@ -102,14 +103,14 @@ def batches_from(values, archs, logdir, max_batch_file, image_size):
         return {arch: batches for arch in archs}, None
     path = max_batch_file or pathlib.Path(logdir) / runs.MAX_BATCH
     try:
-        probe = max_batching.read_table(path)
+        probe = batch_probe.read_table(path)
     except ValueError as e:
         raise ValueError(f"{path}: not a probe table ({e})") from None
-    table_i = {name: a.largest_batch for name, a in architectures.ARCHITECTURES.items()}
+    table_i = {name: a.largest_batch for name, a in registry.ARCHITECTURES.items()}
     sizes = {arch: protocol.native_size(arch, image_size) for arch in archs}
-    largest = sweeping.largest_batches(archs, table_i, sizes, probe)
+    largest = runner.largest_batches(archs, table_i, sizes, probe)
     note = "largest batch: " + ", ".join(f"{arch} {n} ({source})" for arch, (n, source) in largest.items())
-    return {arch: sweeping.auto_batches(n) for arch, (n, _) in largest.items()}, note
+    return {arch: runner.auto_batches(n) for arch, (n, _) in largest.items()}, note
 
 
 def training_config():
@@ -134,7 +135,8 @@ def variants_from(base) -> dict:
     Raises:
         ValueError: a value that is not a learning rate, an augmentation list or a denoising method (named).
     """
-    from octtl import augment, denoise
+    from octtl.data import augment
+    from octtl.data import denoise
     from octtl.errors import InputError
 
     try:
@@ -178,12 +180,13 @@ def fit_to_data(plan, data_dir, designs):
 
     Every task computes the same split from the same records, so the plan stays the same on every machine.
     """
-    from octtl import records, sweeping
+    from octtl.data import records
+    from octtl.study import runner
 
     metadata = records.read_metadata(data_dir)
     groups = metadata.volume_ids if _value("group_by_volume") else None
-    smallest = sweeping.smallest_train_sets(metadata.labels, designs, _value("folds"), _value("seed"), groups)
-    return sweeping.runnable(plan, smallest)
+    smallest = runner.smallest_train_sets(metadata.labels, designs, _value("folds"), _value("seed"), groups)
+    return runner.runnable(plan, smallest)
 
 
 def _terminate(signum, frame):
@@ -200,7 +203,8 @@ def main(argv):
         count = runs.rebuild(logdir)
         print(f"sweep: {pathlib.Path(logdir) / runs.RESULTS}: {count} results from the run folders")
         return
-    from octtl import console, sweeping
+    from octtl import console
+    from octtl.study import runner
     from octtl.errors import InputError
 
     console.start_tensorflow()  # checking --augments, and later the records' index, imports TensorFlow: quietly
@@ -215,10 +219,10 @@ def main(argv):
     except ValueError as e:
         sys.exit(f"sweep: error: {e}")
     data_dir = _value("data_dir")
-    plan = sweeping.plan(designs, archs, batches, _value("folds"), list(variants))
+    plan = runner.plan(designs, archs, batches, _value("folds"), list(variants))
     identity = None
     if data_dir:
-        from octtl import records
+        from octtl.data import records
 
         try:
             plan, dropped = fit_to_data(plan, data_dir, designs)
@@ -231,7 +235,7 @@ def main(argv):
                 + ", ".join(sorted({f"{r.design} batch {r.batch}" for r in dropped})))
     elif not _DRY_RUN.value:
         sys.exit("sweep: error: --data_dir: required (the records written by tools/to_tfrecord.py)")
-    mine = sweeping.shard(plan, _TASK_INDEX.value, _NUM_TASKS.value)
+    mine = runner.shard(plan, _TASK_INDEX.value, _NUM_TASKS.value)
     task = f" (task {_TASK_INDEX.value} of {_NUM_TASKS.value})" if _NUM_TASKS.value > 1 else ""
 
     def config_for(run):
@@ -245,12 +249,12 @@ def main(argv):
     if _DRY_RUN.value:
         if note:
             print(note)
-        states = sweeping.status(logdir, mine, stale)
-        print("\n".join(sweeping.describe(mine, logdir, plan, states, task)))
+        states = runner.status(logdir, mine, stale)
+        print("\n".join(runner.describe(mine, logdir, plan, states, task)))
         todo = [run for run in mine if states[run] == "to do"]
         if todo:
             variant = [f"--{name}={value}" for name, value in variants[todo[0].variant].items() if value is not None]
-            command = sweeping.train_command(todo[0], data_dir, logdir, _value("folds"), passthrough_args() + variant)
+            command = runner.train_command(todo[0], data_dir, logdir, _value("folds"), passthrough_args() + variant)
             print("first run to do, as one octtl.train: python " + " ".join(command[1:]))
         return
 
@@ -260,13 +264,13 @@ def main(argv):
                 "runs": [[r.design, r.arch, r.batch, r.fold, r.variant] for r in members]}
 
     signal.signal(signal.SIGTERM, _terminate)
-    groups = sweeping.groups(mine)
+    groups = runner.groups(mine)
     workers = len(_GPUS.value) if _GPUS.value else (cli.WORKERS.value or 1)
     print(f"sweep: {words.count(len(mine), 'run')}{task} in {words.count(len(groups), 'network x batch x variant group')}, "
           f"{words.count(workers, 'worker')} at once"
           + (f"; {note}" if note else ""), flush=True)
     try:
-        counts = sweeping.sweep(groups, logdir, spec, workers=workers, gpus=_GPUS.value or (),
+        counts = runner.sweep(groups, logdir, spec, workers=workers, gpus=_GPUS.value or (),
                                 say=lambda line: print(line, flush=True))
     except KeyboardInterrupt as e:
         sys.exit(f"sweep: interrupted ({e or 'keyboard'}); run the same command again to finish")

@@ -10,8 +10,8 @@ from absl import app
 from absl import flags
 
 from octtl import cli
-from octtl import metaimage
-from octtl import volumes
+from octtl.data import metaimage
+from octtl.data import volumes
 from octtl import words
 
 _INPUT_DIR = flags.DEFINE_string("input_dir", None, "Folder searched for volumes (or class folders).")
@@ -45,7 +45,7 @@ def main(argv):
     from octtl import console
 
     console.start_tensorflow()
-    from octtl import records
+    from octtl.data import records
 
     settings = {name: flags.FLAGS[name].value for name in (
         "input_dir", "output_dir", "fluid_labels", "min_fluid_voxels", "num_shards", "input_format", "classes",

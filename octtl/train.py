@@ -55,7 +55,7 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", None,
 _SAVE_MODEL = flags.DEFINE_bool("save_model", True, "Save the best model as best.keras in the run folder.")
 _AUGMENT = flags.DEFINE_string(
     "augment", "", "Training-batch augmentations, a comma list of flip, shift, scale, intensity, speckle (default "
-    "none, as the paper); ranges in octtl/augment.py. Validation data never changes.")
+    "none, as the paper); ranges in octtl/data/augment.py. Validation data never changes.")
 _AUGMENT_STRENGTH = flags.DEFINE_float("augment_strength", 1.0, "Scales every augmentation's range (0 < s < 5).")
 _DENOISE = flags.DEFINE_enum("denoise", "none", ["none", "median", "nlm", "bilateral"],
                              "Denoise every B-scan once when the records are decoded, before cropping (OpenCV).")
@@ -75,10 +75,10 @@ flags.declare_key_flag("overwrite")
 
 
 def config_from_flags():
-    """The run settings the flags give, as octtl.training's plain Config."""
-    from octtl import training
+    """The run settings the flags give, as octtl.training.session's plain Config."""
+    from octtl.training import session
 
-    return training.Config(
+    return session.Config(
         data_dir=_DATA_DIR.value, logdir=cli.LOGDIR.value, arch=cli.ARCH.value, batch=_BATCH.value,
         design=_DESIGN.value, folds=_FOLDS.value, fold=_FOLD.value, weights=_WEIGHTS.value,
         weights_fallback=_WEIGHTS_FALLBACK.value, weights_dir=_WEIGHTS_DIR.value, lr=_LR.value,
@@ -102,10 +102,11 @@ def main(argv):
     from octtl import console
 
     gpus = console.start_tensorflow()
-    from octtl import runs, training
+    from octtl import runs
+    from octtl.training import session
     from octtl.errors import InputError, WeightsError
 
-    training.configure_devices(cli.MIXED_PRECISION.value)
+    session.configure_devices(cli.MIXED_PRECISION.value)
     if gpus:
         print(f"train: {len(gpus)} GPU(s)" + (", mixed precision" if cli.MIXED_PRECISION.value else ""), flush=True)
     say = lambda line: print(line, flush=True)  # noqa: E731
@@ -113,7 +114,7 @@ def main(argv):
     try:
         fold_list = list(range(config.folds)) if config.fold == -1 else [config.fold]
         # One session for every fold: the records are decoded and the network built and compiled once.
-        session = training.Session(config, say=say, redo_stale=True)
+        session = session.Session(config, say=say, redo_stale=True)
         failed = 0
         for fold in fold_list:
             result = session.run(config.design, fold)

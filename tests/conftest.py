@@ -10,14 +10,17 @@ os.environ["MPLCONFIGDIR"] = os.path.join(_HOME, "mpl")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# tools/browser.py (headless Chromium) serves the report's browser test and tools/report_screenshot.py only.
+sys.path.insert(0, str(REPO / "tools"))
 # The SqueezeNet v1.1 ImageNet file packaged with octtl, under the registry's name; the shared copy beside a
 # checkout carries another name (tests that need a file under a foreign name copy this one).
-SQUEEZENET_H5 = REPO / "octtl" / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
+SQUEEZENET_H5 = REPO / "octtl" / "nets" / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
 def write_volume(folder, oct_array, reference=None, spacing=(0.0113, 0.0039, 0.12)):
@@ -58,10 +61,11 @@ HELDOUT_VOLUMES, BSCANS, SIDE = 6, 20, 128
 
 def synthetic_records(root, volumes: int, bscans: int, height: int, width: int, seed: int) -> pathlib.Path:
     """Synthetic Spectralis volumes under root/volumes converted to root/records; returns the records folder."""
-    from octtl import records, synthetic
+    from octtl.data import records
+    from octtl.synthetic import render
 
     root = pathlib.Path(root)
-    synthetic.write_dataset(root / "volumes", volumes=volumes, bscans=bscans, height=height, width=width, seed=seed)
+    render.write_dataset(root / "volumes", volumes=volumes, bscans=bscans, height=height, width=width, seed=seed)
     records.convert(root / "volumes", root / "records", progress=None)
     return root / "records"
 
@@ -73,14 +77,14 @@ def trained_run(tmp_path_factory) -> pathlib.Path:
     The one trained model of the session (about 10 s on 2 cores): predict, export and Grad-CAM tests share it.
     The run folder is what octtl.train writes (best.keras beside result.json); `auto` scaling is the weights'.
     """
-    from octtl import training
+    from octtl.training import session
 
     root = tmp_path_factory.mktemp("octtl-trained")
     synthetic_records(root, volumes=12, bscans=BSCANS, height=SIDE, width=SIDE, seed=3)
-    config = training.Config(data_dir=str(root / "records"), logdir=str(root / "runs"), arch="squeezenet", batch=16,
+    config = session.Config(data_dir=str(root / "records"), logdir=str(root / "runs"), arch="squeezenet", batch=16,
                              folds=5, weights="imagenet", group_by_volume=True, image_size=96, crop="resize",
                              max_epochs=4)
-    result = training.train(config, 0, say=lambda line: None, progress=False)
+    result = session.train(config, 0, say=lambda line: None, progress=False)
     assert result["status"] == "ok" and result["preprocess"] == "backbone", result
     return pathlib.Path(result["run_dir"])
 
@@ -88,10 +92,10 @@ def trained_run(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def heldout(tmp_path_factory) -> pathlib.Path:
     """Six volumes of another seed than the training data: none of them was seen in training."""
-    from octtl import synthetic
+    from octtl.synthetic import render
 
     root = tmp_path_factory.mktemp("octtl-heldout")
-    synthetic.write_dataset(root, volumes=HELDOUT_VOLUMES, bscans=BSCANS, height=SIDE, width=SIDE, seed=11)
+    render.write_dataset(root, volumes=HELDOUT_VOLUMES, bscans=BSCANS, height=SIDE, width=SIDE, seed=11)
     return root
 
 
@@ -101,7 +105,9 @@ def fake_run(folder, arch="squeezenet", image_size=64, crop="center", preprocess
 
     import keras
 
-    from octtl import models, runs
+    from octtl import runs
+
+    from octtl.nets import models
 
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,11 @@ import sys
 from absl import app
 from absl import flags
 
-from octtl import browser, records, synthetic
+import browser  # tools/browser.py: conftest puts tools/ on the path
+
+from octtl.data import records
+
+from octtl.synthetic import render
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/octtl-report-screenshot",
                                "Folder for the data, the runs and the report (kept, so a rerun resumes).")
@@ -44,7 +48,7 @@ def main(argv):
     work = pathlib.Path(_WORKDIR.value)
     volumes, records_dir, logdir, report = work / "volumes", work / "records", work / "runs", work / "report"
     if not (records_dir / "index.csv").is_file():
-        synthetic.write_dataset(volumes, volumes=_VOLUMES.value, bscans=_BSCANS.value, height=96, width=96,
+        render.write_dataset(volumes, volumes=_VOLUMES.value, bscans=_BSCANS.value, height=96, width=96,
                                 seed=3)
         records.convert(volumes, records_dir, progress=None)
     _python("-m", "octtl.sweep", f"--data_dir={records_dir}", f"--logdir={logdir}",

@@ -20,13 +20,13 @@ cost memory in proportion: the paper's 1176 B-scans at 299 + 2 x 47 px take 182 
       496 x 512 or larger and the margin is at most a few tens of pixels at s = 1 (47 for a 299 crop with both
       shift and scale), so the view normally lies inside the B-scan. Where it does not, the B-scan is continued
       by mirror reflection (edge pixel not repeated), and a B-scan smaller than the crop itself is first
-      zero-padded to it exactly as octtl.data.crop does.
+      zero-padded to it exactly as octtl.data.pipeline.crop does.
   --crop=resize: the crop is the whole B-scan resized to size x size, so nothing lies outside it: the view is
       the same resize (same scale per axis) continued over the B-scan's mirror reflection, so a shifted or
       zoomed-out window shows reflected B-scan rather than black. Its central window is replaced by
-      octtl.data.crop's own resize, so it is exact; at that seam the antialiasing kernels of the two resizes
+      octtl.data.pipeline.crop's own resize, so it is exact; at that seam the antialiasing kernels of the two resizes
       differ by a few grey levels.
-`margin` is 0 without shift and scale, and the view is then octtl.data.crop's crop itself.
+`margin` is 0 without shift and scale, and the view is then octtl.data.pipeline.crop's crop itself.
 
 Randomness is stateless (`tf.random.stateless_*`): each batch draws from a seed of its own, taken from a
 `tf.data.Dataset.random` stream seeded with the run's seed and drawn anew every epoch, so a run is reproducible
@@ -40,7 +40,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from octtl import data
+from octtl.data import pipeline
 from octtl.errors import InputError
 
 AUGMENTATIONS = ("flip", "shift", "scale", "intensity", "speckle")
@@ -123,28 +123,28 @@ def _required_margin(size: int, augmentations: Sequence[str], s: float) -> int:
 
 
 def view(image, size: int, margin: int, crop_mode: str = "center"):
-    """A (size + 2 margin)^2 uint8 view of one B-scan whose central size x size window is data.crop's crop.
+    """A (size + 2 margin)^2 uint8 view of one B-scan whose central size x size window is pipeline.crop's crop.
 
     Args:
         image: uint8 (rows, columns, 1), the whole (denoised) B-scan.
         size: The crop's side.
-        margin: Extra pixels on each side (`margin`); 0 gives data.crop's crop itself.
+        margin: Extra pixels on each side (`margin`); 0 gives pipeline.crop's crop itself.
         crop_mode: --crop; how the view extends beyond the B-scan is in the module docstring.
     """
-    if crop_mode not in data.CROPS:
-        raise ValueError(f"crop mode must be one of {data.CROPS}, got {crop_mode!r}")
+    if crop_mode not in pipeline.CROPS:
+        raise ValueError(f"crop mode must be one of {pipeline.CROPS}, got {crop_mode!r}")
     if margin == 0:
-        return data.crop(image, size, crop_mode)
+        return pipeline.crop(image, size, crop_mode)
     image = tf.convert_to_tensor(image)
     side = size + 2 * margin
     if crop_mode == "center":
-        # As data.crop: a B-scan smaller than the crop is zero-padded to it, then the view is centred alike.
+        # As pipeline.crop: a B-scan smaller than the crop is zero-padded to it, then the view is centred alike.
         rows, cols = tf.shape(image)[0], tf.shape(image)[1]
         padded = tf.image.resize_with_crop_or_pad(image, tf.maximum(rows, size), tf.maximum(cols, size))
         rows, cols = tf.shape(padded)[0], tf.shape(padded)[1]
         out = tf.gather(padded, _reflect(tf.range(side) + (rows - size) // 2 - margin, rows), axis=0)
         return tf.gather(out, _reflect(tf.range(side) + (cols - size) // 2 - margin, cols), axis=1)
-    exact = data.crop(image, size, "resize")
+    exact = pipeline.crop(image, size, "resize")
     shape = tf.shape(image)[:2]
     scale = tf.cast([size, size], tf.float32) / tf.cast(shape, tf.float32)  # as tf.image.resize computes it
     # Enough reflected rows and columns for the margin and the antialiasing kernel's reach.
@@ -241,11 +241,11 @@ def make_augment(size: int, margin: int, augmentations: Sequence[str], strength:
 def training_batches(views: np.ndarray, labels: np.ndarray, indices: Sequence[int], batch_size: int, seed: int,
                      size: int, margin: int = 0, augmentations: Sequence[str] = (),
                      strength: float = 1.0) -> tf.data.Dataset:
-    """octtl.data.training_batches over views, augmented: (uint8 (b, size, size, 1) images, labels) batches.
+    """octtl.data.pipeline.training_batches over views, augmented: (uint8 (b, size, size, 1) images, labels) batches.
 
-    The shuffle and batching are data.training_batches' (seeded, reshuffled every epoch, last partial batch
+    The shuffle and batching are pipeline.training_batches' (seeded, reshuffled every epoch, last partial batch
     dropped), so the same examples come in the same order; without augmentations and margin 0 the batches are
-    data.training_batches' byte for byte.
+    pipeline.training_batches' byte for byte.
 
     Args:
         views: uint8 (n, size + 2 margin, size + 2 margin, 1), from `view`; never modified.

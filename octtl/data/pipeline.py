@@ -15,9 +15,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from octtl import records
+from octtl.data import records
 from octtl.errors import InputError
-from octtl.records import Metadata
+from octtl.data.records import Metadata
 
 CROPS = ("center", "resize")
 RESCALES = ("paper", "none")
@@ -52,7 +52,7 @@ class Decoded:
         images: uint8 (n, side, side, 1), side = size + 2 margin; row i is index.csv's row i. The paper's 1176
             B-scans take 59 MB at 224 px and 105 MB at 299 px (without a margin).
         labels: int32 (n,).
-        margin: Pixels kept beyond the crop on each side, for shifting and zooming augmentations (octtl.augment);
+        margin: Pixels kept beyond the crop on each side, for shifting and zooming augmentations (octtl.data.augment);
             the central size x size window is the crop.
         seconds: What decoding took (denoising included): a one-off cost per training session.
     """

@@ -26,9 +26,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from octtl import metaimage
+from octtl.data import metaimage
 from octtl import outputs
-from octtl import volumes as volumes_lib
+from octtl.data import volumes as volumes_lib
 from octtl.errors import InputError
 
 IMAGE = "image/encoded"

@@ -2,7 +2,7 @@
 
 This module is the first stage of the data flow. It imports no TensorFlow so that
 conversion workers start fast; records.py turns its output into tf.train.Examples.
-octtl.metaimage checks each MetaImage file's header and data bytes and reads it.
+octtl.data.metaimage checks each MetaImage file's header and data bytes and reads it.
 
 Array order everywhere is (B-scan, row, column), which is what SimpleITK's
 GetArrayFromImage gives for a MetaImage whose x axis runs along a B-scan's columns,
@@ -29,7 +29,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from octtl import metaimage
+from octtl.data import metaimage
 from octtl.errors import InputError  # noqa: F401  (raised here; imported from here by older callers)
 
 VENDORS = ("cirrus", "spectralis", "topcon")

@@ -14,7 +14,7 @@ max pool, as in the Grad-CAM paper).
 Coordinates. A heatmap is a grid of cells, one per position of that block's feature map (e.g. 5 x 5 for
 SqueezeNet at 96 px). Cell (i, j) of an n x m grid stands for crop rows [floor(i S / n), floor((i + 1) S / n))
 and the matching columns of the S x S crop, the pixels bilinear upsampling centres on it; `cell_box` maps that
-block back to the B-scan exactly as `octtl.data.crop` cut the crop out: a centre crop shifts it by the crop
+block back to the B-scan exactly as `octtl.data.pipeline.crop` cut the crop out: a centre crop shifts it by the crop
 offset (tf.image.resize_with_crop_or_pad's (H - S) // 2), a resize scales it by H / S (and W / S), widened to
 whole B-scan pixels. Upsampled heatmaps (`upsample`, `to_bscan`) are for display only.
 
@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from octtl import models
+from octtl.nets import models
 
 # Identity at inference (dropout) or a summary of the block they follow (pooling): skipped to reach the block.
 _PASS_THROUGH = (keras.layers.Dropout, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D,
@@ -137,7 +137,7 @@ def cell_box(cell, grid, size: int, shape, crop: str):
       grid: (rows, cols) of the heatmap grid.
       size: side of the crop.
       shape: (rows, cols) of the B-scan.
-      crop: 'center' or 'resize', how octtl.data.crop made the crop.
+      crop: 'center' or 'resize', how octtl.data.pipeline.crop made the crop.
 
     Returns:
       The box, or None for a cell that lies entirely on a centre crop's zero padding.

@@ -17,7 +17,9 @@ from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from octtl import metaimage, volumes
+from octtl.data import metaimage
+
+from octtl.data import volumes
 from octtl.errors import InputError
 
 INPUT_KINDS = ("volume", "volumes", "records", "images")
@@ -52,7 +54,7 @@ def _image_files(folder: pathlib.Path) -> list:
 
 def input_kind(path) -> str:
     """Which of INPUT_KINDS `path` is; InputError naming it when it is none of them."""
-    from octtl import records
+    from octtl.data import records
 
     path = pathlib.Path(path)
     expected = (f"expected a .mhd volume, a folder of volumes (oct.mhd), a TFRecord folder "
@@ -154,7 +156,7 @@ def _read_records(records_dir) -> Iterator[Scans]:
     """The examples of each volume/id as one Scans, in order of first appearance; label != 0 is fluid."""
     import tensorflow as tf
 
-    from octtl import records
+    from octtl.data import records
 
     features = {key: records.FEATURES[key] for key in (records.IMAGE, records.LABEL, records.VOLUME_ID,
                                                        records.SLICE, records.SOURCE)}

@@ -2,8 +2,8 @@
 
 A model file is an octtl model when `result.json` (written by octtl.train into the run folder, next to
 `best.keras`) lies beside it with `status` ok and the `arch`, `image_size`, `preprocess` and `crop` the model
-was trained with. The crop is repeated here with `octtl.data.crop`; the scaling is inside the model (its
-`input_scaling` layer), except in paper-mode models saved before it moved there, which get `octtl.data.rescale`.
+was trained with. The crop is repeated here with `octtl.data.pipeline.crop`; the scaling is inside the model (its
+`input_scaling` layer), except in paper-mode models saved before it moved there, which get `octtl.data.pipeline.rescale`.
 The reference codes that count as fluid come from the training data's `manifest.json` when `result.json`'s
 `data_dir` still holds it, else RETOUCH's default (codes 1-3, one voxel).
 
@@ -23,13 +23,13 @@ import numpy as np
 from octtl import outputs
 from octtl.runs import RESULT
 from octtl.errors import InputError, ModelError  # noqa: F401  (ModelError: raised here)
-from octtl.scans import Scans, input_kind, read_input
+from octtl.inference.inputs import Scans, input_kind, read_input
 
 PREDICTION_COLUMNS = ("volume_id", "slice", "p_fluid", "prediction", "source")
 LABEL_COLUMN = "label"
 SUMMARY_COLUMNS = ("volume_id", "n_bscans", "n_fluid_predicted", "max_p_fluid", "fluid_slices")
 # peak_*: the B-scan box of the heatmap's maximum cell (bottom/right exclusive); chance_hit: the probability
-# that a random heatmap's maximum lands on fluid in that B-scan (see octtl.gradcam).
+# that a random heatmap's maximum lands on fluid in that B-scan (see octtl.inference.gradcam).
 GRADCAM_COLUMNS = ("volume_id", "slice", "p_fluid", "label", "peak_top", "peak_bottom", "peak_left", "peak_right",
                    "peak_in_fluid", "chance_hit", "png")
 GRADCAM_TABLE = "gradcam.csv"
@@ -84,7 +84,8 @@ def _label_rule(result: dict):
     result.json records them; runs from before it did take them from the training data's manifest, and where
     that has moved, RETOUCH's default (codes 1-3, one voxel) is used and the note says so.
     """
-    from octtl import records, volumes
+    from octtl.data import records
+    from octtl.data import volumes
 
     if result.get("fluid_labels") is not None:
         return tuple(int(c) for c in result["fluid_labels"]), int(result.get("min_fluid_voxels", 1)), None
@@ -127,8 +128,8 @@ def load_model(model_path):
 
 
 def rescale_mode(model, config: RunConfig) -> str:
-    """octtl.data.rescale's mode for a model: 'none' when it scales its inputs itself, else the paper's."""
-    from octtl import models
+    """octtl.data.pipeline.rescale's mode for a model: 'none' when it scales its inputs itself, else the paper's."""
+    from octtl.nets import models
 
     return "none" if models.has_input_scaling(model) or config.preprocess != "paper" else "paper"
 
@@ -154,11 +155,13 @@ class Predictor:
         self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def inputs(self, images) -> np.ndarray:
-        """What the model sees: each B-scan denoised as in training, cropped (octtl.data.crop), and rescaled
+        """What the model sees: each B-scan denoised as in training, cropped (octtl.data.pipeline.crop), and rescaled
         where the model does not scale itself."""
         import tensorflow as tf
 
-        from octtl import data, denoise
+        from octtl.data import pipeline
+
+        from octtl.data import denoise
 
         if self.config.denoise != "none":
             images = [denoise.denoise(image, self.config.denoise, self.config.denoise_strength) for image in images]
@@ -172,9 +175,9 @@ class Predictor:
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start:start + self.batch_size]
                 batch = tf.constant(np.stack([images[k] for k in chunk])[..., None])
-                cropped = data.crop(batch, size, self.config.crop)
+                cropped = pipeline.crop(batch, size, self.config.crop)
                 # 0..255 (or legacy [-1, 1]) as float32, which is what Keras feeds the model in training.
-                out[chunk] = tf.cast(data.rescale(cropped, self.rescale), tf.float32).numpy()
+                out[chunk] = tf.cast(pipeline.rescale(cropped, self.rescale), tf.float32).numpy()
         return out
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
@@ -383,7 +386,7 @@ class _Explainer:
     """
 
     def __init__(self, model, config: RunConfig, batch_size: int):
-        from octtl import gradcam
+        from octtl.inference import gradcam
 
         self.cam, self.config, self.batch_size = gradcam.GradCam(model), config, batch_size
         self.rows, self.hits, self.chances = [], [], []
@@ -391,7 +394,7 @@ class _Explainer:
     def explain(self, scans: Scans, inputs, p_fluid, predicted, folder: pathlib.Path):
         from PIL import Image
 
-        from octtl import gradcam
+        from octtl.inference import gradcam
 
         folder.mkdir(exist_ok=True)
         # Reference-fluid B-scans are scored only where a mask says where the fluid is (not in records).

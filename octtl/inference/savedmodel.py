@@ -14,7 +14,9 @@ import json
 import pathlib
 import shutil
 
-from octtl import outputs, prediction
+from octtl import outputs
+
+from octtl.inference import predictor
 from octtl.errors import InputError
 
 EXPORT_METADATA = "octtl_export.json"
@@ -34,18 +36,20 @@ def export(model_path, output_dir, overwrite: bool = False) -> dict:
       The metadata written to octtl_export.json.
 
     Raises:
-      prediction.ModelError: the model file. InputError: the output folder.
+      predictor.ModelError: the model file. InputError: the output folder.
     """
     import keras
     import tensorflow as tf
 
-    from octtl import data, denoise
+    from octtl.data import pipeline
+
+    from octtl.data import denoise
 
     output_dir = pathlib.Path(output_dir)
     check_output(output_dir, overwrite)
-    model, config = prediction.load_model(model_path)
+    model, config = predictor.load_model(model_path)
     size = config.image_size
-    rescale = prediction.rescale_mode(model, config)
+    rescale = predictor.rescale_mode(model, config)
     if config.denoise not in denoise.IN_TENSORFLOW:
         # Refused before anything is written: the graph would feed the model other inputs than training did.
         try:
@@ -60,8 +64,8 @@ def export(model_path, output_dir, overwrite: bool = False) -> dict:
                 tf.minimum(shape[1], shape[2]), size,
                 message=f"B-scans must be at least {size}x{size} pixels for the centre crop of this model")
         bscans = denoise.tf_denoise(bscans, config.denoise, config.denoise_strength)  # as training decoded them
-        cropped = data.crop(bscans[..., None], size, config.crop)
-        inputs = tf.cast(data.rescale(cropped, rescale), tf.float32)
+        cropped = pipeline.crop(bscans[..., None], size, config.crop)
+        inputs = tf.cast(pipeline.rescale(cropped, rescale), tf.float32)
         return {SERVING_OUTPUT: tf.cast(model(inputs, training=False)[:, 1], tf.float32)}
 
     archive = keras.export.ExportArchive()
@@ -78,7 +82,7 @@ def export(model_path, output_dir, overwrite: bool = False) -> dict:
         try:
             archive.write_out(str(staging / "saved_model"), verbose=False)
         except OSError as e:
-            raise prediction.InputError(f"--output={output_dir}: cannot write ({e.strerror or e})") from None
+            raise predictor.InputError(f"--output={output_dir}: cannot write ({e.strerror or e})") from None
         (staging / "saved_model" / EXPORT_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
         outputs.publish(staging / "saved_model", output_dir, overwrite)
     finally:

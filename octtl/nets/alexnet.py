@@ -8,7 +8,7 @@ from keras import layers
 
 CLASSIFIER = "fc8"
 
-# Converting a checkpoint (octtl/torchvision_weights.py): Conv2d weights (out, in, h, w) -> Keras (h, w, in, out);
+# Converting a checkpoint (octtl/nets/torchvision_weights.py): Conv2d weights (out, in, h, w) -> Keras (h, w, in, out);
 # Linear (out, in) -> (in, out). fc6 additionally needs its input rows reordered from torch's (C, H, W) flatten
 # to Keras' (H, W, C).
 TORCHVISION_NAMES = {

@@ -27,9 +27,13 @@ import keras
 import numpy as np
 from keras import layers
 
-from octtl import architectures, pretrained, protocol
+from octtl import protocol
+
+from octtl.nets import registry
+
+from octtl.nets import pretrained
 from octtl.errors import WeightsError
-from octtl.pretrained import IMAGENET_CLASSES
+from octtl.nets.pretrained import IMAGENET_CLASSES
 
 # `auto` picks `backbone` for a known ImageNet file and `paper` otherwise (see `resolve_preprocess`).
 PREPROCESS = ("paper", "backbone")
@@ -84,7 +88,7 @@ def resolve_preprocess(preprocess: str, weights: pretrained.Weights, arch: str) 
         raise ValueError(f"preprocess must be one of {PREPROCESS_CHOICES}; got {preprocess!r}")
     if preprocess == "auto":
         preprocess = "backbone" if weights.imagenet is not None else "paper"
-    family = weights.scaling or architectures.get(arch).preprocess
+    family = weights.scaling or registry.get(arch).preprocess
     return InputScaling(preprocess, "tf" if preprocess == "paper" else family)
 
 
@@ -121,12 +125,12 @@ def build(
     """Builds a Table I network, head-swapped to `num_classes` unless that is ImageNet's 1000.
 
     Args:
-        arch: A key of `octtl.architectures.ARCHITECTURES` (or the test-only networks).
+        arch: A key of `octtl.nets.registry.ARCHITECTURES` (or the test-only networks).
         num_classes: Classes of the new head; 1000 keeps the whole ImageNet classifier instead.
         weights: 'imagenet', 'none' (random initialisation), the path of a `.weights.h5`, legacy Keras `.h5`
             or `.keras` file, or a `pretrained.Weights` already resolved.
         image_size: Square input size; defaults to the network's native one (Table I).
-        weights_dir: Directory searched first for ImageNet files (see `octtl.pretrained`).
+        weights_dir: Directory searched first for ImageNet files (see `octtl.nets.pretrained`).
         trainable_from: Name of the first trainable layer; the layers before it in `model.layers` (topological)
             order are frozen. None trains all.
         freeze_batchnorm: Freeze BatchNormalization layers (see module docstring); None freezes them exactly
@@ -143,7 +147,7 @@ def build(
         ValueError: Unknown architecture, layer name, preprocess, or an input size the network cannot take.
         WeightsError: Weights that cannot be found, fetched or loaded exactly.
     """
-    entry = architectures.get(arch)
+    entry = registry.get(arch)
     size = protocol.native_size(arch, image_size)
     if size < entry.min_input_size:
         raise ValueError(f"{arch} needs inputs of at least {entry.min_input_size} px; got image_size={size}")

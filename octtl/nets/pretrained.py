@@ -23,7 +23,9 @@ import os
 import pathlib
 from typing import Callable, Optional
 
-from octtl import architectures, outputs
+from octtl import outputs
+
+from octtl.nets import registry
 from octtl.errors import WeightsError
 
 WEIGHTS_DIR_ENV = "OCTTL_WEIGHTS_DIR"
@@ -46,7 +48,7 @@ class Weights:
 
     requested: str
     path: Optional[str]
-    imagenet: Optional[architectures.WeightsFile]
+    imagenet: Optional[registry.WeightsFile]
     scaling: Optional[str]
 
     def describe(self) -> str:
@@ -72,7 +74,7 @@ def resolve(arch, weights, num_classes=2, weights_dir=None, say: Callable[[str],
     Raises:
         WeightsError: No such file, or ImageNet weights that cannot be found, fetched or converted.
     """
-    entry = architectures.get(arch)
+    entry = registry.get(arch)
     if weights is None or weights == "none":
         return Weights("none", None, None, None)
     if weights == "imagenet":
@@ -86,7 +88,7 @@ def resolve(arch, weights, num_classes=2, weights_dir=None, say: Callable[[str],
     return Weights(path, path, known, scaling)
 
 
-def identify(entry: architectures.Architecture, path) -> Optional[architectures.WeightsFile]:
+def identify(entry: registry.Architecture, path) -> Optional[registry.WeightsFile]:
     """The registry's ImageNet file of `entry` that `path` is, by file name or checksum; None if none."""
     name = os.path.basename(path)
     for candidate in entry.imagenet:
@@ -118,7 +120,7 @@ def torch_hub_checkpoint(url) -> str:
 
 def import_command(arch) -> str:
     """The command that converts `arch`'s torchvision checkpoint into the files `weights='imagenet'` finds."""
-    url = next(f.convert_from for f in architectures.get(arch).imagenet if f.convert_from)
+    url = next(f.convert_from for f in registry.get(arch).imagenet if f.convert_from)
     return f"python {IMPORT_TOOL} --arch={arch} --checkpoint={torch_hub_checkpoint(url)}"
 
 
@@ -183,7 +185,7 @@ def _convert(entry, wanted, swapped, weights_dir, say):
     if not have_torch():
         raise WeightsError(f"no ImageNet weights for {entry.name} yet: install torch "
                            f"(pip install 'octtl[convert]') and run `{command}`")
-    from octtl import torchvision_weights
+    from octtl.nets import torchvision_weights
 
     if not os.path.isfile(checkpoint):
         say(f"weights: downloading torchvision's {entry.name} checkpoint {wanted.convert_from}")
@@ -231,7 +233,7 @@ def _weights_files(directory) -> list:
         return []  # A search folder that does not exist holds nothing.
 
 
-def _same_bytes(path, candidate: architectures.WeightsFile) -> bool:
+def _same_bytes(path, candidate: registry.WeightsFile) -> bool:
     """Whether the file at `path` is `candidate`: its size first (when the registry has it), then its digest."""
     if not candidate.file_hash:
         return False

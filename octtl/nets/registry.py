@@ -1,6 +1,6 @@
 """The ten ImageNet networks of the paper's Table I: facts, how to build each, where its weights come from.
 
-`ARCHITECTURES` is a plain table keyed by the paper's network names; `octtl.models.build` turns an entry into a
+`ARCHITECTURES` is a plain table keyed by the paper's network names; `octtl.nets.models.build` turns an entry into a
 Keras model. Parameter counts are Table I's except where noted (googlenet).
 """
 

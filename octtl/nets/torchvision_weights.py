@@ -36,7 +36,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from octtl import architectures, models
+from octtl.nets import registry
+
+from octtl.nets import models
 from octtl.nets import alexnet, squeezenet
 
 _BATCHNORM = ("weight", "bias", "running_mean", "running_var")
@@ -78,7 +80,7 @@ SOURCES = {
 
 def converted_files(arch):
     """(no-top, top) WeightsFiles the registry expects from converting `arch`'s torchvision checkpoint."""
-    files = [f for f in architectures.get(arch).imagenet if f.convert_from]
+    files = [f for f in registry.get(arch).imagenet if f.convert_from]
     notop = [f for f in files if not f.has_classifier]
     top = [f for f in files if f.has_classifier]
     return notop[0], top[0]
@@ -195,7 +197,7 @@ def convert(arch, state_dict, network):
     Args:
         arch: One of `SOURCES`.
         state_dict: torchvision tensor name -> numpy array, as the checkpoint holds them.
-        network: A 1000-class octtl `arch` network (from `octtl.models.build(arch, num_classes=1000)`), whose
+        network: A 1000-class octtl `arch` network (from `octtl.nets.models.build(arch, num_classes=1000)`), whose
             layer names and weight shapes define the mapping.
 
     Returns:
@@ -266,7 +268,7 @@ def write(arch, state_dict, output_dir):
     network = models.build(arch, num_classes=models.IMAGENET_CLASSES)
     for name, arrays in convert(arch, state_dict, network).items():
         network.get_layer(name).set_weights(arrays)
-    classifier = architectures.get(arch).classifier
+    classifier = registry.get(arch).classifier
     # Everything up to the classifier; its layers keep their order, so they keep their Keras 3 file keys.
     backbone = keras.Model(network.input, network.get_layer(classifier).input)
 

@@ -1,8 +1,8 @@
 """Paired comparisons of the networks of each (design, batch) across folds, and predictions pooled for ROC curves.
 
 Fold i of two runs is the same split only when the runs share data, design, number of folds, seed and grouping
-(`stats.pairing_key`); only such runs are compared, metric by metric, with the tests of octtl.stats: Friedman and
-Nemenyi for three networks or more, Wilcoxon for two. The tables themselves are octtl.tables.
+(`stats.pairing_key`); only such runs are compared, metric by metric, with the tests of octtl.results.stats: Friedman and
+Nemenyi for three networks or more, Wilcoxon for two. The tables themselves are octtl.results.tables.
 """
 
 import collections
@@ -14,8 +14,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from octtl import runs, stats, tables
-from octtl.tables import Row
+from octtl import runs
+
+from octtl.results import stats
+
+from octtl.results import tables
+from octtl.results.tables import Row
 
 METRICS = {"accuracy": "best_accuracy", "auc": "best_auc"}  # result.json field of each compared metric
 METRIC_NAMES = {"accuracy": "accuracy", "auc": "AUC"}

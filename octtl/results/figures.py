@@ -9,7 +9,11 @@ from typing import Dict, List, Sequence
 
 from matplotlib.figure import Figure
 
-from octtl import comparisons, stats, tables
+from octtl.results import comparisons
+
+from octtl.results import stats
+
+from octtl.results import tables
 
 # Fig 3 shows these batch sizes (the ones every network of the paper reached).
 CURVE_BATCHES = (8, 16, 32)

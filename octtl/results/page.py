@@ -16,7 +16,17 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from octtl import comparisons, figures, runs, stats, tables, variants
+from octtl import runs
+
+from octtl.results import comparisons
+
+from octtl.results import figures
+
+from octtl.results import stats
+
+from octtl.results import tables
+
+from octtl.results import variants
 from octtl import words
 
 _STYLE = """
@@ -228,7 +238,7 @@ VARIANT_NOTE = (
 
 
 def write_variant_csv(rows, path):
-    """One line per variant row (octtl.variants.variant_table), numbers at full precision."""
+    """One line per variant row (octtl.results.variants.variant_table), numbers at full precision."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(VARIANT_COLUMNS)

@@ -27,7 +27,7 @@ from scipy import stats as scipy_stats
 ALPHA = 0.05
 CONFIDENCE = 0.95
 MIN_FOLDS = 5  # fewer common folds: no paired test is run
-# What makes one fold index the same split in two runs (octtl.folds.split is a function of these and the data).
+# What makes one fold index the same split in two runs (octtl.data.folds.split is a function of these and the data).
 PAIRING_FIELDS = ("data", "design", "folds", "seed", "group_by_volume")
 
 

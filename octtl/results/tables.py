@@ -2,8 +2,8 @@
 
 The paper reports each (batch size, network) as "mean (std)" across ten folds; MATLAB's `std` is the sample
 standard deviation (ddof=1), used here too. Beyond the paper, each mean has a 95% confidence interval (the
-Nadeau-Bengio corrected resampled t interval, octtl.stats), and the networks of each (design, batch) are
-compared fold by fold (octtl.comparisons) where their folds are the same splits. Failed runs (`status` other than
+Nadeau-Bengio corrected resampled t interval, octtl.results.stats), and the networks of each (design, batch) are
+compared fold by fold (octtl.results.comparisons) where their folds are the same splits. Failed runs (`status` other than
 'ok') are counted and listed, never averaged; a (batch, network) with fewer ok folds than the runs asked for is
 marked.
 """
@@ -16,7 +16,7 @@ import math
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from octtl import stats
+from octtl.results import stats
 
 DESIGNS = ("baseline", "limited")  # the paper's order
 TABLE_NUMBERS = {"baseline": "II", "limited": "III"}

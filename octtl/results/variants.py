@@ -7,7 +7,7 @@ joined by "-", only what differs:
   aug_<a>+<b>            the augmentations in alphabetical order (aug_none when the defaults have some)
   augs<strength>         --augment_strength, when augmenting at other than the default strength
   dn_<method>            --denoise
-  dns<strength>          --denoise_strength, when other than the method's default (octtl.denoise)
+  dns<strength>          --denoise_strength, when other than the method's default (octtl.data.denoise)
 Numbers are written in plain decimals (no exponent, no trailing zeros); a denoising strength's whole part has
 three digits (dns003, dns012, dns025.5), so that names sort by value: learning rates and augmentation strengths
 below 10 and denoising strengths below 1000 do. Every setting has one name (`parse_variant` refuses any other
@@ -23,7 +23,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from octtl import denoise, protocol
+from octtl import protocol
+
+from octtl.data import denoise
 from octtl.errors import InputError
 
 AXES = ("lr", "augment", "denoise")
@@ -92,7 +94,7 @@ def _number(value: float, width: int) -> str:
 def parse_variant(name: str, defaults: Mapping = DEFAULTS) -> dict:
     """The settings a variant folder name stands for, as `normalize` writes them; `variant_name`'s inverse.
 
-    Augmentation names are checked for their form only (octtl.augment, which knows them, needs TensorFlow).
+    Augmentation names are checked for their form only (octtl.data.augment, which knows them, needs TensorFlow).
 
     Raises:
         InputError: A name that is not a variant's one spelling (one line naming it).
@@ -161,7 +163,7 @@ class VariantRow:
         accuracy_ci_low, accuracy_ci_high, auc_ci_low, auc_ci_high: Nadeau-Bengio 95% interval of the mean.
         accuracy_diff, auc_diff: Mean of (variant - default) over the paired folds.
         accuracy_p, auc_p: Two-sided Wilcoxon signed-rank p against the default over the paired folds; NaN with
-            fewer than octtl.stats.MIN_FOLDS of them.
+            fewer than octtl.results.stats.MIN_FOLDS of them.
     """
 
     design: str
@@ -205,13 +207,13 @@ def variant_table(results: Sequence[Mapping], axis: str, defaults: Mapping = DEF
     """Every variant along `axis` ('lr', 'augment' or 'denoise') against the default, per (design, arch, batch).
 
     Only ok results whose other two axes are at their defaults take part. A variant's fold pairs with the
-    default's fold of the same index when their splits are the same (octtl.stats.pairing_key); a fold run twice
+    default's fold of the same index when their splits are the same (octtl.results.stats.pairing_key); a fold run twice
     counts once, the later result winning.
 
     Returns:
         Rows by design (the paper's order), network and batch, the default first, then by variant name.
     """
-    from octtl import tables  # the report's: naming variants needs neither
+    from octtl.results import tables  # the report's: naming variants needs neither
 
     if axis not in AXES:
         raise ValueError(f"variant axis must be one of {AXES}, got {axis!r}")
@@ -244,7 +246,8 @@ def variant_table(results: Sequence[Mapping], axis: str, defaults: Mapping = DEF
 
 def _row(design, arch, batch, axis, label, value, folds: Dict[int, Mapping],
          baseline: Dict[int, Mapping]) -> VariantRow:
-    from octtl import stats, tables  # the report's: naming variants needs neither
+    from octtl.results import stats
+    from octtl.results import tables  # the report's: naming variants needs neither
 
     ok = [folds[k] for k in sorted(folds)]
     accuracy = [r["best_accuracy"] for r in ok]
@@ -264,7 +267,7 @@ def _row(design, arch, batch, axis, label, value, folds: Dict[int, Mapping],
 
 def _compare(pairs) -> tuple:
     """(mean of variant - default, Wilcoxon p, pairs) of (variant, default) score pairs."""
-    from octtl import stats  # the report's: naming variants needs neither
+    from octtl.results import stats  # the report's: naming variants needs neither
 
     if not pairs:
         return math.nan, math.nan, 0

@@ -135,7 +135,7 @@ class Trial:
         import numpy as np
         import tensorflow as tf
 
-        from octtl import models
+        from octtl.nets import models
 
         if self.gpu:
             tf.config.experimental.reset_memory_stats("GPU:0")

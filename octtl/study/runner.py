@@ -3,7 +3,7 @@
 A run is one (design, arch, batch, fold) in one variant (octtl.runs). The plan is every run of the study in a
 fixed order; `shard` gives each of N tasks every N-th run. Runs that share everything a training session holds
 (the network and batch size, the variant's learning rate, augmentation and denoising; input size, weights,
-scaling and precision are the sweep's own) form a group, and one worker process (octtl.worker) trains a whole
+scaling and precision are the sweep's own) form a group, and one worker process (octtl.study.worker) trains a whole
 group in one session: records decoded once, network built and compiled once, every (design, fold) run of the
 group on it, each exactly as a fresh `octtl.train` would.
 
@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-from octtl import folds as folds_lib
+from octtl.data import folds as folds_lib
 from octtl import protocol, runs
 from octtl.runs import Run
 from octtl import words
@@ -52,7 +52,7 @@ def plan(designs: Sequence[str], archs: Sequence[str], batches: Dict[str, Sequen
     """Every run of the study, in a fixed order (design, then arch as given, batch, variant, fold).
 
     Args:
-        variants: The variants' folder names (octtl.variants.variant_name; '' for the defaults).
+        variants: The variants' folder names (octtl.results.variants.variant_name; '' for the defaults).
     """
     return [Run(design, arch, batch, fold, variant)
             for design in designs for arch in archs for batch in batches[arch] for variant in variants
@@ -258,7 +258,7 @@ def sweep(groups_: Dict[tuple, List[Run]], logdir, spec: Callable[[List[Run]], d
     Args:
         groups_: Runs by (arch, batch), as `groups` makes them.
         logdir: Root of the run folders.
-        spec: The worker's job for a group's runs (octtl.worker.run_spec's argument, JSON-serialisable).
+        spec: The worker's job for a group's runs (octtl.study.worker.run_spec's argument, JSON-serialisable).
         workers: Groups trained at once; with `gpus`, one worker per listed GPU (CUDA_VISIBLE_DEVICES).
         say: Where progress lines go.
 
@@ -320,7 +320,7 @@ def _run_group(key, members, logdir, job, gpu, counts, numbering, planned, lock,
             out.write(f"=== worker {time.strftime('%Y-%m-%dT%H:%M:%S')} host {socket.gethostname()} sweep pid "
                       f"{os.getpid()}\n".encode())
             out.flush()
-            child = subprocess.Popen([sys.executable, "-m", "octtl.worker", spec_path], stdout=out,
+            child = subprocess.Popen([sys.executable, "-m", "octtl.study.worker", spec_path], stdout=out,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                      pass_fds=(write_fd,), preexec_fn=_die_with_parent)
             os.close(write_fd)

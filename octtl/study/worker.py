@@ -1,6 +1,6 @@
 """A sweep's worker process: trains one group of runs (one network at one batch size) in one training session.
 
-  python -m octtl.worker SPEC.json      (started by octtl.sweeping, not by hand)
+  python -m octtl.study.worker SPEC.json      (started by octtl.study.runner, not by hand)
 
 SPEC holds `config` (octtl.runs.Config's fields), `runs` ([design, arch, batch, fold, variant] each), `redo_stale`
 and `status_fd`, a pipe to the sweep. For each run the worker takes the run's lock, skips it when it is done,
@@ -45,7 +45,8 @@ def run_spec(spec: dict):
     from octtl import console
 
     console.start_tensorflow()
-    from octtl import sweeping, training
+    from octtl.study import runner
+    from octtl.training import session
     from octtl.errors import InputError, WeightsError
 
     status = os.fdopen(spec["status_fd"], "w", buffering=1)
@@ -55,14 +56,14 @@ def run_spec(spec: dict):
                                  **fields})
                      + "\n")
 
-    training.configure_devices(config.mixed_precision)
+    session.configure_devices(config.mixed_precision)
     say = lambda line: print(line, flush=True)  # noqa: E731  (into the current run's log)
-    session = training.Session(config, say=say, progress=False, redo_stale=spec["redo_stale"])
+    session = session.Session(config, say=say, progress=False, redo_stale=spec["redo_stale"])
     for design, arch, batch, fold, variant in spec["runs"]:
         run = runs.Run(design, arch, batch, fold, variant)
         if variant != config.variant_name:
             raise ValueError(f"{run}: not the variant of this worker's settings ({config.variant_name or 'default'})")
-        with sweeping.claimed(config.logdir, run) as mine:
+        with runner.claimed(config.logdir, run) as mine:
             if not mine:
                 send(run, "busy")
                 continue
@@ -89,7 +90,7 @@ def run_spec(spec: dict):
 def main(argv):
     """Runs the group of runs that SPEC.json (argv[1]) describes; started by the sweep."""
     if len(argv) != 2:
-        sys.exit("usage: python -m octtl.worker SPEC.json (started by octtl.sweep)")
+        sys.exit("usage: python -m octtl.study.worker SPEC.json (started by octtl.sweep)")
     with open(argv[1]) as f:
         spec = json.load(f)
     run_spec(spec)

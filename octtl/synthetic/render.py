@@ -3,7 +3,7 @@
 A volume is a stack of B-scans through a layered retina with a foveal pit, vessel shadows, a textured choroid and
 multiplicative speckle, plus the three RETOUCH fluid kinds drawn as 3-D pockets: IRF (code 1) cysts inside the
 retina, SRF (code 2) domes between photoreceptors and RPE, PED (code 3) domes under the lifted RPE. The reference
-volume marks exactly the voxels of each pocket with its code. octtl.retina lays out the anatomy in millimetres;
+volume marks exactly the voxels of each pocket with its code. octtl.synthetic.retina lays out the anatomy in millimetres;
 this module renders it into B-scans of any pixel grid and writes RETOUCH-style datasets.
 """
 
@@ -17,8 +17,10 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from octtl import outputs, retina
-from octtl.retina import IRF, PED, SRF  # The reference volumes' fluid codes.
+from octtl import outputs
+
+from octtl.synthetic import retina
+from octtl.synthetic.retina import IRF, PED, SRF  # The reference volumes' fluid codes.
 
 FLUID_NAMES = {IRF: "IRF", SRF: "SRF", PED: "PED"}
 # Colours of the RETOUCH figures: IRF red, SRF green, PED blue.

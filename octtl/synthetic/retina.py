@@ -4,7 +4,7 @@ A `Layout` draws one volume's retina: a layered retina with a foveal pit and the
 the three RETOUCH fluid kinds as 3-D pockets (IRF cysts inside the retina, SRF domes between photoreceptors and
 RPE, PED domes under the lifted RPE) and the retinal vessels whose shadows fall on neighbouring B-scans. Anatomy
 is laid out over a nominal 6 x 6 mm scan with about 2 mm of depth, whatever the pixel grid, so small test
-volumes keep the same look. octtl.synthetic renders B-scans from it.
+volumes keep the same look. octtl.synthetic.render renders B-scans from it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from octtl.volumes import FLUID_CODES
+from octtl.data.volumes import FLUID_CODES
 
 IRF, SRF, PED = FLUID_CODES["irf"], FLUID_CODES["srf"], FLUID_CODES["ped"]  # The lesion kinds.
 

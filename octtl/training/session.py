@@ -26,7 +26,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from octtl import augment, callbacks, data, denoise, events, folds, models, outputs, pretrained, protocol, records, runs
+from octtl import outputs, protocol, runs
+
+from octtl.data import augment
+
+from octtl.training import early_stop
+
+from octtl.data import pipeline
+
+from octtl.data import denoise
+
+from octtl.training import tensorboard
+
+from octtl.data import folds
+
+from octtl.nets import models
+
+from octtl.nets import pretrained
+
+from octtl.data import records
 from octtl.errors import InputError, WeightsError
 
 
@@ -51,10 +69,10 @@ def configure_devices(mixed_precision: bool) -> list:
 
 def check_settings(config: Config):
     """Fails, naming the flag, on settings that cannot run, before any data is read or anything is printed."""
-    from octtl import architectures
+    from octtl.nets import registry
 
-    if config.arch not in architectures.ARCHITECTURES and config.arch not in architectures.TESTING:
-        raise InputError(f"--arch={config.arch}: unknown; choose from {', '.join(architectures.ARCHITECTURES)}")
+    if config.arch not in registry.ARCHITECTURES and config.arch not in registry.TESTING:
+        raise InputError(f"--arch={config.arch}: unknown; choose from {', '.join(registry.ARCHITECTURES)}")
     if config.design not in protocol.DESIGNS:
         raise InputError(f"--design={config.design}: choose from {', '.join(protocol.DESIGNS)}")
     for name in ("batch", "max_epochs", "checks_per_epoch", "folds"):
@@ -66,9 +84,9 @@ def check_settings(config: Config):
         raise InputError(f"--momentum={config.momentum}: must be in [0, 1)")
     if config.preprocess not in models.PREPROCESS_CHOICES:
         raise InputError(f"--preprocess={config.preprocess}: choose from {', '.join(models.PREPROCESS_CHOICES)}")
-    if config.crop not in data.CROPS:
-        raise InputError(f"--crop={config.crop}: choose from {', '.join(data.CROPS)}")
-    minimum = architectures.get(config.arch).min_input_size
+    if config.crop not in pipeline.CROPS:
+        raise InputError(f"--crop={config.crop}: choose from {', '.join(pipeline.CROPS)}")
+    minimum = registry.get(config.arch).min_input_size
     if config.size < minimum:
         raise InputError(f"--image_size={config.size}: {config.arch} needs at least {minimum} px")
     augment.parse(config.augment)
@@ -189,7 +207,7 @@ class Session:
             out.mkdir(parents=True)
         except OSError as e:
             raise InputError(f"--logdir={config.logdir}: cannot create {out} ({e.strerror or e})") from None
-        events.write_hparams_config(config.logdir)
+        tensorboard.write_hparams_config(config.logdir)
         used = dataclasses.replace(config, weights=self.weights.requested, preprocess=self.scaling.preprocess,
                                    image_size=config.size, overwrite=False, weights_fallback=None)
         outputs.write_text(out / runs.FLAGS_FILE, runs.flags_text(used))
@@ -244,7 +262,7 @@ class Session:
         strength = denoise.check(config.denoise, config.denoise_strength)
         prefilter = (functools.partial(denoise.denoise, method=config.denoise, strength=strength)
                      if config.denoise != "none" else None)
-        self.decoded = data.decode(config.data_dir, self.metadata, config.size, config.crop, margin=self.margin,
+        self.decoded = pipeline.decode(config.data_dir, self.metadata, config.size, config.crop, margin=self.margin,
                                    view=view, prefilter=prefilter)
         denoised = f", denoised ({config.denoise} {strength:g})" if prefilter else ""
         kept = f" with {self.margin} px around for shifts and zooms" if self.margin else ""
@@ -280,7 +298,7 @@ class Session:
     def _predict(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities of `images` through fixed-size (padded) batches."""
         out = [self._forward(batch).numpy()[:count] for batch, count in
-               data.padded_batches(images, self.config.validation_batch)]
+               pipeline.padded_batches(images, self.config.validation_batch)]
         return np.concatenate(out).astype(np.float64)
 
     def _fit(self, config: Config, train_idx, val_idx, out: pathlib.Path) -> dict:
@@ -291,7 +309,7 @@ class Session:
                                                 config.seed, config.size, self.margin, self.augmentations,
                                                 config.augment_strength)
         else:
-            train_ds = data.training_batches(self.decoded, train_idx, config.batch, config.seed)
+            train_ds = pipeline.training_batches(self.decoded, train_idx, config.batch, config.seed)
         # Validation never sees an augmentation: the views' central windows are the plain crops.
         val_images, val_labels = self.decoded.crops[val_idx], self.metadata.labels[val_idx]
         steps_per_epoch = len(train_idx) // config.batch  # MATLAB drops the last partial mini-batch.
@@ -299,7 +317,7 @@ class Session:
         if config.max_iterations and not config.early_stop:
             # The paper's fixed-iteration experiment: as many epochs as the iterations need.
             epochs = math.ceil(config.max_iterations / steps_per_epoch)
-        checks = callbacks.check_steps(steps_per_epoch, config.checks_per_epoch)
+        checks = early_stop.check_steps(steps_per_epoch, config.checks_per_epoch)
         say(f"train: {len(train_idx)} training, {len(val_idx)} validation B-scans (majority class "
             f"{_majority(val_labels):.4f}); {steps_per_epoch} iterations per epoch, up to {epochs} epochs; "
             f"validation checks at iterations {', '.join(map(str, checks))} of each epoch")
@@ -313,21 +331,21 @@ class Session:
             eval_seconds[0] += time.perf_counter() - start
             return probabilities
 
-        def on_evaluation(e: callbacks.Evaluation):
+        def on_evaluation(e: early_stop.Evaluation):
             if not np.isfinite(e.val_loss):
                 raise RunFailed(f"validation loss is {e.val_loss} at iteration {e.iteration}")
-            events.log_check(writer, e)
+            tensorboard.log_check(writer, e)
             line = check_line(e, stop, steps_per_epoch, config.patience if config.early_stop else None)
             # On a terminal the progress bar owns the line: clear it, print, and let the bar redraw below.
             say(("\r\x1b[2K" if self.progress else "") + line)
 
-        stop = callbacks.HalfEpochEarlyStop(
+        stop = early_stop.HalfEpochEarlyStop(
             predict, val_labels, steps_per_epoch, config.checks_per_epoch, config.patience,
             early_stop=config.early_stop, max_iterations=config.max_iterations, eval_every=config.eval_every,
             on_evaluation=on_evaluation)
-        step_logger = events.StepLogger(writer, lambda: stop.iteration)
+        step_logger = tensorboard.StepLogger(writer, lambda: stop.iteration)
         hparams = {**dataclasses.asdict(config), "image_size": config.size}
-        events.log_start(writer, hparams, f"{config.design}/{config.arch}/batch{config.batch}/fold{config.fold}",
+        tensorboard.log_start(writer, hparams, f"{config.design}/{config.arch}/batch{config.batch}/fold{config.fold}",
                          val_images)
 
         fit_start = time.perf_counter()
@@ -348,7 +366,7 @@ class Session:
         _write_predictions(out / runs.PREDICTIONS, self.metadata, val_idx, best.p_fluid)
         if config.save_model:
             _save_model(model, out / runs.BEST_MODEL)
-        events.log_end(writer, best, val_labels)
+        tensorboard.log_end(writer, best, val_labels)
         writer.close()
         return {
             "best_accuracy": best.val_accuracy,
@@ -364,7 +382,7 @@ class Session:
         }
 
 
-def check_line(e: callbacks.Evaluation, stop: callbacks.HalfEpochEarlyStop, steps_per_epoch: int,
+def check_line(e: early_stop.Evaluation, stop: early_stop.HalfEpochEarlyStop, steps_per_epoch: int,
                patience: Optional[int]) -> str:
     """One validation check (or --eval_every point) on the console: metrics, best so far, early-stop countdown."""
     auc = "n/a" if math.isnan(e.val_auc) else f"{e.val_auc:.4f}"

@@ -14,11 +14,17 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.pr_curve import summary as pr_summary
 
-from octtl import architectures, data, models, protocol
+from octtl import protocol
+
+from octtl.nets import registry
+
+from octtl.data import pipeline
+
+from octtl.nets import models
 
 # Typed domains, so TensorBoard's hparams dashboard filters and sorts each column as what it is.
 HPARAMS = {
-    "arch": hp.Discrete(sorted(architectures.ARCHITECTURES)),
+    "arch": hp.Discrete(sorted(registry.ARCHITECTURES)),
     "batch": hp.IntInterval(1, 1 << 16),
     "design": hp.Discrete(list(protocol.DESIGNS)),
     "fold": hp.IntInterval(0, 1 << 16),
@@ -27,7 +33,7 @@ HPARAMS = {
     "lr": hp.RealInterval(0.0, math.inf),
     "momentum": hp.RealInterval(0.0, 1.0),
     "preprocess": hp.Discrete(list(models.PREPROCESS)),
-    "crop": hp.Discrete(list(data.CROPS)),
+    "crop": hp.Discrete(list(pipeline.CROPS)),
     "seed": hp.IntInterval(-(1 << 31), 1 << 31),
     "group_by_volume": hp.Discrete([False, True]),
 }

@@ -1,11 +1,13 @@
-"""octtl.augment: seeded augmentation of training batches, each transformation checked on its own with numpy."""
+"""octtl.data.augment: seeded augmentation of training batches, each transformation checked on its own with numpy."""
 
 import math
 
 import numpy as np
 import pytest
 
-from octtl import augment, data
+from octtl.data import augment
+
+from octtl.data import pipeline
 from octtl.errors import InputError
 
 SIZE = 21
@@ -32,7 +34,7 @@ def _seed(a, b=0):
 def test_without_augmentation_the_batches_are_data_training_batches_byte_for_byte():
     views, labels = _views(), _labels()
     indices = [0, 2, 3, 5, 6, 7, 9, 10, 11]
-    expected = _epochs(data.training_batches(data.Decoded(views, labels), indices, 4, seed=3))
+    expected = _epochs(pipeline.training_batches(pipeline.Decoded(views, labels), indices, 4, seed=3))
     got = _epochs(augment.training_batches(views, labels, indices, 4, 3, SIZE))
     assert len(got[0]) == 2  # nine examples: two full batches of 4, the ninth dropped
     for epoch, reference in zip(got, expected):
@@ -165,18 +167,18 @@ def test_margin_is_zero_without_shift_or_scale():
     assert augment.margin(299, ("shift", "scale"), 1.0) == 29 + 17 + 1  # ceil((298 / 0.9 - 298) / 2) = 17
 
 
-@pytest.mark.parametrize("mode", data.CROPS)
+@pytest.mark.parametrize("mode", pipeline.CROPS)
 @pytest.mark.parametrize("shape", [(60, 70), (30, 40), (17, 25)])  # larger than the view; smaller; than the crop
 def test_views_centre_is_the_crop_that_validation_sees(mode, shape):
     image = np.random.default_rng(shape[0]).integers(1, 256, shape + (1,), dtype=np.uint8)
-    crop = data.crop(image, SIZE, mode).numpy()
+    crop = pipeline.crop(image, SIZE, mode).numpy()
     view = augment.view(image, SIZE, 8, mode).numpy()
     assert view.shape == (SIZE + 16, SIZE + 16, 1) and view.dtype == np.uint8
     np.testing.assert_array_equal(augment.center(view[None], 8)[0], crop)
     np.testing.assert_array_equal(augment.view(image, SIZE, 0, mode).numpy(), crop)
 
 
-@pytest.mark.parametrize("mode", data.CROPS)
+@pytest.mark.parametrize("mode", pipeline.CROPS)
 def test_view_traces_for_b_scans_of_unknown_size_as_decoding_maps_it(mode):
     import tensorflow as tf
 

@@ -1,10 +1,10 @@
-"""octtl.denoise: each method reduces noise and keeps flat images flat; TensorFlow's median is OpenCV's, exactly."""
+"""octtl.data.denoise: each method reduces noise and keeps flat images flat; TensorFlow's median is OpenCV's, exactly."""
 
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from octtl import denoise
+from octtl.data import denoise
 from octtl.errors import InputError
 
 FILTERS = ("median", "nlm", "bilateral")

@@ -1,9 +1,9 @@
-"""Tests of octtl/folds.py: stratified folds, the two designs, grouping by volume."""
+"""Tests of octtl/data/folds.py: stratified folds, the two designs, grouping by volume."""
 
 import numpy as np
 import pytest
 
-from octtl import folds
+from octtl.data import folds
 
 
 def paper_like_labels(seed=0):

@@ -8,7 +8,9 @@ import SimpleITK as sitk
 import tensorflow as tf
 
 from conftest import run_main
-from octtl import data, make_synthetic, records, to_tfrecord
+from octtl import make_synthetic, to_tfrecord
+from octtl.data import pipeline
+from octtl.data import records
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +67,12 @@ def test_1176_examples_match_reference_masks_exactly(paper_sized):
 
 def test_the_paper_dataset_decodes_into_memory_at_the_largest_native_input(paper_sized):
     meta = records.read_metadata(paper_sized / "records")
-    decoded = data.decode(paper_sized / "records", meta, 299, "center")
+    decoded = pipeline.decode(paper_sized / "records", meta, 299, "center")
     # What a training session keeps: uint8 crops, the models scale them; 1176 x 299 x 299 bytes = 105 MB.
     assert decoded.images.shape == (1176, 299, 299, 1) and decoded.images.dtype == np.uint8
     assert decoded.images.nbytes == 105_135_576
     np.testing.assert_array_equal(decoded.labels, meta.labels)
     for size in (224, 227):
-        smaller = data.crop(tf.constant(decoded.images[:2]), size, "center").numpy()
+        smaller = pipeline.crop(tf.constant(decoded.images[:2]), size, "center").numpy()
         offset = (299 - size) // 2  # a smaller centre crop of a decoded crop is its middle
         np.testing.assert_array_equal(smaller, decoded.images[:2, offset:offset + size, offset:offset + size])

@@ -1,9 +1,11 @@
-"""Tests of octtl/data.py: metadata, crops, rescaling, ordering and per-epoch shuffling."""
+"""Tests of octtl/data/pipeline.py: metadata, crops, rescaling, ordering and per-epoch shuffling."""
 
 import numpy as np
 import pytest
 
-from octtl import data, records
+from octtl.data import pipeline
+
+from octtl.data import records
 
 
 @pytest.fixture
@@ -41,7 +43,7 @@ def test_metadata_from_index_equals_records(converted):
 
 
 def decoded(out, size, crop_mode="center"):
-    return data.decode(out, records.read_metadata(out), size, crop_mode)
+    return pipeline.decode(out, records.read_metadata(out), size, crop_mode)
 
 
 @pytest.mark.parametrize("size", [32, 64])  # 64 > 40 rows: crop columns, pad rows
@@ -60,7 +62,7 @@ def test_resize_and_paper_rescale(converted):
     resized = decoded(out, 24, "resize").images
     # A resize keeps the whole B-scan: its mean brightness stays that of the full image.
     assert abs(resized[0].mean() - eight_bit[0].mean()) < 2.0
-    paper = data.rescale(decoded(out, 24).images[:1], "paper").numpy()
+    paper = pipeline.rescale(decoded(out, 24).images[:1], "paper").numpy()
     np.testing.assert_allclose(paper[0, ..., 0], center(eight_bit[0], 24) / 127.5 - 1.0, atol=1e-6)
 
 
@@ -70,7 +72,7 @@ def test_training_reshuffles_every_epoch_deterministically(converted):
     indices = list(range(18))
 
     def epochs(seed, count=3):
-        ds = data.training_batches(images, indices, 18, seed)
+        ds = pipeline.training_batches(images, indices, 18, seed)
         return [next(iter(ds))[0].numpy()[:, 8, 8, 0] for _ in range(count)]
 
     first = epochs(seed=1)
@@ -84,7 +86,7 @@ def test_training_reshuffles_every_epoch_deterministically(converted):
 def test_training_covers_subset_each_epoch_and_drops_the_partial_batch(converted):
     out, _, references = converted
     subset = [1, 2, 5, 7, 11, 12, 17]
-    ds = data.training_batches(decoded(out, 16), subset, 3, seed=0)
+    ds = pipeline.training_batches(decoded(out, 16), subset, 3, seed=0)
     for _ in range(2):
         labels = np.concatenate([y.numpy() for _, y in ds])
         assert len(labels) == 6  # two full batches of 3; the seventh example waits for another epoch
@@ -93,7 +95,7 @@ def test_training_covers_subset_each_epoch_and_drops_the_partial_batch(converted
 
 def test_padded_batches_keep_one_shape():
     images = np.arange(5 * 2 * 2, dtype=np.uint8).reshape(5, 2, 2, 1)
-    batches = list(data.padded_batches(images, 2))
+    batches = list(pipeline.padded_batches(images, 2))
     assert [b.shape for b, _ in batches] == [(2, 2, 2, 1)] * 3 and [n for _, n in batches] == [2, 2, 1]
     np.testing.assert_array_equal(np.concatenate([b[:n] for b, n in batches]), images)
 
@@ -102,7 +104,7 @@ def test_bad_arguments(converted, tmp_path):
     out, _, _ = converted
     with pytest.raises(ValueError, match="crop mode"):
         decoded(out, 16, "zoom")
-    with pytest.raises(data.InputError, match="does not exist"):
+    with pytest.raises(pipeline.InputError, match="does not exist"):
         records.read_metadata(tmp_path / "nowhere")
 
 
@@ -145,12 +147,12 @@ def _drop_row(out):
 
 @pytest.mark.parametrize("damage", [_flip_bytes, _truncate, _remove, _relabel, _drop_row])
 def test_damaged_records_are_named_with_the_remedy(converted, damage, tmp_path):
-    from octtl import training
+    from octtl.training import session
 
     out, _, _ = converted
     culprit, message = damage(out)
-    with pytest.raises(data.InputError) as error:
-        training.train(training.Config(data_dir=str(out), logdir=str(tmp_path / "runs"), arch="tiny", batch=4,
+    with pytest.raises(pipeline.InputError) as error:
+        session.train(session.Config(data_dir=str(out), logdir=str(tmp_path / "runs"), arch="tiny", batch=4,
                                        folds=3, image_size=16, weights="none"), 0, say=lambda line: None,
                        progress=False)
     text = str(error.value)

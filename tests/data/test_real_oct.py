@@ -10,7 +10,9 @@ import re
 import pytest
 
 from conftest import REPO
-from octtl import folds, records, training
+from octtl.data import folds
+from octtl.data import records
+from octtl.training import session
 
 DEV = REPO.parent / "shared" / "data" / "oct2017-dev"
 PATIENT = r"^[A-Z]+-(\d+)-\d+$"
@@ -47,10 +49,10 @@ def test_imagenet_transfer_with_the_defaults_beats_scratch(dev_records, tmp_path
     """The check that would have caught [-1, 1] inputs on caffe weights: at 96 px, 10 epochs, about 30 s."""
     results = {}
     for weights in ("imagenet", "none"):
-        config = training.Config(data_dir=str(dev_records), logdir=str(tmp_path / weights), arch="squeezenet",
+        config = session.Config(data_dir=str(dev_records), logdir=str(tmp_path / weights), arch="squeezenet",
                                  batch=16, folds=5, group_by_volume=True, image_size=96, crop="resize",
                                  weights=weights)
-        results[weights] = training.train(config, 0, say=lambda line: None, progress=False)
+        results[weights] = session.train(config, 0, say=lambda line: None, progress=False)
     transfer, scratch = results["imagenet"], results["none"]
     assert (transfer["preprocess"], transfer["weights_scaling"]) == ("backbone", "caffe")
     assert (scratch["preprocess"], scratch["weights_scaling"]) == ("paper", None)

@@ -1,4 +1,4 @@
-"""Tests of octtl/records.py and tools/to_tfrecord.py: schema, counts, image folders, bad input."""
+"""Tests of octtl/data/records.py and tools/to_tfrecord.py: schema, counts, image folders, bad input."""
 
 import csv
 import json
@@ -16,7 +16,7 @@ from absl.testing import flagsaver
 from PIL import Image
 
 from conftest import REPO, write_volume
-from octtl import records
+from octtl.data import records
 from octtl import to_tfrecord
 
 INT64_KEYS = ("image/height", "image/width", "image/class/label", "volume/slice",

@@ -1,4 +1,4 @@
-"""Tests of octtl/volumes.py and octtl/metaimage.py: the 8-bit rule, vendor inference, per-B-scan labels, finding
+"""Tests of octtl/data/volumes.py and octtl/data/metaimage.py: the 8-bit rule, vendor inference, per-B-scan labels, finding
 and checking volumes (headers and data bytes before any voxel is read)."""
 
 import os
@@ -12,7 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import write_volume
-from octtl import metaimage, volumes
+from octtl.data import metaimage
+from octtl.data import volumes
 
 
 def test_uint16_maps_linearly_over_full_range():
@@ -139,14 +140,14 @@ def test_unlistable_subfolder_is_skipped_aloud(tmp_path, monkeypatch, capsys):
 
 
 def test_predict_reads_a_volume_behind_a_folder_link(tmp_path):
-    from octtl import scans
+    from octtl.inference import inputs
 
     volume = _volume(tmp_path / "store" / "TRAIN009")
     root = tmp_path / "in"
     root.mkdir()
     (root / "TRAIN009").symlink_to(volume, target_is_directory=True)
-    assert scans.input_kind(root) == "volumes"
-    assert [(s.volume_id, len(s.images)) for s in scans.read_input(root)] == [("TRAIN009", 2)]
+    assert inputs.input_kind(root) == "volumes"
+    assert [(s.volume_id, len(s.images)) for s in inputs.read_input(root)] == [("TRAIN009", 2)]
 
 
 def _compressed(folder):

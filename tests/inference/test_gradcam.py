@@ -1,12 +1,20 @@
-"""Tests of octtl.gradcam: the target block of every network, the heatmap computation, the crop-to-B-scan
+"""Tests of octtl.inference.gradcam: the target block of every network, the heatmap computation, the crop-to-B-scan
 geometry and the pointing game of a trained model against random heatmaps."""
 
 import keras
 import numpy as np
 import pytest
 
-from octtl import architectures, data, gradcam, models, prediction
-from octtl.scans import read_input
+from octtl.nets import registry
+
+from octtl.data import pipeline
+
+from octtl.inference import gradcam
+
+from octtl.nets import models
+
+from octtl.inference import predictor
+from octtl.inference.inputs import read_input
 
 # The last convolutional block of each network, where Grad-CAM looks. Sizes are the smallest each network
 # takes, except AlexNet at its native 227 px, where an identity adaptive pool follows pool5.
@@ -26,7 +34,7 @@ CHEAP = {"squeezenet": 64, "mobilenetv2": 64, "resnet18": 64, "googlenet": 64, "
 
 
 def test_every_network_has_a_target():
-    assert set(TARGETS) == set(architectures.ARCHITECTURES)
+    assert set(TARGETS) == set(registry.ARCHITECTURES)
 
 
 @pytest.mark.parametrize("arch", sorted(TARGETS))
@@ -88,14 +96,14 @@ def test_not_an_octtl_model():
 
 
 def _coordinates(shape):
-    """A B-scan whose pixel values are their own flat index, cropped like any B-scan by octtl.data.crop."""
+    """A B-scan whose pixel values are their own flat index, cropped like any B-scan by octtl.data.pipeline.crop."""
     return np.arange(shape[0] * shape[1], dtype=np.int32).reshape(shape)
 
 
 @pytest.mark.parametrize("shape, size, grid", [((128, 128), 96, (5, 5)), ((100, 140), 64, (3, 4)),
                                                ((97, 64), 64, (7, 7))])
 def test_centre_crop_boxes_are_the_crop_blocks(shape, size, grid):
-    crop = data.crop(_coordinates(shape)[..., None], size, "center").numpy()[..., 0]
+    crop = pipeline.crop(_coordinates(shape)[..., None], size, "center").numpy()[..., 0]
     rows, cols = gradcam.cell_edges(grid[0], size), gradcam.cell_edges(grid[1], size)
     for i in range(grid[0]):
         for j in range(grid[1]):
@@ -129,7 +137,7 @@ def test_resize_boxes_cover_the_bscan_and_find_a_dot(shape, size, grid):
     for r, c in zip(rng.integers(0, shape[0], 20), rng.integers(0, shape[1], 20)):
         bscan = np.zeros(shape, np.uint8)
         bscan[r, c] = 255
-        crop = data.crop(bscan[..., None], size, "resize").numpy()[..., 0]
+        crop = pipeline.crop(bscan[..., None], size, "resize").numpy()[..., 0]
         brightest = np.unravel_index(np.argmax(crop), crop.shape)
         cell = tuple(int(np.searchsorted(gradcam.cell_edges(g, size), p, side="right") - 1)
                      for g, p in zip(grid, brightest))
@@ -168,13 +176,13 @@ def test_overlay_is_brightest_where_hottest_and_clear_where_cold():
 
 
 def test_trained_model_points_at_fluid_better_than_random_heatmaps(trained_run, heldout):
-    model, config = prediction.load_model(trained_run / "best.keras")
-    predictor, cam = prediction.Predictor(model, config), gradcam.GradCam(model)
+    model, config = predictor.load_model(trained_run / "best.keras")
+    predict, cam = predictor.Predictor(model, config), gradcam.GradCam(model)
     assert cam.layer.name == "fire9.concat"
     hits, cells = [], []
     for scans in read_input(heldout):
         fluid = np.nonzero(scans.labels == 1)[0]
-        for k, heatmap in zip(fluid, cam(predictor.inputs([scans.images[k] for k in fluid]))):
+        for k, heatmap in zip(fluid, cam(predict.inputs([scans.images[k] for k in fluid]))):
             hits.append(gradcam.pointing_hit(heatmap, scans.masks[k], config.image_size, config.crop))
             cells.append(gradcam.cell_hits(scans.masks[k], heatmap.shape, config.image_size, config.crop))
     score = np.mean(hits)

@@ -1,4 +1,4 @@
-"""Tests of octtl.prediction, octtl.scans and `python -m octtl.predict` on synthetic volumes.
+"""Tests of octtl.inference.predictor, octtl.inference.inputs and `python -m octtl.predict` on synthetic volumes.
 
 The session's SqueezeNet fine-tuned from its ImageNet weights (conftest's `trained_run`) is applied to
 held-out volumes drawn from another seed.
@@ -19,7 +19,10 @@ import SimpleITK as sitk
 from PIL import Image
 
 from conftest import BSCANS, HELDOUT_VOLUMES, REPO, SIDE, fake_run, run_main
-from octtl import data, predict, prediction, runs, volumes
+from octtl import predict, runs
+from octtl.data import pipeline
+from octtl.inference import predictor
+from octtl.data import volumes
 from octtl.errors import InputError
 
 
@@ -89,7 +92,7 @@ def test_volume_summary_matches_rows(cli_run):
         assert int(s["n_bscans"]) == len(mine)
         assert int(s["n_fluid_predicted"]) == len(fluid)
         assert float(s["max_p_fluid"]) == max(float(r["p_fluid"]) for r in mine)
-        assert prediction.parse_slices(s["fluid_slices"]) == fluid
+        assert predictor.parse_slices(s["fluid_slices"]) == fluid
         assert f"{s['volume_id']}  " in proc.stdout
 
 
@@ -115,7 +118,7 @@ def test_gradcam_pngs_and_pointing_game(cli_run):
 def test_records_input_repeats_training_predictions(run_folder, tmp_path):
     """The run's own validation predictions come back from predict on its records: same preprocessing."""
     result = json.loads((run_folder / runs.RESULT).read_text())
-    report = prediction.predict(run_folder / "best.keras", result["data_dir"], tmp_path / "p.csv")
+    report = predictor.predict(run_folder / "best.keras", result["data_dir"], tmp_path / "p.csv")
     assert report.kind == "records" and len(report.rows) == result["train_size"] + result["val_size"]
     by_key = {(r["volume_id"], r["slice"]): r for r in read_csv(tmp_path / "p.csv")}
     validation = read_csv(run_folder / runs.PREDICTIONS)
@@ -157,7 +160,7 @@ def test_every_input_kind_gives_the_same_probabilities(run_folder, heldout, tmp_
 
 
 def _run(model, input_path, out_dir) -> pathlib.Path:
-    report = prediction.predict(model, input_path, out_dir / "p.csv")
+    report = predictor.predict(model, input_path, out_dir / "p.csv")
     assert report.output == out_dir / "p.csv"
     return report.output
 
@@ -194,9 +197,9 @@ def _bad_cases(tmp_path, model, tiny_volume, heldout):
     (busy / "old.png").write_bytes(b"x")
     volume = sorted(p for p in heldout.rglob("TRAIN*") if p.is_dir())[0]
     return [
-        (no_config, volume, None, prediction.ModelError, f"{no_config}: not an octtl model: no result.json beside it"),
-        (garbage, volume, None, prediction.ModelError, f"{garbage}: not an octtl model: Keras cannot load it"),
-        (tmp_path / "none.keras", volume, None, prediction.ModelError, "none.keras: no such model file"),
+        (no_config, volume, None, predictor.ModelError, f"{no_config}: not an octtl model: no result.json beside it"),
+        (garbage, volume, None, predictor.ModelError, f"{garbage}: not an octtl model: Keras cannot load it"),
+        (tmp_path / "none.keras", volume, None, predictor.ModelError, "none.keras: no such model file"),
         (model, text, None, InputError, f"{text}: not an input predict can read; expected a .mhd volume"),
         (model, tmp_path / "empty", None, InputError, "empty: holds nothing predict can read"),
         (model, tmp_path / "missing", None, InputError, "missing: does not exist"),
@@ -211,7 +214,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(small_center_model, tiny_volu
                                                                      heldout):
         out = tmp_path / "out"
         with pytest.raises(error) as info:
-            prediction.predict(model, input_path, out / "p.csv", gradcam_dir=gradcam_dir)
+            predictor.predict(model, input_path, out / "p.csv", gradcam_dir=gradcam_dir)
         assert message in str(info.value) and "\n" not in str(info.value)
         assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["old.png"]
@@ -225,7 +228,7 @@ def test_failure_midway_leaves_no_partial_output(small_center_model, tiny_volume
     shutil.copytree(tiny_volume, mixed / "b" / tiny_volume.name)
     out = tmp_path / "out"
     with pytest.raises(InputError, match="smaller than the 64x64 centre crop"):
-        prediction.predict(small_center_model, mixed, out / "p.csv", gradcam_dir=out / "cam")
+        predictor.predict(small_center_model, mixed, out / "p.csv", gradcam_dir=out / "cam")
     assert sorted(p.name for p in out.iterdir()) == []
 
 
@@ -247,13 +250,13 @@ def test_centre_crop_model_on_large_bscans(small_center_model, tmp_path):
     rng = np.random.default_rng(0)
     volume = rng.integers(0, 256, (4, 80, 100), dtype=np.uint8)
     write_volume(tmp_path / "in" / "EYE1", volume)
-    report = prediction.predict(small_center_model, tmp_path / "in", tmp_path / "p.csv", gradcam_dir=tmp_path / "cam",
+    report = predictor.predict(small_center_model, tmp_path / "in", tmp_path / "p.csv", gradcam_dir=tmp_path / "cam",
                            threshold=0.0)
     assert report.metrics is None and report.explained.pointing_game is None
     rows = read_csv(tmp_path / "p.csv")
     assert list(rows[0]) == ["volume_id", "slice", "p_fluid", "prediction", "source"] and len(rows) == 4
     model = keras.saving.load_model(small_center_model)
-    crops = data.crop(volume[..., None], 64, "center")  # the model scales its 0..255 inputs itself
+    crops = pipeline.crop(volume[..., None], 64, "center")  # the model scales its 0..255 inputs itself
     np.testing.assert_allclose([float(r["p_fluid"]) for r in rows], model.predict(crops, verbose=0)[:, 1],
                                atol=1e-6)
     assert len(list((tmp_path / "cam").glob("*.png"))) == 4  # threshold 0: every B-scan is predicted fluid
@@ -261,14 +264,14 @@ def test_centre_crop_model_on_large_bscans(small_center_model, tmp_path):
 
 @pytest.mark.parametrize("slices, text", [([], ""), ([4], "4"), ([3, 4, 5, 9], "3-5 9"), ([0, 2, 3], "0 2-3")])
 def test_slice_runs(slices, text):
-    assert prediction.format_slices(slices) == text
-    assert prediction.parse_slices(text) == slices
+    assert predictor.format_slices(slices) == text
+    assert predictor.parse_slices(text) == slices
 
 
 def test_metrics():
-    m = prediction.metrics([0, 0, 1, 1, 1], [0.1, 0.7, 0.8, 0.9, 0.4], 0.5)
+    m = predictor.metrics([0, 0, 1, 1, 1], [0.1, 0.7, 0.8, 0.9, 0.4], 0.5)
     assert m == {"n": 5, "accuracy": 0.6, "majority_rate": 0.6, "auc": pytest.approx(5 / 6)}
-    assert prediction.metrics([1, 1], [0.2, 0.9], 0.5)["auc"] is None
+    assert predictor.metrics([1, 1], [0.2, 0.9], 0.5)["auc"] is None
 
 
 def test_existing_outputs_are_refused_before_tensorflow_and_replaced_with_overwrite(small_center_model, tmp_path):
@@ -278,22 +281,22 @@ def test_existing_outputs_are_refused_before_tensorflow_and_replaced_with_overwr
     out = tmp_path / "p.csv"
     out.write_text("mine\n")
     # The refusal comes before TensorFlow is imported: the process never loads it.
-    probe = ("import sys; from octtl import prediction\n"
+    probe = ("import sys; from octtl.inference import predictor\n"
              "try:\n"
-             f"    prediction.check_outputs({str(out)!r})\n"
+             f"    predictor.check_outputs({str(out)!r})\n"
              "except Exception as e:\n"
              "    print(e)\n"
              "print('tensorflow' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.stdout.splitlines() == [f"--output={out}: file exists (pass --overwrite to replace it)", "False"]
     with pytest.raises(InputError, match="file exists"):
-        prediction.predict(small_center_model, tmp_path / "in", out)
+        predictor.predict(small_center_model, tmp_path / "in", out)
     assert out.read_text() == "mine\n"
-    report = prediction.predict(small_center_model, tmp_path / "in", out, gradcam_dir=tmp_path / "cam",
+    report = predictor.predict(small_center_model, tmp_path / "in", out, gradcam_dir=tmp_path / "cam",
                                 overwrite=True)
     assert len(read_csv(out)) == 2 and report.output == out
     # A second run into the same Grad-CAM folder replaces it as a whole.
     (tmp_path / "cam" / "stale.png").write_bytes(b"x")
-    prediction.predict(small_center_model, tmp_path / "in", out, gradcam_dir=tmp_path / "cam", overwrite=True)
+    predictor.predict(small_center_model, tmp_path / "in", out, gradcam_dir=tmp_path / "cam", overwrite=True)
     assert not (tmp_path / "cam" / "stale.png").exists() and (tmp_path / "cam" / "gradcam.csv").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cam", "in", "p.csv", "p_volumes.csv"]

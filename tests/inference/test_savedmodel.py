@@ -11,7 +11,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import fake_run, run_main
-from octtl import export, exporting, prediction, volumes
+from octtl import export
+from octtl.inference import savedmodel
+from octtl.inference import predictor
+from octtl.data import volumes
 
 # Runs with `python -I` (no PYTHONPATH, no user site, no current directory on sys.path) and refuses any import
 # of octtl, so the graph must stand on TensorFlow alone.
@@ -55,9 +58,9 @@ def serve_in_fresh_process(jobs, cwd) -> dict:
 
 
 def keras_p_fluid(model_path, bscans) -> np.ndarray:
-    model, config = prediction.load_model(model_path)
-    predictor = prediction.Predictor(model, config)
-    return predictor(predictor.inputs(list(bscans)))
+    model, config = predictor.load_model(model_path)
+    predict = predictor.Predictor(model, config)
+    return predict(predict.inputs(list(bscans)))
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +73,11 @@ def test_saved_models_serve_like_keras_without_octtl(trained_model, heldout, tmp
     code, out, err = run_main(export, f"--model={trained_model}", f"--output={tmp_path / 'trained' / '1'}")
     assert code == 0, err[-3000:]
     assert "serving_default takes uint8 bscans" in out
-    metadata = json.loads((tmp_path / "trained" / "1" / exporting.EXPORT_METADATA).read_text())
+    metadata = json.loads((tmp_path / "trained" / "1" / savedmodel.EXPORT_METADATA).read_text())
     assert (metadata["arch"], metadata["crop"], metadata["preprocess"]) == ("squeezenet", "resize", "backbone")
     # ... and an untrained centre-crop model with the paper's [-1, 1] scaling through the library.
     center = fake_run(tmp_path / "run", arch="resnet18", image_size=64, crop="center", preprocess="paper")
-    exporting.export(center, tmp_path / "center")
+    savedmodel.export(center, tmp_path / "center")
 
     folder = sorted(p for p in heldout.rglob("TRAIN*") if p.is_dir())[0]
     heldout = volumes.to_uint8(sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "oct.mhd"))))[:12]
@@ -114,9 +117,9 @@ def test_export_refuses_bad_model_and_busy_output(tmp_path):
     assert code == (f"export: error: --output={tmp_path / 'busy'}: folder exists and is not empty "
                     "(pass --overwrite to replace it)")
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["keep.txt"]
-    with pytest.raises(prediction.ModelError, match="no result.json beside it"):
+    with pytest.raises(predictor.ModelError, match="no result.json beside it"):
         (tmp_path / "loose").mkdir()
         os.link(model, tmp_path / "loose" / "m.keras")
-        exporting.export(tmp_path / "loose" / "m.keras", tmp_path / "out")
+        savedmodel.export(tmp_path / "loose" / "m.keras", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "loose", "run"]  # no staging leftovers

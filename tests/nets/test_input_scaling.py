@@ -7,7 +7,9 @@ import pytest
 from absl import flags
 
 from conftest import REPO, SQUEEZENET_H5
-from octtl import models, pretrained, train  # noqa: F401  (train defines the flags)
+from octtl import train
+from octtl.nets import models
+from octtl.nets import pretrained  # noqa: F401  (train defines the flags)
 
 
 def _scaled(model, gray):

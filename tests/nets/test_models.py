@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import SQUEEZENET_H5
-from octtl import architectures, models
+from octtl.nets import registry
+from octtl.nets import models
 
 # Learnable parameters of the 1000-class networks, millions: Table I, except googlenet (see the registry).
 PARAMS_MILLIONS = {
@@ -86,12 +87,12 @@ def assert_only_head_is_new(full, swapped, classifier):
 
 
 def test_every_architecture_is_tested():
-    assert set(PARAMS_MILLIONS) == set(SMALL_SIZE) == set(architectures.ARCHITECTURES)
+    assert set(PARAMS_MILLIONS) == set(SMALL_SIZE) == set(registry.ARCHITECTURES)
 
 
 @pytest.mark.parametrize("arch", PARAMS_MILLIONS)
 def test_native_networks_match_table_i_and_swap_head(arch):
-    entry = architectures.get(arch)
+    entry = registry.get(arch)
     size = entry.input_size
     full = models.build(arch, num_classes=1000)
     assert full.name == arch
@@ -118,7 +119,7 @@ REPRESENTATIVE = ("squeezenet", "resnet18", "googlenet", "mobilenetv2", "incepti
 @pytest.mark.parametrize("arch", REPRESENTATIVE)
 def test_head_swap_keeps_every_pretrained_weight(arch, tmp_path):
     size = SMALL_SIZE[arch]
-    classifier = architectures.get(arch).classifier
+    classifier = registry.get(arch).classifier
     full = models.build(arch, num_classes=1000, image_size=size)
     path = str(tmp_path / "imagenet_like.weights.h5")
     full.save_weights(path)

@@ -1,4 +1,4 @@
-"""Where weights come from (octtl/pretrained.py): search order, files under other names, packaged, fetched, converted."""
+"""Where weights come from (octtl/nets/pretrained.py): search order, files under other names, packaged, fetched, converted."""
 
 import shutil
 
@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import SQUEEZENET_H5
-from octtl import architectures, models, pretrained
+from octtl.nets import registry
+from octtl.nets import models
+from octtl.nets import pretrained
 
-REGISTRY_NAME = architectures.get("squeezenet").imagenet[0].file_name
+REGISTRY_NAME = registry.get("squeezenet").imagenet[0].file_name
 
 
 @pytest.fixture
@@ -73,7 +75,7 @@ def test_a_file_with_the_registry_name_and_other_bytes_fails_its_checksum(offlin
 
 @pytest.mark.parametrize("arch", ["inceptionv3", "vgg16"])
 def test_offline_download_failure_says_what_to_put_where(arch, offline):
-    wanted = architectures.get(arch).imagenet[0].file_name
+    wanted = registry.get(arch).imagenet[0].file_name
     with pytest.raises(pretrained.WeightsError, match="URL fetch failure") as error:
         pretrained.resolve(arch, "imagenet", weights_dir=str(offline / "weights"))
     message = str(error.value)

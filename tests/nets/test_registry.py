@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from octtl import architectures
+from octtl.nets import registry
 from octtl.nets import googlenet
 
 # Table I: params (millions), depth, input size, largest batch size.
@@ -26,12 +26,12 @@ TABLE_I = {
 
 
 def test_registry_holds_table_i_in_order():
-    assert list(architectures.ARCHITECTURES) == list(TABLE_I)
+    assert list(registry.ARCHITECTURES) == list(TABLE_I)
 
 
 @pytest.mark.parametrize("name", TABLE_I)
 def test_entry_states_table_i(name):
-    entry = architectures.get(name)
+    entry = registry.get(name)
     params, depth, input_size, batch = TABLE_I[name]
     assert entry.name == name
     assert (entry.depth, entry.input_size, entry.largest_batch) == (depth, input_size, batch)
@@ -41,14 +41,14 @@ def test_entry_states_table_i(name):
 
 
 def test_googlenet_pins_torchvision_size_and_says_why():
-    entry = architectures.get("googlenet")
+    entry = registry.get("googlenet")
     assert (entry.params_millions, entry.table_params_millions) == (6.6, 7.0)
     assert "torchvision" in entry.notes and "5x5" in entry.notes
 
 
 @pytest.mark.parametrize("name", TABLE_I)
 def test_imagenet_source_is_documented(name):
-    files = architectures.get(name).imagenet
+    files = registry.get(name).imagenet
     assert files
     for weights_file in files:
         assert weights_file.url or weights_file.convert_from
@@ -59,19 +59,19 @@ def test_imagenet_source_is_documented(name):
 
 def test_squeezenet_weights_are_the_keras_v1_1_release():
     # Preferred; the converted torchvision squeezenet1_1 files follow it (tests/test_torchvision_weights.py).
-    notop = architectures.get("squeezenet").imagenet[0]
+    notop = registry.get("squeezenet").imagenet[0]
     assert notop.file_name == "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
     assert notop.file_hash == "17154246284f555591549ac2c83e127abfbf4307dc4b0060fdaa2931d0fa38da"
     assert not notop.has_classifier
 
 
 def test_vgg16_imagenet_file_keeps_fc6_fc7():
-    assert [f.has_classifier for f in architectures.get("vgg16").imagenet] == [True]
+    assert [f.has_classifier for f in registry.get("vgg16").imagenet] == [True]
 
 
 def test_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match="squeezenet"):
-        architectures.get("resnet50")
+        registry.get("resnet50")
 
 
 def torch_ceil_max_pool(x, pool, stride):

@@ -1,4 +1,4 @@
-"""torchvision checkpoints -> octtl networks (octtl/torchvision_weights.py, tools/import_torchvision_weights.py).
+"""torchvision checkpoints -> octtl networks (octtl/nets/torchvision_weights.py, tools/import_torchvision_weights.py).
 
 Each network's state dict is made here with torchvision's exact tensor names and shapes and random values, and
 the converted Keras network must reproduce a PyTorch forward pass of the same weights, written below with
@@ -17,7 +17,11 @@ import numpy as np
 import pytest
 
 from conftest import SQUEEZENET_H5, run_main
-from octtl import architectures, import_torchvision_weights, models, pretrained, torchvision_weights
+from octtl import import_torchvision_weights
+from octtl.nets import registry
+from octtl.nets import models
+from octtl.nets import pretrained
+from octtl.nets import torchvision_weights
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -249,7 +253,7 @@ def rgb_images(size, seed=2, batch=2):
 
 
 def test_every_torchvision_network_is_tested():
-    convertible = {name for name, entry in architectures.ARCHITECTURES.items()
+    convertible = {name for name, entry in registry.ARCHITECTURES.items()
                    if any(f.convert_from for f in entry.imagenet)}
     assert set(NETWORKS) == set(torchvision_weights.SOURCES) == convertible
     for arch in NETWORKS:
@@ -274,7 +278,7 @@ def converted(request, tmp_path_factory):
 
 def test_converted_network_matches_torch(converted):
     arch, state_dict, weights_dir = converted
-    size = architectures.get(arch).input_size
+    size = registry.get(arch).input_size
     model = models.build(arch, num_classes=1000, weights="imagenet", weights_dir=str(weights_dir),
                          preprocess="backbone")
 
@@ -287,7 +291,7 @@ def test_converted_network_matches_torch(converted):
     # Colour images too, so that a channel mix-up in the first convolution cannot hide behind gray input.
     rgb = rgb_images(size)
     top = torchvision_weights.converted_files(arch)[1]
-    scale, offset = models.BACKBONE_SCALING[top.preprocess or architectures.get(arch).preprocess]
+    scale, offset = models.BACKBONE_SCALING[top.preprocess or registry.get(arch).preprocess]
     network = keras.Model(model.get_layer(models.INPUT_SCALING).output, model.layers[-1].input)
     actual = keras.ops.convert_to_numpy(network((rgb * scale + offset).astype("float32"), training=False))
     np.testing.assert_allclose(actual, torch_logits(arch, state_dict, rgb), rtol=0, atol=TOLERANCE)
@@ -299,12 +303,12 @@ def test_no_top_file_serves_the_head_swap(converted):
     assert pretrained.resolve(arch, "imagenet", weights_dir=str(weights_dir)).path == str(weights_dir / notop.file_name)
     with h5py.File(weights_dir / notop.file_name, "r") as f:
         stored = sum(1 for group in f["layers"].values() if "vars" in group and len(group["vars"]))
-    classifier = architectures.get(arch).classifier
+    classifier = registry.get(arch).classifier
     full = models.build(arch, num_classes=1000, weights="imagenet", weights_dir=str(weights_dir))
     assert stored == len([layer for layer in full.layers if layer.weights and layer.name != classifier])
 
     swapped = models.build(arch, weights="imagenet", weights_dir=str(weights_dir))
-    x = gray_images(architectures.get(arch).input_size, batch=1) / 127.5 - 1
+    x = gray_images(registry.get(arch).input_size, batch=1) / 127.5 - 1
     features = [keras.ops.convert_to_numpy(keras.Model(m.input, m.get_layer(name).input)(x, training=False))
                 for m, name in ((full, classifier), (swapped, models.HEAD))]
     np.testing.assert_allclose(features[0], features[1], rtol=0, atol=1e-6)
@@ -336,7 +340,7 @@ def test_squeezenet_takes_both_imagenet_sources(tmp_path):
     # Each source brings its own input scaling: Caffe's mean pixel, torchvision's mean/std.
     weights_dir = tmp_path / "both"
     shutil.copytree(tmp_path / "torchvision", weights_dir)
-    shutil.copyfile(SQUEEZENET_H5, weights_dir / architectures.get("squeezenet").imagenet[0].file_name)
+    shutil.copyfile(SQUEEZENET_H5, weights_dir / registry.get("squeezenet").imagenet[0].file_name)
     for num_classes, family in ((2, "caffe"), (1000, "torch")):  # the Keras file is preferred but has no conv10
         model = models.build("squeezenet", num_classes=num_classes, weights="imagenet", weights_dir=str(weights_dir),
                              preprocess="backbone", image_size=64)

@@ -1,4 +1,4 @@
-"""Tests of the report (octtl/report.py, octtl/tables.py, octtl/comparisons.py, octtl/figures.py, octtl/reporting.py).
+"""Tests of the report (octtl/report.py, octtl/results/tables.py, octtl/results/comparisons.py, octtl/results/figures.py, octtl/results/page.py).
 
 Results with known values go through `python -m octtl.report`; every mean, std and interval in the CSVs is
 recomputed here with numpy. A mini sweep's run folders (3 networks, 1 batch size, 5 folds, predictions.csv
@@ -22,7 +22,11 @@ import pytest
 from scipy import stats as scipy_stats
 
 from conftest import REPO
-from octtl import browser, comparisons, figures, stats, tables
+import browser  # tools/browser.py: conftest puts tools/ on the path
+from octtl.results import comparisons
+from octtl.results import figures
+from octtl.results import stats
+from octtl.results import tables
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 FOLDS = 10

@@ -1,4 +1,4 @@
-"""Tests of octtl/stats.py against published worked examples and hand computations.
+"""Tests of octtl/results/stats.py against published worked examples and hand computations.
 
 Demsar (2006), "Statistical comparisons of classifiers over multiple data sets", JMLR 7:1-30: Table 6 (AUC of
 C4.5 and three variants on 14 UCI data sets, ranks in brackets), the Friedman and Nemenyi example of section
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from octtl import stats
+from octtl.results import stats
 
 # Demsar's Table 6: C4.5, C4.5+m, C4.5+cf, C4.5+m+cf. The table prints voting's C4.5+cf and C4.5+m+cf both as
 # 0.975 but ranks them 2 and 3 (their unrounded AUCs differ); 0.97501 gives the printed ranks.

@@ -1,4 +1,4 @@
-"""octtl.variants: one folder name per variant, and the variant table against numbers recomputed with scipy."""
+"""octtl.results.variants: one folder name per variant, and the variant table against numbers recomputed with scipy."""
 
 import math
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from octtl import protocol, variants
+from octtl import protocol
+
+from octtl.results import variants
 from octtl.errors import InputError
 
 NAMES = [  # (lr, augment, augment_strength, denoise, denoise_strength) -> name

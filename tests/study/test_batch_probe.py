@@ -1,4 +1,4 @@
-"""Tests of the largest-batch probe (octtl/max_batch.py, octtl/max_batching.py) and the sweep's use of its table."""
+"""Tests of the largest-batch probe (octtl/max_batch.py, octtl/study/batch_probe.py) and the sweep's use of its table."""
 
 import json
 import os
@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from conftest import REPO
 from conftest import run_main
-from octtl import max_batching, max_batch, runs, sweep
+from octtl import max_batch, runs, sweep
+from octtl.study import batch_probe
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
@@ -19,7 +20,7 @@ def fits_up_to(limit, calls=None):
     def fits(batch):
         if calls is not None:
             calls.append(batch)
-        return (True, max_batching.FITS) if batch <= limit else (False, max_batching.OUT_OF_MEMORY)
+        return (True, batch_probe.FITS) if batch <= limit else (False, batch_probe.OUT_OF_MEMORY)
     return fits
 
 
@@ -33,12 +34,12 @@ def fits_up_to(limit, calls=None):
 ])
 def test_search(limit, cap, largest, tried):
     calls = []
-    found, outcomes = max_batching.search(fits_up_to(limit, calls), cap=cap)
+    found, outcomes = batch_probe.search(fits_up_to(limit, calls), cap=cap)
     assert found == largest and calls == tried
-    assert all((outcomes[b] == max_batching.FITS) == (b <= limit) for b in tried)
+    assert all((outcomes[b] == batch_probe.FITS) == (b <= limit) for b in tried)
 
 
-class FakeStep(max_batching.Trial):
+class FakeStep(batch_probe.Trial):
     """A trial whose step raises TensorFlow's out-of-memory error above a batch, as a GPU would."""
 
     def __init__(self, limit, error=tf.errors.ResourceExhaustedError):
@@ -53,25 +54,25 @@ class FakeStep(max_batching.Trial):
 
 def test_out_of_memory_is_caught_and_the_search_backs_off():
     trial = FakeStep(16)
-    assert max_batching.search(trial, cap=256)[0] == 16
+    assert batch_probe.search(trial, cap=256)[0] == 16
     assert trial.peaks == {8: 8000, 16: 16000}
     # Allocation failures reported as internal errors count too; any other error is a bug and is raised.
-    assert max_batching.search(FakeStep(8, tf.errors.InternalError), cap=256)[0] == 8
+    assert batch_probe.search(FakeStep(8, tf.errors.InternalError), cap=256)[0] == 8
     with pytest.raises(tf.errors.InvalidArgumentError):
-        max_batching.search(FakeStep(8, tf.errors.InvalidArgumentError), cap=256)
+        batch_probe.search(FakeStep(8, tf.errors.InvalidArgumentError), cap=256)
 
 
 def test_host_memory_guard_refuses_a_batch_predicted_not_to_fit(monkeypatch):
     trial = FakeStep(10**6)
     trial.gpu = False
     trial._base = 1 << 30
-    monkeypatch.setattr(max_batching, "peak_host_bytes", lambda: 2 << 30)  # batch 8 peaked 1 GiB above base
-    monkeypatch.setattr(max_batching, "host_available_bytes", lambda: 6 << 30)
+    monkeypatch.setattr(batch_probe, "peak_host_bytes", lambda: 2 << 30)  # batch 8 peaked 1 GiB above base
+    monkeypatch.setattr(batch_probe, "host_available_bytes", lambda: 6 << 30)
     trial._step = lambda batch: 2 << 30 if batch == 8 else (1 << 30) + (batch // 8 << 30)
-    largest, tried = max_batching.search(trial, cap=256)
+    largest, tried = batch_probe.search(trial, cap=256)
     # Predicted peaks: 16 -> 3 GiB, 32 -> 5 GiB, 64 -> 9 GiB; 0.75 x 6 GiB = 4.5 GiB may be added to 2 GiB.
-    assert largest == 32 and tried[64] == max_batching.PREDICTED_OUT_OF_MEMORY
-    assert max_batching.predicted_peak(100, 8, 300, 32) == 900
+    assert largest == 32 and tried[64] == batch_probe.PREDICTED_OUT_OF_MEMORY
+    assert batch_probe.predicted_peak(100, 8, 300, 32) == 900
 
 
 def test_probe_on_cpu_writes_the_table_the_sweep_reads(tmp_path):
@@ -87,8 +88,8 @@ def test_probe_on_cpu_writes_the_table_the_sweep_reads(tmp_path):
     assert entry["peak_bytes"]["16"] >= entry["peak_bytes"]["8"] > 0
 
     # Another network measured later joins the table; the first stays.
-    max_batching.write_table(tmp_path / runs.MAX_BATCH, {"vgg16": dict(entry, largest_batch=8)}, "GPU x")
-    table = max_batching.read_table(tmp_path / runs.MAX_BATCH)
+    batch_probe.write_table(tmp_path / runs.MAX_BATCH, {"vgg16": dict(entry, largest_batch=8)}, "GPU x")
+    table = batch_probe.read_table(tmp_path / runs.MAX_BATCH)
     assert set(table["archs"]) == {"squeezenet", "vgg16"} and table["archs"]["vgg16"]["device"] == "GPU x"
 
     # --batches=auto: the probe's value where it measured the size the sweep trains at, else Table I.

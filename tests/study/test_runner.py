@@ -1,4 +1,4 @@
-"""Tests of the sweep (octtl/sweep.py, octtl/sweeping.py, octtl/worker.py, octtl/runs.py): plan, shards, groups,
+"""Tests of the sweep (octtl/sweep.py, octtl/study/runner.py, octtl/study/worker.py, octtl/runs.py): plan, shards, groups,
 results.jsonl, "done", kill and resume.
 
 The expensive part is one module fixture: a real tiny sweep (2 networks x 1 batch size x 1 design x 2 folds, one
@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_main, synthetic_records
-from octtl import architectures, runs, sweep, sweeping
+from octtl import runs, sweep
+from octtl.nets import registry
+from octtl.study import runner
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
 ARCHS = ("squeezenet", "alexnet")  # the two cheapest networks that take the same input size
@@ -44,7 +46,7 @@ def sweep_command(records_dir, logdir, *extra):
 
 
 def planned_runs():
-    return sweeping.plan(["baseline"], ARCHS, {a: BATCHES for a in ARCHS}, FOLDS)
+    return runner.plan(["baseline"], ARCHS, {a: BATCHES for a in ARCHS}, FOLDS)
 
 
 def is_done(logdir, run):
@@ -200,13 +202,13 @@ def test_run_folder_and_log_places():
     (64, [8, 16, 32, 64]), (32, [8, 16, 32]), (16, [8, 16]), (48, [8, 16, 32]), (8, [8]), (4, [4]), (0, []),
 ])
 def test_auto_batches(largest, batches):
-    assert sweeping.auto_batches(largest) == batches
+    assert runner.auto_batches(largest) == batches
 
 
 def paper_plan():
-    table_i = {name: a.largest_batch for name, a in architectures.ARCHITECTURES.items()}
-    return sweeping.plan(["baseline", "limited"], list(architectures.ARCHITECTURES),
-                            {a: sweeping.auto_batches(n) for a, n in table_i.items()}, 10)
+    table_i = {name: a.largest_batch for name, a in registry.ARCHITECTURES.items()}
+    return runner.plan(["baseline", "limited"], list(registry.ARCHITECTURES),
+                            {a: runner.auto_batches(n) for a, n in table_i.items()}, 10)
 
 
 def test_paper_plan_has_660_runs():
@@ -219,13 +221,13 @@ def test_paper_plan_has_660_runs():
 @pytest.mark.parametrize("num_tasks", [1, 2, 3, 7, 10, 64, 660, 1000])
 def test_shards_partition_the_run_list(num_tasks):
     plan = paper_plan()
-    shards = [sweeping.shard(plan, i, num_tasks) for i in range(num_tasks)]
+    shards = [runner.shard(plan, i, num_tasks) for i in range(num_tasks)]
     flat = [run for s in shards for run in s]
     assert sorted(flat) == sorted(plan) and len(flat) == len(set(flat))  # together all, no run twice
     sizes = [len(s) for s in shards]
     assert max(sizes) - min(sizes) <= 1
     with pytest.raises(ValueError):
-        sweeping.shard(plan, num_tasks, num_tasks)
+        runner.shard(plan, num_tasks, num_tasks)
 
 
 def _append_many(logdir, worker):
@@ -271,9 +273,9 @@ def test_a_run_another_sweep_holds_is_left_to_it(tmp_path, records_dir):
     spec = lambda members: {"config": config, "redo_stale": False,  # noqa: E731
                             "runs": [[r.design, r.arch, r.batch, r.fold, r.variant] for r in members]}
     lines = []
-    with sweeping.claimed(tmp_path, run) as mine:
+    with runner.claimed(tmp_path, run) as mine:
         assert mine
-        counts = sweeping.sweep(sweeping.groups([run]), tmp_path, spec, say=lines.append)
+        counts = runner.sweep(runner.groups([run]), tmp_path, spec, say=lines.append)
     assert (counts["busy"], counts["ran"]) == (1, 0) and not run.folder(tmp_path).exists()
     assert lines == ["sweep: [1/1] baseline squeezenet batch 8 fold 0: being trained by another sweep; left to it"]
 
@@ -281,7 +283,7 @@ def test_a_run_another_sweep_holds_is_left_to_it(tmp_path, records_dir):
 def test_a_worker_that_dies_leaves_its_runs_without_result_and_stops_the_sweep(tmp_path):
     plan = [runs.Run("baseline", "vgg16", 8, fold) for fold in range(5)] + [runs.Run("baseline", "vgg16", 16, 0)]
     lines = []
-    counts = sweeping.sweep(sweeping.groups(plan), tmp_path, _bogus_spec, say=lines.append)
+    counts = runner.sweep(runner.groups(plan), tmp_path, _bogus_spec, say=lines.append)
     assert counts["crashed"] == 5 and counts["ran"] == 0  # the second group never started
     assert "exited with status 1" in lines[0] and "no_such_setting" in lines[0]
     assert lines[-1] == "sweep: 5 runs of vgg16 batch 8 ended without a result; stopping"
@@ -296,20 +298,20 @@ def test_estimate_uses_the_most_similar_finished_runs():
         {"design": "baseline", "arch": "alexnet", "batch": 8, "wall_seconds": 10.0},
     ]
     R = runs.Run
-    assert sweeping.estimate_seconds(finished, [R("baseline", "vgg16", 8, 5)]) == (150.0, [])
-    assert sweeping.estimate_seconds(finished, [R("limited", "vgg16", 16, 0)]) == (60.0, [])  # same (arch, batch)
-    assert sweeping.estimate_seconds(finished, [R("limited", "vgg16", 32, 0)]) == (120.0, [])  # same arch
+    assert runner.estimate_seconds(finished, [R("baseline", "vgg16", 8, 5)]) == (150.0, [])
+    assert runner.estimate_seconds(finished, [R("limited", "vgg16", 16, 0)]) == (60.0, [])  # same (arch, batch)
+    assert runner.estimate_seconds(finished, [R("limited", "vgg16", 32, 0)]) == (120.0, [])  # same arch
     # No finished googlenet run: no estimate for it, rather than another network's time.
-    assert sweeping.estimate_seconds(finished, [R("limited", "googlenet", 8, 0), R("baseline", "alexnet", 8, 1)]) == (
+    assert runner.estimate_seconds(finished, [R("limited", "googlenet", 8, 0), R("baseline", "alexnet", 8, 1)]) == (
         10.0, ["googlenet"])
 
 
 def test_runs_larger_than_the_training_set_are_left_out():
     labels = np.array([0, 1] * 50)  # 100 examples, 10 folds: baseline trains on 90, limited on 10
-    smallest = sweeping.smallest_train_sets(labels, ["baseline", "limited"], 10)
+    smallest = runner.smallest_train_sets(labels, ["baseline", "limited"], 10)
     assert smallest == {"baseline": 90, "limited": 10}
-    plan = sweeping.plan(["baseline", "limited"], ["vgg16"], {"vgg16": [8, 16, 64]}, 2)
-    keep, dropped = sweeping.runnable(plan, smallest)
+    plan = runner.plan(["baseline", "limited"], ["vgg16"], {"vgg16": [8, 16, 64]}, 2)
+    keep, dropped = runner.runnable(plan, smallest)
     assert {(r.design, r.batch) for r in dropped} == {("limited", 16), ("limited", 64)}
     assert len(keep) + len(dropped) == len(plan)
 
@@ -377,7 +379,7 @@ def test_a_torn_last_line_of_results_jsonl_is_ignored_and_repaired(tmp_path, cap
 def test_several_workers_share_the_groups(tmp_path):
     plan = [runs.Run("baseline", arch, 8, 0) for arch in ("vgg16", "alexnet", "resnet18")]
     lines = []
-    counts = sweeping.sweep(sweeping.groups(plan), tmp_path, _bogus_spec, workers=2, say=lines.append)
+    counts = runner.sweep(runner.groups(plan), tmp_path, _bogus_spec, workers=2, say=lines.append)
     assert counts["crashed"] == 3 and len([line for line in lines if "exited with status 1" in line]) == 3
     assert sorted(p.name for p in (tmp_path / "logs/workers").iterdir()) == [
         "alexnet-batch8.log", "resnet18-batch8.log", "vgg16-batch8.log"]

@@ -14,7 +14,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_main, synthetic_records
-from octtl import data, exporting, prediction, records, runs, sweep, train, training
+from octtl import runs, sweep, train
+from octtl.data import pipeline
+from octtl.inference import savedmodel
+from octtl.inference import predictor
+from octtl.data import records
+from octtl.training import session
 from octtl.errors import InputError
 
 QUIET = dict(say=lambda line: None, progress=False)
@@ -33,8 +38,8 @@ def tiny(records_dir, logdir, **changes):
 
 
 def test_augmentation_changes_training_only_and_repeats_for_a_seed(records_dir, tmp_path):
-    plain = training.Session(tiny(records_dir, tmp_path / "plain"), **QUIET)
-    augmented = training.Session(tiny(records_dir, tmp_path / "aug", augment="flip,shift,scale,intensity,speckle"),
+    plain = session.Session(tiny(records_dir, tmp_path / "plain"), **QUIET)
+    augmented = session.Session(tiny(records_dir, tmp_path / "aug", augment="flip,shift,scale,intensity,speckle"),
                                  **QUIET)
     first = augmented.run("baseline", 0)
     assert first["augment"] == ["flip", "intensity", "scale", "shift", "speckle"]
@@ -44,7 +49,7 @@ def test_augmentation_changes_training_only_and_repeats_for_a_seed(records_dir, 
     assert augmented.margin > 0 and augmented.decoded.images.shape[1] == 48 + 2 * augmented.margin
     np.testing.assert_array_equal(augmented.decoded.crops, plain.decoded.images)
     assert [c["val_loss"] for c in first["checks"]] != [c["val_loss"] for c in base["checks"]]
-    again = training.Session(tiny(records_dir, tmp_path / "again", augment="flip,shift,scale,intensity,speckle"),
+    again = session.Session(tiny(records_dir, tmp_path / "again", augment="flip,shift,scale,intensity,speckle"),
                              **QUIET).run("baseline", 0)
     assert again["checks"] == first["checks"]  # the same seed, the same augmented batches
 
@@ -53,40 +58,40 @@ def test_augmentation_changes_training_only_and_repeats_for_a_seed(records_dir, 
 def denoised_run(records_dir, tmp_path_factory):
     """A tiny network trained on median-denoised B-scans; (run folder, result)."""
     logdir = tmp_path_factory.mktemp("denoised")
-    result = training.train(tiny(records_dir, logdir, denoise="median", denoise_strength=5, max_epochs=1), 0,
+    result = session.train(tiny(records_dir, logdir, denoise="median", denoise_strength=5, max_epochs=1), 0,
                             **QUIET)
     assert result["denoise"] == "median" and result["denoise_strength"] == 5.0 and result["decode_seconds"] > 0
     return result
 
 
 def test_training_decodes_denoised_b_scans(records_dir, denoised_run):
-    from octtl import denoise
+    from octtl.data import denoise
 
     meta = records.read_metadata(records_dir)
-    plain = data.decode(records_dir, meta, 48, "center")
-    filtered = data.decode(records_dir, meta, 48, "center",
+    plain = pipeline.decode(records_dir, meta, 48, "center")
+    filtered = pipeline.decode(records_dir, meta, 48, "center",
                            prefilter=lambda image: denoise.denoise(image, "median", 5))
     assert not np.array_equal(plain.images, filtered.images)
     # Denoised before cropping: the crop of the denoised B-scan, not the denoised crop.
     whole = tf.io.decode_png(next(iter(tf.data.TFRecordDataset(records.shard_paths(records_dir)).map(
         lambda s: records.parse(s)[records.IMAGE]))), channels=1).numpy()
-    expected = data.crop(denoise.denoise(whole, "median", 5), 48, "center").numpy()
+    expected = pipeline.crop(denoise.denoise(whole, "median", 5), 48, "center").numpy()
     np.testing.assert_array_equal(filtered.images[0], expected)
 
 
 def test_predict_and_export_denoise_as_training_did(records_dir, denoised_run, tmp_path):
     model = f"{denoised_run['run_dir']}/best.keras"
-    report = prediction.predict(model, records_dir, tmp_path / "p.csv")
+    report = predictor.predict(model, records_dir, tmp_path / "p.csv")
     by_key = {(r["volume_id"], r["slice"]): float(r["p_fluid"]) for r in report.rows}
     with open(f"{denoised_run['run_dir']}/predictions.csv", newline="") as f:
         validation = list(csv.DictReader(f))
     np.testing.assert_allclose([by_key[(r["volume_id"], int(r["slice"]))] for r in validation],
                                [float(r["p_fluid"]) for r in validation], atol=1e-5)
 
-    exporting.export(model, tmp_path / "export")
+    savedmodel.export(model, tmp_path / "export")
     serve = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"]
     volume = records.read_metadata(records_dir).volume_ids[0]
-    scans = next(s for s in prediction.read_input(records_dir) if s.volume_id == volume)
+    scans = next(s for s in predictor.read_input(records_dir) if s.volume_id == volume)
     served = serve(bscans=tf.constant(np.stack(scans.images)))["p_fluid"].numpy()
     np.testing.assert_allclose(served, [by_key[(volume, int(k))] for k in scans.slices], atol=1e-5)
 
@@ -99,7 +104,7 @@ def test_export_refuses_a_denoising_it_cannot_write_in_tensorflow(records_dir, d
     (folder / runs.BEST_MODEL).write_bytes((pathlib.Path(denoised_run["run_dir"]) / runs.BEST_MODEL)
                                            .read_bytes())
     with pytest.raises(InputError, match=r"--model=.*: its run used --denoise=nlm cannot be written in TensorFlow"):
-        exporting.export(folder / runs.BEST_MODEL, tmp_path / "out")
+        savedmodel.export(folder / runs.BEST_MODEL, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

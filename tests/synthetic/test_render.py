@@ -1,4 +1,4 @@
-"""Tests for the synthetic RETOUCH-like generator (octtl/synthetic.py) and its entry script."""
+"""Tests for the synthetic RETOUCH-like generator (octtl/synthetic/render.py) and its entry script."""
 
 import hashlib
 import os
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from octtl import synthetic
+from octtl.synthetic import render
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402
 SMALL = dict(bscans=6, height=48, width=40)
 
 # vendor: (folder, first volume, default shape, dtype, axial spacing in mm)
@@ -51,17 +51,17 @@ def _tool(*args, cwd=None) -> subprocess.CompletedProcess:
 
 
 def test_every_vendor_is_expected():
-    assert set(synthetic.VENDORS) == set(EXPECTED_VENDORS)
+    assert set(render.VENDORS) == set(EXPECTED_VENDORS)
 
 
 @pytest.mark.parametrize("vendor", sorted(EXPECTED_VENDORS))
 def test_vendor_layout_and_readback(tmp_path, vendor):
     folder, first, shape, dtype, axial = EXPECTED_VENDORS[vendor]
-    spec = synthetic.VENDORS[vendor]
+    spec = render.VENDORS[vendor]
     assert (spec.folder, (spec.bscans, spec.height, spec.width), spec.dtype) == (folder, shape, np.dtype(dtype))
     assert spec.spacing[1] == pytest.approx(axial)
 
-    paths = synthetic.write_dataset(tmp_path, vendor=vendor, volumes=2, seed=1, **SMALL)
+    paths = render.write_dataset(tmp_path, vendor=vendor, volumes=2, seed=1, **SMALL)
 
     number = int(first[5:])
     assert paths == [tmp_path / folder / f"TRAIN{number:03d}", tmp_path / folder / f"TRAIN{number + 1:03d}"]
@@ -81,16 +81,16 @@ def test_vendor_layout_and_readback(tmp_path, vendor):
 
 
 def test_numbering_continues_past_the_vendor_range(tmp_path):
-    paths = synthetic.write_dataset(tmp_path, vendor="spectralis", volumes=25, bscans=1, height=16, width=16)
+    paths = render.write_dataset(tmp_path, vendor="spectralis", volumes=25, bscans=1, height=16, width=16)
     assert [p.name for p in paths[:2]] == ["TRAIN025", "TRAIN026"]
     assert paths[-1].name == "TRAIN049"
 
 
 def test_same_seed_gives_identical_files_and_volume_k_ignores_the_count(tmp_path):
-    a = synthetic.write_dataset(tmp_path / "a", volumes=3, seed=5, **SMALL)[0].parent
-    b = synthetic.write_dataset(tmp_path / "b", volumes=3, seed=5, **SMALL)[0].parent
-    one = synthetic.write_dataset(tmp_path / "one", volumes=1, seed=5, **SMALL)[0].parent
-    other = synthetic.write_dataset(tmp_path / "other", volumes=3, seed=6, **SMALL)[0].parent
+    a = render.write_dataset(tmp_path / "a", volumes=3, seed=5, **SMALL)[0].parent
+    b = render.write_dataset(tmp_path / "b", volumes=3, seed=5, **SMALL)[0].parent
+    one = render.write_dataset(tmp_path / "one", volumes=1, seed=5, **SMALL)[0].parent
+    other = render.write_dataset(tmp_path / "other", volumes=3, seed=6, **SMALL)[0].parent
 
     assert _digest(a) == _digest(b)
     assert _digest(one) == {k: v for k, v in _digest(a).items() if k.startswith("TRAIN025")}
@@ -98,20 +98,20 @@ def test_same_seed_gives_identical_files_and_volume_k_ignores_the_count(tmp_path
 
 
 def test_make_volume_is_deterministic():
-    first = synthetic.make_volume(np.random.default_rng(3), 4, 32, 32, np.uint8)
-    again = synthetic.make_volume(np.random.default_rng(3), 4, 32, 32, np.uint8)
-    other = synthetic.make_volume(np.random.default_rng(4), 4, 32, 32, np.uint8)
+    first = render.make_volume(np.random.default_rng(3), 4, 32, 32, np.uint8)
+    again = render.make_volume(np.random.default_rng(3), 4, 32, 32, np.uint8)
+    other = render.make_volume(np.random.default_rng(4), 4, 32, 32, np.uint8)
     assert all(np.array_equal(x, y) for x, y in zip(first, again))
     assert not np.array_equal(first[0], other[0])
 
 
 @pytest.mark.parametrize("shape", [(1, 16, 16), (0, 32, 32), (2, 15, 32), (2, 32, 15), (2, -1, 32)])
 def test_make_volume_sizes(shape):
-    if min(shape) < 1 or shape[1] < synthetic.MIN_ROWS or shape[2] < synthetic.MIN_COLUMNS:
+    if min(shape) < 1 or shape[1] < render.MIN_ROWS or shape[2] < render.MIN_COLUMNS:
         with pytest.raises(ValueError):
-            synthetic.make_volume(np.random.default_rng(0), *shape)
+            render.make_volume(np.random.default_rng(0), *shape)
     else:
-        oct_volume, reference = synthetic.make_volume(np.random.default_rng(0), *shape, fluid_quantile=0.99)
+        oct_volume, reference = render.make_volume(np.random.default_rng(0), *shape, fluid_quantile=0.99)
         assert oct_volume.shape == reference.shape == shape
 
 
@@ -123,17 +123,17 @@ def test_failed_run_leaves_no_dataset(tmp_path, monkeypatch):
             raise OSError("disk full")
         written.append(folder)
 
-    monkeypatch.setattr(synthetic, "_write_volume", fail_on_second)
+    monkeypatch.setattr(render, "_write_volume", fail_on_second)
     with pytest.raises(OSError):
-        synthetic.write_dataset(tmp_path, volumes=3, **SMALL)
+        render.write_dataset(tmp_path, volumes=3, **SMALL)
     assert os.listdir(tmp_path) == []
 
 
 def test_non_empty_vendor_folder_is_refused(tmp_path):
-    synthetic.write_dataset(tmp_path, volumes=1, **SMALL)
+    render.write_dataset(tmp_path, volumes=1, **SMALL)
     before = _digest(tmp_path)
     with pytest.raises(FileExistsError):
-        synthetic.write_dataset(tmp_path, volumes=1, seed=9, **SMALL)
+        render.write_dataset(tmp_path, volumes=1, seed=9, **SMALL)
     assert _digest(tmp_path) == before
 
 
@@ -143,11 +143,11 @@ class TestFullSizeSpectralis:
     @pytest.fixture(scope="class")
     @classmethod
     def volumes(cls):
-        spec = synthetic.VENDORS["spectralis"]
-        quantiles = synthetic.fluid_quantiles(2024, 12)
+        spec = render.VENDORS["spectralis"]
+        quantiles = render.fluid_quantiles(2024, 12)
         summaries = []
         for seed, quantile in zip(np.random.SeedSequence(2024).spawn(12), quantiles):
-            oct_volume, reference = synthetic.make_volume(
+            oct_volume, reference = render.make_volume(
                 np.random.default_rng(seed), spec.bscans, spec.height, spec.width, spec.dtype,
                 fluid_quantile=quantile, speckle=spec.speckle)
             summaries.append(cls._summarise(oct_volume, reference))
@@ -163,17 +163,17 @@ class TestFullSizeSpectralis:
             ring |= np.roll(fluid, shift, axis=1) | np.roll(fluid, shift, axis=2)
         ring &= ~fluid
         rows = np.arange(reference.shape[1])[None, :, None]
-        irf = reference == synthetic.IRF
-        sub = (reference == synthetic.SRF) | (reference == synthetic.PED)
+        irf = reference == render.IRF
+        sub = (reference == render.SRF) | (reference == render.PED)
         irf_bottom = np.where(irf, rows, -1).max(axis=1)
         sub_top = np.where(sub, rows, reference.shape[1]).min(axis=1)
         both = irf.any(axis=1) & sub.any(axis=1)
         crop = slice((reference.shape[2] - 224) // 2, (reference.shape[2] + 224) // 2)
         return dict(
-            fluid_bscans=synthetic.fluid_bscans(reference),
-            kinds={c: (reference == c).any(axis=(1, 2)) for c in synthetic.FLUID_NAMES},
+            fluid_bscans=render.fluid_bscans(reference),
+            kinds={c: (reference == c).any(axis=(1, 2)) for c in render.FLUID_NAMES},
             fluid_mean={c: float(oct_volume[reference == c].mean()) if (reference == c).any() else None
-                        for c in synthetic.FLUID_NAMES},
+                        for c in render.FLUID_NAMES},
             ring_mean=float(oct_volume[ring].mean()) if ring.any() else None,
             irf_above_sub=bool(np.all(irf_bottom[both] < sub_top[both])),
             outside_crop_only=int((fluid.any(axis=(1, 2)) & ~fluid[:, :, crop].any(axis=(1, 2))).sum()),
@@ -188,8 +188,8 @@ class TestFullSizeSpectralis:
         assert max(fractions) > 0.7  # ... and some mostly fluid.
 
     def test_every_fluid_kind_appears(self, volumes):
-        for code in synthetic.FLUID_NAMES:
-            assert any(v["kinds"][code].any() for v in volumes), synthetic.FLUID_NAMES[code]
+        for code in render.FLUID_NAMES:
+            assert any(v["kinds"][code].any() for v in volumes), render.FLUID_NAMES[code]
 
     def test_fluid_comes_in_runs_of_bscans(self, volumes):
         for v in volumes:
@@ -204,7 +204,7 @@ class TestFullSizeSpectralis:
         for v in volumes:
             for code, mean in v["fluid_mean"].items():
                 if mean is not None:
-                    assert mean < 0.6 * v["ring_mean"], synthetic.FLUID_NAMES[code]
+                    assert mean < 0.6 * v["ring_mean"], render.FLUID_NAMES[code]
 
     def test_some_fluid_lies_outside_the_central_crop(self, volumes):
         assert sum(v["outside_crop_only"] for v in volumes) > 0
@@ -218,9 +218,9 @@ class TestFullSizeSpectralis:
 def test_render_example(tmp_path):
     from PIL import Image
 
-    oct_volume, reference = synthetic.make_volume(np.random.default_rng(1), 5, 64, 96, np.uint16, fluid_quantile=0.99)
+    oct_volume, reference = render.make_volume(np.random.default_rng(1), 5, 64, 96, np.uint16, fluid_quantile=0.99)
     path = tmp_path / "example.png"
-    synthetic.render_example(oct_volume, reference, synthetic.example_index(reference), path)
+    render.render_example(oct_volume, reference, render.example_index(reference), path)
     with Image.open(path) as image:
         assert image.width > image.height > 64
 

@@ -1,4 +1,4 @@
-"""Tests of octtl/callbacks.py on scripted validation results, driven by a real model.fit."""
+"""Tests of octtl/training/early_stop.py on scripted validation results, driven by a real model.fit."""
 
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from octtl import callbacks
+from octtl.training import early_stop
 
 LABELS = np.array([0, 1, 1, 0, 1, 0])
 
@@ -42,14 +42,14 @@ def fit(callback, epochs, steps_per_epoch=4):
 @pytest.mark.parametrize("steps, checks, expected", [
     (4, 2, [2, 4]), (49, 2, [24, 49]), (5, 2, [2, 5]), (1, 2, [1]), (10, 3, [3, 6, 10]), (7, 1, [7])])
 def test_check_steps(steps, checks, expected):
-    assert callbacks.check_steps(steps, checks) == expected
+    assert early_stop.check_steps(steps, checks) == expected
 
 
 @pytest.mark.parametrize("patience", [0, 2, 5])
 def test_stops_after_patience_plus_one_non_improving_checks(patience):
     losses = [1.0, 0.9] + [0.95] * 20
     predict, calls = scripted(losses=losses)
-    cb = callbacks.HalfEpochEarlyStop(predict, LABELS, steps_per_epoch=4, checks_per_epoch=2,
+    cb = early_stop.HalfEpochEarlyStop(predict, LABELS, steps_per_epoch=4, checks_per_epoch=2,
                                       patience=patience)
     fit(cb, epochs=20)
     assert cb.early_stopped
@@ -62,7 +62,7 @@ def test_stops_after_patience_plus_one_non_improving_checks(patience):
 def test_improvement_resets_patience_and_max_epochs_bounds_training():
     losses = [1.0, 1.1, 1.1, 0.8, 0.9, 0.9, 0.7, 0.75, 0.75, 0.6, 0.65, 0.6]
     predict, _ = scripted(losses=losses)
-    cb = callbacks.HalfEpochEarlyStop(predict, LABELS, steps_per_epoch=4, checks_per_epoch=2, patience=2)
+    cb = early_stop.HalfEpochEarlyStop(predict, LABELS, steps_per_epoch=4, checks_per_epoch=2, patience=2)
     fit(cb, epochs=3)
     assert not cb.early_stopped
     assert cb.epochs_started == 3
@@ -73,7 +73,7 @@ def test_best_accuracy_keeps_earlier_model_on_ties_and_restores_its_weights():
     accuracies = [0.5, 4 / 6, 4 / 6, 0.5, 4 / 6, 0.5]
     predict, _ = scripted(accuracies=accuracies)
     snapshots = []
-    cb = callbacks.HalfEpochEarlyStop(predict, LABELS, steps_per_epoch=4, checks_per_epoch=2, patience=10,
+    cb = early_stop.HalfEpochEarlyStop(predict, LABELS, steps_per_epoch=4, checks_per_epoch=2, patience=10,
                                       on_evaluation=lambda e: snapshots.append(cb.model.get_weights()))
     model = fit(cb, epochs=3)
     assert [round(e.val_accuracy, 6) for e in cb.evaluations] == [round(a, 6) for a in accuracies]
@@ -86,7 +86,7 @@ def test_best_accuracy_keeps_earlier_model_on_ties_and_restores_its_weights():
 
 def test_eval_every_adds_evaluations_that_do_not_count_as_checks():
     predict, _ = scripted(losses=[1.0] * 50)
-    cb = callbacks.HalfEpochEarlyStop(predict, LABELS, steps_per_epoch=4, checks_per_epoch=2, patience=100,
+    cb = early_stop.HalfEpochEarlyStop(predict, LABELS, steps_per_epoch=4, checks_per_epoch=2, patience=100,
                                       eval_every=3)
     fit(cb, epochs=3)
     got = [(e.iteration, e.check) for e in cb.evaluations]
@@ -97,7 +97,7 @@ def test_eval_every_adds_evaluations_that_do_not_count_as_checks():
 
 def test_fixed_iterations_without_early_stop():
     predict, _ = scripted(losses=[1.0] + [2.0] * 50)
-    cb = callbacks.HalfEpochEarlyStop(predict, LABELS, steps_per_epoch=4, checks_per_epoch=2, patience=0,
+    cb = early_stop.HalfEpochEarlyStop(predict, LABELS, steps_per_epoch=4, checks_per_epoch=2, patience=0,
                                       early_stop=False, max_iterations=9)
     fit(cb, epochs=10)
     assert cb.iteration == 9 and not cb.early_stopped
@@ -109,16 +109,16 @@ def test_evaluate_probabilities_against_sklearn():
     labels = rng.integers(0, 2, 200)
     p = rng.random(200)
     probs = np.stack([1 - p, p], axis=1)
-    e = callbacks.evaluate_probabilities(probs, labels, iteration=7, check=True)
+    e = early_stop.evaluate_probabilities(probs, labels, iteration=7, check=True)
     assert e.val_loss == pytest.approx(metrics.log_loss(labels, p), rel=1e-9)
     assert e.val_accuracy == metrics.accuracy_score(labels, p > 0.5)
     assert e.val_auc == metrics.roc_auc_score(labels, p)
-    one_class = callbacks.evaluate_probabilities(probs[:3], np.zeros(3, int), 1, True)
+    one_class = early_stop.evaluate_probabilities(probs[:3], np.zeros(3, int), 1, True)
     assert math.isnan(one_class.val_auc)
 
 
 def test_undefined_auc_is_null_in_records():
-    e = callbacks.evaluate_probabilities(np.array([[0.3, 0.7], [0.6, 0.4]]), np.array([1, 1]), 3, True)
+    e = early_stop.evaluate_probabilities(np.array([[0.3, 0.7], [0.6, 0.4]]), np.array([1, 1]), 3, True)
     assert math.isnan(e.val_auc)
     assert e.record() == {"iteration": 3, "val_loss": pytest.approx(-np.log([0.7, 0.4]).mean()),
                           "val_accuracy": 0.5, "val_auc": None, "check": True}

@@ -1,4 +1,4 @@
-"""octtl.train and octtl.training: the protocol's outputs, sessions, "done", console, and every refusal.
+"""octtl.train and octtl.training.session: the protocol's outputs, sessions, "done", console, and every refusal.
 
 One real run goes through the command line (squeezenet with its packaged ImageNet weights); the rest train the
 test-only `tiny` network in-process, where the network is not the point.
@@ -22,7 +22,12 @@ from sklearn import metrics
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import REPO, synthetic_records
-from octtl import data, events, records, runs, synthetic, train, training
+from octtl import runs, train
+from octtl.data import pipeline
+from octtl.training import tensorboard
+from octtl.data import records
+from octtl.synthetic import render
+from octtl.training import session
 from octtl.errors import InputError, WeightsError
 
 RESULT_KEYS = {"arch", "batch", "design", "fold", "folds", "seed", "weights", "weights_file", "weights_scaling",
@@ -51,10 +56,10 @@ def small_args(records_dir, logdir, *extra):
             "--image_size=64", "--folds=5", "--max_epochs=2", "--weights=none", *extra]
 
 
-def tiny(records_dir, logdir, **changes) -> training.Config:
+def tiny(records_dir, logdir, **changes) -> session.Config:
     values = dict(data_dir=str(records_dir), logdir=str(logdir), arch="tiny", batch=8, folds=5, image_size=32,
                   max_epochs=2, weights="none")
-    return training.Config(**{**values, **changes})
+    return session.Config(**{**values, **changes})
 
 
 def read_events(run_dir):
@@ -148,7 +153,7 @@ def test_best_model_reproduces_predictions(finished_run, records_dir):
         rows = list(csv.DictReader(f))
     indices = [index[(r["volume_id"], int(r["slice"]))] for r in rows]
     assert [int(meta.labels[i]) for i in indices] == [int(r["label"]) for r in rows]
-    decoded = data.decode(records_dir, meta, result["image_size"], result["crop"])
+    decoded = pipeline.decode(records_dir, meta, result["image_size"], result["crop"])
     model = keras.saving.load_model(folder / "best.keras")
     p = model.predict(decoded.images[indices], verbose=0)[:, 1]
     np.testing.assert_allclose(p, [float(r["p_fluid"]) for r in rows], atol=1e-5)
@@ -173,45 +178,45 @@ def test_tensorboard_events_and_typed_hparams(finished_run):
                     data_pb = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
                     config.extend(data_pb.experiment.hparam_infos)
     types = {info.name: info.type for info in config}
-    assert set(types) == set(events.HPARAMS) and 0 not in types.values()  # 0 is DATA_TYPE_UNSET
+    assert set(types) == set(tensorboard.HPARAMS) and 0 not in types.values()  # 0 is DATA_TYPE_UNSET
 
 
 def test_rerun_is_a_noop_and_overwrite_redoes(records_dir, tmp_path, capsys):
     config = tiny(records_dir, tmp_path, max_epochs=1)
-    first = training.train(config, 0, **QUIET)
+    first = session.train(config, 0, **QUIET)
     path = tmp_path / "baseline/tiny/batch8/fold0/result.json"
     mtime = path.stat().st_mtime_ns
-    again = training.train(config, 0, **QUIET)
+    again = session.train(config, 0, **QUIET)
     assert again["skipped"] and path.stat().st_mtime_ns == mtime
-    redone = training.train(dataclasses.replace(config, overwrite=True), 0, **QUIET)
+    redone = session.train(dataclasses.replace(config, overwrite=True), 0, **QUIET)
     assert "skipped" not in redone and path.stat().st_mtime_ns != mtime
     assert redone["checks"] == first["checks"]  # the same run, trained again: the same numbers
 
 
 def test_a_stale_run_is_trained_again_saying_why(records_dir, tmp_path):
     config = tiny(records_dir, tmp_path, max_epochs=1)
-    training.train(config, 0, **QUIET)
+    session.train(config, 0, **QUIET)
     path = tmp_path / "baseline/tiny/batch8/fold0/result.json"
     result = json.loads(path.read_text())
     path.write_text(json.dumps({**result, "preprocess": "backbone"}))  # as if trained with another scaling
     said = []
-    redone = training.train(config, 0, say=said.append, progress=False)
+    redone = session.train(config, 0, say=said.append, progress=False)
     assert said[0] == (f"train: {path.parent}: stale (preprocess backbone (plan: paper)); training it again")
     assert redone["preprocess"] == "paper" and "skipped" not in redone
     # A sweep's session leaves it, saying so, unless told to redo it.
     path.write_text(json.dumps({**redone, "lr": 0.5}))
     said.clear()
-    left = training.Session(config, say=said.append, progress=False, redo_stale=False).run("baseline", 0)
+    left = session.Session(config, say=said.append, progress=False, redo_stale=False).run("baseline", 0)
     assert left["stale"] == "lr 0.5 (plan: 0.0001)" and "left as it is" in said[0]
 
 
 def test_session_runs_equal_fresh_processes(records_dir, tmp_path):
     """Three runs of one session (two folds of one design, one of the other) against `python -m octtl.train`."""
-    config = training.Config(data_dir=str(records_dir), logdir=str(tmp_path / "session"), arch="squeezenet",
+    config = session.Config(data_dir=str(records_dir), logdir=str(tmp_path / "session"), arch="squeezenet",
                              batch=8, folds=5, image_size=48, max_epochs=1, weights="none")
-    session = training.Session(config, **QUIET)
+    one = session.Session(config, **QUIET)
     plan = [("baseline", 0), ("baseline", 3), ("limited", 1)]
-    mine = [session.run(design, fold) for design, fold in plan]
+    mine = [one.run(design, fold) for design, fold in plan]
     env = dict(os.environ, OCTTL_VERBOSE="0")
     fresh_logdir = tmp_path / "fresh"
     # One process per run, started together: they are independent, and their start-up overlaps.
@@ -240,7 +245,7 @@ def test_interrupted_run_restarts_cleanly(records_dir, tmp_path):
     run_dir.mkdir(parents=True)
     (run_dir / "best.keras").write_text("half-written")
     (run_dir / "events.out.tfevents.0.stale").write_text("stale")
-    training.train(tiny(records_dir, tmp_path, max_epochs=1), 1, **QUIET)
+    session.train(tiny(records_dir, tmp_path, max_epochs=1), 1, **QUIET)
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events")) == [
         "best.keras", "flags.txt", "predictions.csv", "result.json"]
     assert not (run_dir / "events.out.tfevents.0.stale").exists()
@@ -250,14 +255,14 @@ def test_interrupted_run_restarts_cleanly(records_dir, tmp_path):
 def test_fixed_iterations_and_no_model_saved(records_dir, tmp_path):
     config = tiny(records_dir, tmp_path, early_stop=False, max_iterations=7, max_epochs=1, seed=4,
                   save_model=False)
-    result = training.train(config, 0, **QUIET)
+    result = session.train(config, 0, **QUIET)
     assert result["iterations"] == 7 and not result["early_stopped"]
     assert [c["iteration"] for c in result["checks"]] == [6, 7]
     assert not (tmp_path / "baseline/tiny/batch8/fold0/best.keras").exists()
 
 
 def test_limited_design_and_grouping(records_dir, tmp_path):
-    result = training.train(tiny(records_dir, tmp_path, design="limited", group_by_volume=True, max_epochs=1), 0,
+    result = session.train(tiny(records_dir, tmp_path, design="limited", group_by_volume=True, max_epochs=1), 0,
                             **QUIET)
     assert result["train_size"] + result["val_size"] == 120 and result["train_size"] < result["val_size"]
     with open(tmp_path / "limited/tiny/batch8/fold0/predictions.csv", newline="") as f:
@@ -269,7 +274,7 @@ def test_divergence_is_a_failed_run():
     class Model:
         stop_training = False
 
-    logger = events.StepLogger(tf.summary.create_noop_writer(), iteration=iter(range(100)).__next__)
+    logger = tensorboard.StepLogger(tf.summary.create_noop_writer(), iteration=iter(range(100)).__next__)
     logger.set_model(Model())
     for loss in (0.7, 9.0, 650.0):
         logger.on_train_batch_end(0, {"loss": loss})
@@ -279,7 +284,7 @@ def test_divergence_is_a_failed_run():
 
 
 def test_nan_loss_fails_the_run_and_exits_1(records_dir, tmp_path):
-    result = training.train(tiny(records_dir, tmp_path, lr=1e30, max_epochs=1), 0, **QUIET)
+    result = session.train(tiny(records_dir, tmp_path, lr=1e30, max_epochs=1), 0, **QUIET)
     assert result["status"] == "failed" and "training loss is" in result["error"]
     assert not (tmp_path / "baseline/tiny/batch8/fold0/best.keras").exists()
 
@@ -313,16 +318,16 @@ def test_garbage_weights_fail_before_the_run_folder(records_dir, tmp_path):
     garbage = tmp_path / "w.h5"
     garbage.write_bytes(b"not hdf5")
     with pytest.raises(WeightsError, match=f"--weights={garbage}: .* neither an HDF5 weights file"):
-        training.train(training.Config(data_dir=str(records_dir), logdir=str(tmp_path / "runs"), arch="squeezenet",
+        session.train(session.Config(data_dir=str(records_dir), logdir=str(tmp_path / "runs"), arch="squeezenet",
                                        batch=8, folds=5, image_size=32, weights=str(garbage)), 0, **QUIET)
     assert not (tmp_path / "runs").exists()
 
 
 def test_one_class_data_is_refused(tmp_path):
-    synthetic.write_dataset(tmp_path / "dry", volumes=3, bscans=4, height=32, width=32, seed=1, fluid_fraction=0.0)
+    render.write_dataset(tmp_path / "dry", volumes=3, bscans=4, height=32, width=32, seed=1, fluid_fraction=0.0)
     records.convert(tmp_path / "dry", tmp_path / "records", progress=None)
     with pytest.raises(InputError, match="every B-scan has label 0; a classifier needs both classes"):
-        training.train(tiny(tmp_path / "records", tmp_path / "runs", folds=2), 0, **QUIET)
+        session.train(tiny(tmp_path / "records", tmp_path / "runs", folds=2), 0, **QUIET)
     assert not (tmp_path / "runs").exists()
 
 
