@@ -1,4 +1,5 @@
-"""Real Spectralis B-scans (../shared/data/oct2017-dev, 60 NORMAL and 60 DME, CC BY 4.0): patients as groups, and
+"""Real Spectralis B-scans (../shared/data/oct2017-dev: 60 each of NORMAL, DME, CNV and DRUSEN, CC BY 4.0; these tests
+convert NORMAL and DME): patients as groups, and
 ImageNet transfer that works on them with the defaults.
 
 The data lives beside a checkout, never in it; these tests skip, saying so, only where it is absent.
@@ -22,13 +23,17 @@ pytestmark = pytest.mark.skipif(not DEV.is_dir(), reason=f"{DEV} absent (real B-
 @pytest.fixture(scope="module")
 def dev_records(tmp_path_factory):
     out = tmp_path_factory.mktemp("oct2017-dev") / "records"
-    records.convert(DEV, out, input_format="image_folders", classes=["NORMAL", "DME"], group_regex=PATIENT,
+    records.convert(DEV, out, input_format="image_folders", classes=list(CLASSES), group_regex=PATIENT,
                     progress=None)
     return out
 
 
+CLASSES = ("NORMAL", "DME")
+
+
 def test_patients_become_groups(dev_records):
-    stems = sorted(p.stem for p in DEV.rglob("*.jpeg"))
+    # Only the converted classes' folders: the dev set holds CNV and DRUSEN too.
+    stems = sorted(p.stem for c in CLASSES for p in (DEV / c).glob("*.jpeg"))
     patients = collections.Counter(re.match(PATIENT, s).group(1) for s in stems)
     meta = records.read_metadata(dev_records)
     assert sorted(meta.sources) == stems and len(meta) == 120
