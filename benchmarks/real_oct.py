@@ -33,6 +33,7 @@ def main(argv):
     console.start_tensorflow()
     from octtl.data import records
     from octtl.training import session
+    from octtl.training.config import Config
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="octtl-real-oct-"))
     manifest = records.convert(_DATA_DIR.value, work / "records", input_format="image_folders",
@@ -46,7 +47,7 @@ def main(argv):
             for weights in ("imagenet", "none"):
                 runs = []
                 for fold in fold_list:
-                    config = session.Config(
+                    config = Config(
                         data_dir=str(work / "records"), logdir=str(work / "runs" / f"{preprocess}-{crop}-{weights}"),
                         arch="squeezenet", batch=16, folds=5, group_by_volume=True, image_size=_IMAGE_SIZE.value,
                         crop=crop, weights=weights, preprocess=preprocess)

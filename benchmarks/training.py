@@ -36,6 +36,7 @@ from octtl.data import records
 from octtl.synthetic import render
 
 from octtl.training import session  # noqa: E402
+from octtl.training.config import Config
 
 _RECORDS_DIR = flags.DEFINE_string("records_dir", None, "Converted records; default: generate synthetic data.")
 _ARCH = flags.DEFINE_string("arch", "squeezenet", "Network.")
@@ -91,7 +92,7 @@ def main(argv):
         records_dir = work / "records"
         records.convert(work / "volumes", records_dir, progress=None)
     metadata = records.read_metadata(records_dir)
-    config = session.Config(data_dir=str(records_dir), logdir=str(work / "runs"), arch=_ARCH.value,
+    config = Config(data_dir=str(records_dir), logdir=str(work / "runs"), arch=_ARCH.value,
                              batch=_BATCH.value, weights="none", image_size=_IMAGE_SIZE.value,
                              max_epochs=_EPOCHS.value, patience=10**6, overwrite=True)
     bare_times, octtl_times = [], []

@@ -31,12 +31,13 @@ VARIANTS = {"default": {}, "augment flip,shift": {"augment": "flip,shift"}, "den
 
 def main(argv):
     del argv
-    from octtl import console
+    from octtl import console, runs
 
     console.start_tensorflow()
     from octtl.data import records
     from octtl.synthetic import render
     from octtl.training import session
+    from octtl.training.config import Config
     from octtl.results import variants
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="octtl-bench-variants-"))
@@ -52,7 +53,7 @@ def main(argv):
     for label, where in sets.items():
         results, costs = [], {}
         for name, changes in VARIANTS.items():
-            config = session.Config(data_dir=str(where["data_dir"]), logdir=str(work / "runs" / label[:4]),
+            config = Config(data_dir=str(where["data_dir"]), logdir=str(work / "runs" / label[:4]),
                                      arch="squeezenet", batch=16, folds=_FOLDS, image_size=_IMAGE_SIZE.value,
                                      crop="resize", design=where["design"], group_by_volume=where["group_by_volume"],
                                      save_model=False, **changes)
@@ -71,7 +72,7 @@ def main(argv):
             for row in variants.variant_table(results, axis):
                 rows.setdefault(row.variant, row)
         for name, changes in VARIANTS.items():
-            key = variants.variant_name(**session.Config(data_dir="", logdir="", arch="squeezenet", batch=16,
+            key = runs.variant_name(**Config(data_dir="", logdir="", arch="squeezenet", batch=16,
                                                           **changes).variant) or variants.DEFAULT_LABEL
             r = rows[key]
             wall, decode = costs[name]

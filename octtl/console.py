@@ -1,4 +1,6 @@
-"""What octtl's commands print: their own lines only, TensorFlow's start-up chatter kept out of the way.
+"""What octtl's commands print: their own lines only, counts in words, TensorFlow's start-up chatter kept away.
+
+`count` writes "1 run", "2 runs", never "1 runs".
 
 TensorFlow's C++ runtime writes start-up lines to file descriptor 2 before its logging is initialised ("All
 log messages before absl::InitializeLog()", "oneDNN custom operations", "Could not find cuda drivers", "failed
@@ -22,6 +24,11 @@ _NOISE = re.compile(
     r"|.*This TensorFlow binary is optimized to use available CPU instructions.*"
     r"|.*rebuild TensorFlow with the appropriate compiler flags.*"
     r"|.*TF-TRT Warning: Could not find TensorRT.*)$")
+
+
+def count(n: int, noun: str, plural: str = None) -> str:
+    """`n` and the noun, singular for one (plural: noun + 's' unless given)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def verbose() -> bool:

@@ -14,3 +14,8 @@ class WeightsError(Exception):
 
 class ModelError(Exception):
     """A model file that is not a usable octtl model; the message names the file."""
+
+
+# What a command reports as one line and exit status 1 (octtl.cli.command); anything else is a bug and keeps its
+# traceback.
+USER_ERRORS = (InputError, WeightsError, ModelError)

@@ -15,7 +15,7 @@ from absl import flags
 from octtl import cli
 from octtl import outputs
 from octtl.synthetic import render
-from octtl import words
+from octtl import console
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("volumes", 24, "Volumes per vendor; numbering continues past the vendor's RETOUCH ids.")
@@ -84,7 +84,7 @@ def main(argv):
             raise SystemExit(f"make_synthetic: error: {e}") from None
         bscans = sum(total for _, total in fluid)
         share = sum(wet for wet, _ in fluid) / bscans
-        print(f"{vendor}: {words.count(len(folders), 'volume')} ({folders[0].name}-{folders[-1].name}), {bscans} B-scans, "
+        print(f"{vendor}: {console.count(len(folders), 'volume')} ({folders[0].name}-{folders[-1].name}), {bscans} B-scans, "
               f"{share:.1%} with fluid -> {folders[0].parent}")
         written += folders
     if FLAGS.render_example:

@@ -18,7 +18,6 @@ from absl import flags
 from octtl.nets import registry
 from octtl.study import batch_probe
 from octtl import cli
-from octtl import protocol
 from octtl import runs
 
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "Largest batch tried (a power of two).", lower_bound=1)
@@ -39,7 +38,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     archs = list(registry.ARCHITECTURES) if cli.ARCH.value in (None, "all") else [cli.ARCH.value]
     for arch in archs:
-        size = protocol.native_size(arch, cli.IMAGE_SIZE.value)
+        size = registry.input_size(arch, cli.IMAGE_SIZE.value)
         if size < registry.get(arch).min_input_size:
             sys.exit(f"max_batch: error: --image_size={size}: {arch} needs at least "
                      f"{registry.get(arch).min_input_size}")
@@ -63,7 +62,7 @@ def main(argv):
               + "; the result is not a GPU batch size")
     path = cli.OUTPUT.value or os.path.join(cli.LOGDIR.value, runs.MAX_BATCH)
     for arch in archs:
-        size = protocol.native_size(arch, cli.IMAGE_SIZE.value)
+        size = registry.input_size(arch, cli.IMAGE_SIZE.value)
         entry = batch_probe.probe(arch, size, bool(gpus), _MAX_BATCH.value, cli.MIXED_PRECISION.value,
                                   cli.JIT_COMPILE.value)
         # Written after each network, so an interrupted probe keeps what it measured.

@@ -1,12 +1,10 @@
 """The paper's protocol (section II-A) as plain values and small rules: the one place they are written.
 
-Flag defaults (octtl.train, the sweep, the largest-batch probe) and `training.Config`'s defaults come from here,
+Flag defaults (octtl.train, the sweep, the largest-batch probe) and `octtl.training.config.Config`'s defaults come from here,
 so changing a value of the protocol means changing one line. Imports nothing heavy: `--help` stays instant.
 """
 
 from typing import Optional
-
-from octtl.nets import registry
 
 DESIGNS = ("baseline", "limited")  # train on 9 folds and validate on 1 (90/10), or the reverse (10/90)
 FOLDS = 10
@@ -18,11 +16,6 @@ PATIENCE = 5  # stop after more than this many checks without a lower validation
 SMALLEST_BATCH = 8  # the paper varied the batch from 8 up to the largest that fitted
 SEED = 0
 MIN_EVAL_BATCH = 64
-
-
-def native_size(arch: str, image_size: Optional[int] = None) -> int:
-    """The input side a run uses: `image_size` when given, else the network's own (Table I)."""
-    return int(image_size) if image_size else registry.get(arch).input_size
 
 
 def eval_batch(batch: int, eval_batch: Optional[int] = None) -> int:

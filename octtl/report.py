@@ -20,7 +20,7 @@ from absl import flags  # noqa: E402
 
 from octtl import cli  # noqa: E402
 from octtl import runs  # noqa: E402
-from octtl import words  # noqa: E402
+from octtl import console  # noqa: E402
 
 _OUT_DIR = flags.DEFINE_string("out_dir", "report", "Folder the tables, figures and index.html are written to.")
 _RESULTS = flags.DEFINE_string("results", None,
@@ -64,7 +64,7 @@ def main(argv):
         listed = {runs.run_of(r) for r in results}
         missing = [r for r in runs.collect(cli.LOGDIR.value) if runs.run_of(r) not in listed]
         if missing:
-            print(f"report: note: {words.count(len(missing), 'finished run')} in {cli.LOGDIR.value} are not in {source}; "
+            print(f"report: note: {console.count(len(missing), 'finished run')} in {cli.LOGDIR.value} are not in {source}; "
                   f"python -m octtl.sweep --logdir={cli.LOGDIR.value} --collect adds them", file=sys.stderr)
     from octtl.results import page  # matplotlib, scipy: after --help, which answers without them
 
@@ -73,7 +73,7 @@ def main(argv):
     except ValueError as e:
         sys.exit(f"report: error: {e}")
     failed = sum(r.get("status") != "ok" for r in results)
-    print(f"report: {words.count(len(results), 'run')} ({failed} failed) from {source} -> {len(written)} files in "
+    print(f"report: {console.count(len(results), 'run')} ({failed} failed) from {source} -> {len(written)} files in "
           f"{_OUT_DIR.value}; open {pathlib.Path(_OUT_DIR.value) / 'index.html'}")
 
 

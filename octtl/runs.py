@@ -5,6 +5,20 @@ A run is one (design, arch, batch, fold); its folder `LOGDIR/{design}/{arch}/bat
 `flags.txt`, `best.keras` (unless not saved) and TensorBoard events. Its console output goes to
 `LOGDIR/logs/{design}/{arch}/batch{batch}/fold{fold}.log`, outside the folder, which a restart empties.
 
+A run of non-default --lr, --augment or --denoise settings has a variant folder between the batch and the fold,
+`batch16/lr0.0003-aug_flip+shift/fold0`; the component lists, in this fixed order and joined by "-", only what
+differs from the defaults:
+  lr<lr>                 the learning rate, e.g. lr0.0003
+  aug_<a>+<b>            the augmentations in alphabetical order (aug_none when the defaults have some)
+  augs<strength>         --augment_strength, when augmenting at other than the default strength
+  dn_<method>            --denoise
+  dns<strength>          --denoise_strength, when other than the method's default (octtl.data.denoise)
+Numbers are written in plain decimals (no exponent, no trailing zeros); a denoising strength's whole part has
+three digits (dns003, dns012, dns025.5), so that names sort by value: learning rates and augmentation strengths
+below 10 and denoising strengths below 1000 do. Every setting has one name (`parse_variant` refuses any other
+spelling), so one variant never gets two folders. Results record their settings in the one spelling
+(octtl.training.config.normalize), so a result names its own folder (`run_of`).
+
 A finished run is *done* for a plan only when its recorded configuration matches the plan's (`stale_reason`):
 the same data (its manifest's identity and size), folds, input, weights, scaling and protocol.
 
@@ -21,13 +35,16 @@ import dataclasses
 import fcntl
 import json
 import os
+import math
 import pathlib
+import re
 import sys
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
 
 from octtl import outputs, protocol
-
-from octtl.results import variants
+from octtl.errors import InputError
 
 RESULT = "result.json"
 PREDICTIONS = "predictions.csv"  # the best model's validation predictions
@@ -44,109 +61,121 @@ CONFIG_KEYS = ("data", "folds", "image_size", "crop", "weights", "preprocess", "
                "group_by_volume", "mixed_precision", "augment", "augment_strength", "denoise", "denoise_strength")
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """One training run's settings; the paper's values are the defaults. Field names are octtl.train's flags."""
-
-    data_dir: str
-    logdir: str
-    arch: str
-    batch: int
-    design: str = protocol.DESIGNS[0]
-    folds: int = protocol.FOLDS
-    fold: int = 0
-    weights: str = "imagenet"
-    weights_fallback: Optional[str] = None
-    weights_dir: Optional[str] = None
-    lr: float = protocol.LR
-    momentum: float = protocol.MOMENTUM
-    max_epochs: int = protocol.MAX_EPOCHS
-    checks_per_epoch: int = protocol.CHECKS_PER_EPOCH
-    patience: int = protocol.PATIENCE
-    seed: int = protocol.SEED
-    group_by_volume: bool = False
-    image_size: Optional[int] = None
-    preprocess: str = "auto"
-    crop: str = "center"
-    eval_batch: Optional[int] = None
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    strategy: str = "default"
-    early_stop: bool = True
-    max_iterations: Optional[int] = None
-    eval_every: Optional[int] = None
-    save_model: bool = True
-    augment: str = ""  # comma list of octtl.data.augment.AUGMENTATIONS; the paper used none
-    augment_strength: float = 1.0
-    denoise: str = "none"  # octtl.data.denoise.METHODS
-    denoise_strength: Optional[float] = None  # None: the method's default
-    overwrite: bool = False
-
-    @property
-    def size(self) -> int:
-        """The input side the run uses: image_size when set, else the network's native one."""
-        return protocol.native_size(self.arch, self.image_size)
-
-    @property
-    def variant(self) -> dict:
-        """The run's lr, augmentation and denoising in their one spelling (octtl.results.variants.normalize)."""
-        return variants.normalize(self.lr, [a for a in self.augment.split(",") if a.strip() and a != "none"],
-                                  self.augment_strength, self.denoise, self.denoise_strength)
-
-    @property
-    def variant_name(self) -> str:
-        """The run folder's variant component, '' for the defaults."""
-        return variants.variant_name(**self.variant) or ""
-
-    @property
-    def validation_batch(self) -> int:
-        """The evaluation batch: eval_batch when set, else twice the training batch, at least 64."""
-        return protocol.eval_batch(self.batch, self.eval_batch)
+# The settings a run has without --lr, --augment and --denoise; a denoising strength defaults to its method's.
+VARIANT_DEFAULTS = {"lr": protocol.LR, "augment": (), "augment_strength": 1.0, "denoise": "none"}
+VARIANT_SEPARATOR = "-"
+_NUMBER = r"(\d+(?:\.\d+)?)"
+# (setting, pattern) in the order components are written.
+_COMPONENTS = (("lr", re.compile(rf"lr{_NUMBER}")),
+               ("augment", re.compile(r"aug_([a-z]+(?:\+[a-z]+)*)")),
+               ("augment_strength", re.compile(rf"augs{_NUMBER}")),
+               ("denoise", re.compile(r"dn_([a-z]+)")),
+               ("denoise_strength", re.compile(rf"dns{_NUMBER}")))
+_WIDTH = {"lr": 1, "augment_strength": 1, "denoise_strength": 3}  # digits of the whole part
 
 
-def planned(config: Config, identity: dict, result: dict) -> dict:
-    """The configuration a finished `result` must record to count as done for `config` (runs.CONFIG_KEYS).
+def variant_name(lr: float, augment: Sequence[str], augment_strength: float, denoise: str,
+                 denoise_strength: Optional[float], defaults: Mapping = VARIANT_DEFAULTS) -> Optional[str]:
+    """The folder component of a variant (`lr0.0003-aug_flip+shift`); None for the defaults, which have none.
 
-    Needs no weights: `auto` preprocessing follows what the result says it loaded, and a run that fell back
-    to random weights under --weights_fallback=none is what that setting asks for.
+    The settings are taken in their one spelling (octtl.training.config.normalize): a denoising strength that
+    changes nothing is None there.
+
+    Raises:
+        ValueError: A number that is not finite and positive.
     """
-    weights = config.weights
-    if config.weights == "imagenet" and config.weights_fallback == "none" and result.get("weights") == "none":
-        weights = "none"
-    preprocess = config.preprocess
-    if preprocess == "auto":
-        preprocess = "backbone" if result.get("weights_scaling") else "paper"
-    return {"data": identity, "folds": config.folds, "image_size": config.size, "crop": config.crop,
-            "weights": weights, "preprocess": preprocess, "lr": config.lr, "momentum": config.momentum,
-            "max_epochs": config.max_epochs, "checks_per_epoch": config.checks_per_epoch,
-            "patience": config.patience, "early_stop": config.early_stop, "max_iterations": config.max_iterations,
-            "eval_every": config.eval_every, "seed": config.seed, "group_by_volume": config.group_by_volume,
-            "mixed_precision": config.mixed_precision, **_recorded(config.variant)}
+    augment = tuple(sorted(set(augment)))
+    parts = []
+    if float(lr) != float(defaults["lr"]):
+        parts.append("lr" + _number(float(lr), _WIDTH["lr"]))
+    if augment != tuple(sorted(set(defaults["augment"]))):
+        parts.append("aug_" + ("+".join(augment) or "none"))
+    if augment and float(augment_strength) != float(defaults["augment_strength"]):
+        parts.append("augs" + _number(float(augment_strength), _WIDTH["augment_strength"]))
+    if denoise != defaults["denoise"]:
+        parts.append("dn_" + denoise)
+    if denoise != "none" and denoise_strength is not None:
+        parts.append("dns" + _number(float(denoise_strength), _WIDTH["denoise_strength"]))
+    return VARIANT_SEPARATOR.join(parts) or None
 
 
-def _recorded(variant: dict) -> dict:
-    """A variant as result.json records it (lists, not tuples: JSON has no tuples)."""
-    return {**variant, "augment": list(variant["augment"])}
+def _number(value: float, width: int) -> str:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"variant settings must be finite and > 0, got {value}")
+    whole, _, fraction = np.format_float_positional(value, trim="-").partition(".")
+    return whole.zfill(width) + ("." + fraction if fraction else "")
 
 
-def flags_text(config: Config) -> str:
-    """octtl.train's flags for `config`, one per line: what flags.txt holds, and `--flagfile` reruns."""
-    lines = []
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if value is None or field.name == "overwrite":
-            continue
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        lines.append(f"--{field.name}={value}")
-    return "\n".join(lines) + "\n"
+def parse_variant(name: str, defaults: Mapping = VARIANT_DEFAULTS) -> dict:
+    """The settings a variant folder name stands for; `variant_name`'s inverse.
+
+    Names are checked for their form and their one spelling; whether an augmentation or a denoising method
+    exists is for octtl.data.augment and octtl.data.denoise to say.
+
+    Raises:
+        InputError: A name that is not a variant's one spelling (one line naming it).
+    """
+    values = {}
+    parts = name.split(VARIANT_SEPARATOR) if name else []
+    position = 0
+    for part in parts:
+        for position in range(position, len(_COMPONENTS) + 1):
+            if position == len(_COMPONENTS):
+                raise InputError(f"{name}: not a variant folder name ({part!r} is not one of lr, aug_, augs, "
+                                 "dn_, dns, in that order)")
+            key, pattern = _COMPONENTS[position]
+            match = pattern.fullmatch(part)
+            if match:
+                values[key] = match.group(1)
+                position += 1
+                break
+    if not values:
+        raise InputError(f"{name!r}: not a variant folder name (empty)")
+    augment = values.get("augment")
+    settings = {
+        "lr": float(values.get("lr", defaults["lr"])),
+        "augment": (tuple(defaults["augment"]) if augment is None else
+                    () if augment == "none" else tuple(sorted(augment.split("+")))),
+        "augment_strength": float(values.get("augment_strength", defaults["augment_strength"])),
+        "denoise": values.get("denoise", defaults["denoise"]),
+        "denoise_strength": float(values["denoise_strength"]) if "denoise_strength" in values else None,
+    }
+    if not settings["augment"]:
+        settings["augment_strength"] = float(defaults["augment_strength"])
+    try:
+        canonical = variant_name(**settings, defaults=defaults)
+    except ValueError as e:
+        raise InputError(f"{name}: not a variant folder name ({e})") from None
+    if canonical != name:
+        written = "the defaults, which have no variant folder" if canonical is None else canonical
+        raise InputError(f"{name}: not a variant folder name (these settings are written {written})")
+    return settings
+
+
+def variant_of(result: Mapping, defaults: Mapping = VARIANT_DEFAULTS) -> dict:
+    """A result's variant settings; those a result does not record (older runs) are the defaults.
+
+    Reads result.json's `lr`, `augment` (a list of names, or a comma string), `augment_strength`, `denoise` and
+    `denoise_strength`, which a result records in their one spelling.
+    """
+    augment = result.get("augment", defaults["augment"]) or ()
+    if isinstance(augment, str):
+        augment = [a.strip() for a in augment.split(",") if a.strip() and a.strip() != "none"]
+    augment = tuple(sorted(set(augment)))
+    denoise = result.get("denoise", defaults["denoise"])
+    return {"lr": float(result.get("lr", defaults["lr"])), "augment": augment,
+            "augment_strength": float(result.get("augment_strength", defaults["augment_strength"]))
+            if augment else float(defaults["augment_strength"]),
+            "denoise": denoise,
+            "denoise_strength": None if denoise == "none" or result.get("denoise_strength") is None
+            else float(result["denoise_strength"])}
 
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Run:
     """One training run of the study: a network at a batch size on one fold of one design, in one variant.
 
-    `variant` is octtl.results.variants' folder component ('' for the default lr, augmentation and denoising): it sits
+    `variant` is the variant's folder component (`variant_name`) ('' for the default lr, augmentation and denoising): it sits
     between the batch and the fold, so runs of the defaults keep their place.
     """
 
@@ -174,7 +203,7 @@ class Run:
 
 def run_of(result: dict) -> Run:
     """The run a result belongs to."""
-    variant = variants.variant_name(**variants.variant_of(result)) or ""
+    variant = variant_name(**variant_of(result)) or ""
     return Run(result["design"], result["arch"], int(result["batch"]), int(result["fold"]), variant)
 
 

@@ -39,7 +39,8 @@ from octtl import cli
 from octtl import protocol
 from octtl import runs
 from octtl import train as _train  # defines the training flags, which every run of the sweep takes
-from octtl import words
+from octtl import console
+from octtl.training.config import Config
 
 _ARCHS = flags.DEFINE_list("archs", ["all"], "Networks: all, or a comma-separated list of Table I names.")
 _BATCHES = flags.DEFINE_list("batches", ["auto"],
@@ -107,7 +108,7 @@ def batches_from(values, archs, logdir, max_batch_file, image_size):
     except ValueError as e:
         raise ValueError(f"{path}: not a probe table ({e})") from None
     table_i = {name: a.largest_batch for name, a in registry.ARCHITECTURES.items()}
-    sizes = {arch: protocol.native_size(arch, image_size) for arch in archs}
+    sizes = {arch: registry.input_size(arch, image_size) for arch in archs}
     largest = runner.largest_batches(archs, table_i, sizes, probe)
     note = "largest batch: " + ", ".join(f"{arch} {n} ({source})" for arch, (n, source) in largest.items())
     return {arch: runner.auto_batches(n) for arch, (n, _) in largest.items()}, note
@@ -171,7 +172,7 @@ def variants_from(base) -> dict:
 def passthrough_args() -> list:
     """The octtl.train flags given to the sweep, as the equivalent octtl.train command takes them."""
     per_run = ("data_dir", "logdir", "folds", "design", "arch", "batch", "fold")
-    names = [field.name for field in dataclasses.fields(runs.Config) if field.name not in per_run]
+    names = [field.name for field in dataclasses.fields(Config) if field.name not in per_run]
     return [flags.FLAGS[name].serialize() for name in sorted(names) if flags.FLAGS[name].present]
 
 
@@ -231,7 +232,7 @@ def main(argv):
             sys.exit(f"sweep: error: {e}")
         if dropped:
             note = (note + "; " if note else "") + (
-                f"left out {words.count(len(dropped), 'run')} whose batch exceeds the training set: "
+                f"left out {console.count(len(dropped), 'run')} whose batch exceeds the training set: "
                 + ", ".join(sorted({f"{r.design} batch {r.batch}" for r in dropped})))
     elif not _DRY_RUN.value:
         sys.exit("sweep: error: --data_dir: required (the records written by tools/to_tfrecord.py)")
@@ -266,15 +267,15 @@ def main(argv):
     signal.signal(signal.SIGTERM, _terminate)
     groups = runner.groups(mine)
     workers = len(_GPUS.value) if _GPUS.value else (cli.WORKERS.value or 1)
-    print(f"sweep: {words.count(len(mine), 'run')}{task} in {words.count(len(groups), 'network x batch x variant group')}, "
-          f"{words.count(workers, 'worker')} at once"
+    print(f"sweep: {console.count(len(mine), 'run')}{task} in {console.count(len(groups), 'network x batch x variant group')}, "
+          f"{console.count(workers, 'worker')} at once"
           + (f"; {note}" if note else ""), flush=True)
     try:
         counts = runner.sweep(groups, logdir, spec, workers=workers, gpus=_GPUS.value or (),
                                 say=lambda line: print(line, flush=True))
     except KeyboardInterrupt as e:
         sys.exit(f"sweep: interrupted ({e or 'keyboard'}); run the same command again to finish")
-    print(f"sweep: {words.count(counts['planned'], 'run')}{task}: {counts['skipped']} done before, {counts['ran']} ran now "
+    print(f"sweep: {console.count(counts['planned'], 'run')}{task}: {counts['skipped']} done before, {counts['ran']} ran now "
           f"({counts['failed']} failed, {counts['crashed']} without a result), {counts['stale']} stale, "
           f"{counts['busy']} left to another sweep; results in {pathlib.Path(logdir) / runs.RESULTS}")
     for problem in counts["problems"]:

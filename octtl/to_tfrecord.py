@@ -12,7 +12,7 @@ from absl import flags
 from octtl import cli
 from octtl.data import metaimage
 from octtl.data import volumes
-from octtl import words
+from octtl import console
 
 _INPUT_DIR = flags.DEFINE_string("input_dir", None, "Folder searched for volumes (or class folders).")
 _FLUID_LABELS = flags.DEFINE_list("fluid_labels", [str(code) for code in volumes.ALL_FLUID],
@@ -74,7 +74,7 @@ def progress(done, total, bscans, item):
     if bscans is None:
         print(f"[{done}/{total}] {item}: no reference, skipped", file=sys.stderr)
     elif total <= 200 or done % max(1, total // 100) == 0 or done == total:
-        print(f"[{done}/{total}] {bscans.volume_id} ({bscans.vendor}): {words.count(len(bscans), 'B-scan')}, "
+        print(f"[{done}/{total}] {bscans.volume_id} ({bscans.vendor}): {console.count(len(bscans), 'B-scan')}, "
               f"{int(bscans.labels.sum())} fluid", file=sys.stderr, flush=True)
 
 
@@ -96,7 +96,7 @@ def summary(manifest, output_dir) -> str:
         vendors[v["vendor"]][0] += 1
         vendors[v["vendor"]][1] += v["num_bscans"]
     for vendor, (count, bscans) in sorted(vendors.items()):
-        lines.append(f"  {vendor}: {words.count(count, 'volume')}, {words.count(bscans, 'B-scan')}")
+        lines.append(f"  {vendor}: {console.count(count, 'volume')}, {console.count(bscans, 'B-scan')}")
     for skipped in manifest["skipped"]:
         lines.append(f"  skipped {skipped['item']}: {skipped['error']}")
     return "\n".join(lines)

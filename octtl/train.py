@@ -15,6 +15,7 @@ from absl import flags
 
 from octtl import cli
 from octtl import protocol
+from octtl.training.config import Config
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Records written by tools/to_tfrecord.py.")
 _BATCH = flags.DEFINE_integer("batch", None, "Mini-batch size.", lower_bound=1)
@@ -78,7 +79,7 @@ def config_from_flags():
     """The run settings the flags give, as octtl.training.session's plain Config."""
     from octtl.training import session
 
-    return session.Config(
+    return Config(
         data_dir=_DATA_DIR.value, logdir=cli.LOGDIR.value, arch=cli.ARCH.value, batch=_BATCH.value,
         design=_DESIGN.value, folds=_FOLDS.value, fold=_FOLD.value, weights=_WEIGHTS.value,
         weights_fallback=_WEIGHTS_FALLBACK.value, weights_dir=_WEIGHTS_DIR.value, lr=_LR.value,

@@ -78,10 +78,11 @@ def trained_run(tmp_path_factory) -> pathlib.Path:
     The run folder is what octtl.train writes (best.keras beside result.json); `auto` scaling is the weights'.
     """
     from octtl.training import session
+    from octtl.training.config import Config
 
     root = tmp_path_factory.mktemp("octtl-trained")
     synthetic_records(root, volumes=12, bscans=BSCANS, height=SIDE, width=SIDE, seed=3)
-    config = session.Config(data_dir=str(root / "records"), logdir=str(root / "runs"), arch="squeezenet", batch=16,
+    config = Config(data_dir=str(root / "records"), logdir=str(root / "runs"), arch="squeezenet", batch=16,
                              folds=5, weights="imagenet", group_by_volume=True, image_size=96, crop="resize",
                              max_epochs=4)
     result = session.train(config, 0, say=lambda line: None, progress=False)

@@ -129,9 +129,9 @@ def load_model(model_path):
 
 def rescale_mode(model, config: RunConfig) -> str:
     """octtl.data.pipeline.rescale's mode for a model: 'none' when it scales its inputs itself, else the paper's."""
-    from octtl.nets import models
+    from octtl.nets import scaling
 
-    return "none" if models.has_input_scaling(model) or config.preprocess != "paper" else "paper"
+    return "none" if scaling.has_input_scaling(model) or config.preprocess != "paper" else "paper"
 
 
 def check_shape(scans: Scans, config: RunConfig):

@@ -355,3 +355,8 @@ def get(name):
     if entry is None:
         raise ValueError(f"Unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
     return entry
+
+
+def input_size(name: str, image_size: Optional[int] = None) -> int:
+    """The input side a run of network `name` uses: `image_size` when given, else the network's own (Table I)."""
+    return int(image_size) if image_size else get(name).input_size

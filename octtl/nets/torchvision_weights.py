@@ -38,7 +38,6 @@ from keras import layers
 
 from octtl.nets import registry
 
-from octtl.nets import models
 from octtl.nets import alexnet, squeezenet
 
 _BATCHNORM = ("weight", "bias", "running_mean", "running_var")
@@ -191,13 +190,25 @@ def _listing(items, limit=20):
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def imagenet_network(arch) -> keras.Model:
+    """The registry's 1000-class `arch` on 3-channel inputs of its native size: the layers the checkpoint fills.
+
+    Built from the registry and the backbone alone (not octtl.nets.models.build, which loads these files): the
+    weightless gray-to-RGB and scaling layers an octtl model adds in front change no weighted layer's name or
+    its Keras 3 file key, so files written from this network load into octtl models.
+    """
+    entry = registry.get(arch)
+    image = keras.Input((entry.input_size, entry.input_size, 3), name="rgb")
+    return keras.Model(image, entry.builder(image), name=entry.name)
+
+
 def convert(arch, state_dict, network):
     """Maps a torchvision state dict onto the weighted layers of `network`, exactly.
 
     Args:
         arch: One of `SOURCES`.
         state_dict: torchvision tensor name -> numpy array, as the checkpoint holds them.
-        network: A 1000-class octtl `arch` network (from `octtl.nets.models.build(arch, num_classes=1000)`), whose
+        network: The 1000-class `arch` backbone and classifier (`imagenet_network(arch)`), whose
             layer names and weight shapes define the mapping.
 
     Returns:
@@ -265,7 +276,7 @@ def write(arch, state_dict, output_dir):
         ConversionError: The state dict does not map exactly (see `convert`).
     """
     notop_file, top_file = converted_files(arch)
-    network = models.build(arch, num_classes=models.IMAGENET_CLASSES)
+    network = imagenet_network(arch)
     for name, arrays in convert(arch, state_dict, network).items():
         network.get_layer(name).set_weights(arrays)
     classifier = registry.get(arch).classifier

@@ -27,7 +27,7 @@ from octtl.results import stats
 from octtl.results import tables
 
 from octtl.results import variants
-from octtl import words
+from octtl import console
 
 _STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 1em auto; padding: 0 1em; color: #222; }
@@ -177,7 +177,7 @@ def page(rows, failed, results, images, captions, source: str, k: int, tested=()
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         "<title>octtl report: Tables II-III, Figs 2-4</title>", f"<style>{_STYLE}</style></head><body>",
         "<h1>Transfer learning for macular fluid detection: results</h1>",
-        f"<p>{words.count(len(results), 'run')} ({ok} ok, {len(results) - ok} failed) from <code>{esc(source)}</code>, "
+        f"<p>{console.count(len(results), 'run')} ({ok} ok, {len(results) - ok} failed) from <code>{esc(source)}</code>, "
         f"{time.strftime('%Y-%m-%d %H:%M')}. Mean (sample standard deviation, ddof=1) over folds of each run's "
         "best validation accuracy and its AUC, as in the paper, with a 95% confidence interval; networks of a "
         "batch size compared fold by fold (Friedman, Nemenyi, Wilcoxon). Files: "

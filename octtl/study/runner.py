@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from octtl.data import folds as folds_lib
 from octtl import protocol, runs
 from octtl.runs import Run
-from octtl import words
+from octtl import console
 
 CRASHES_BEFORE_STOP = 3
 
@@ -189,7 +189,7 @@ def describe(mine: Sequence[Run], logdir, all_runs: Sequence[Run], states: Dict[
                      f"{done}/{len(members)} done" + (f", {stale} stale" if stale else ""))
     counts = {k: sum(1 for s in states.values() if s == k) for k in ("done", "failed", "to do")}
     stale_runs = [run for run in mine if states[run].startswith("stale")]
-    head = f"plan{task}: {words.count(len(mine), 'run')}"
+    head = f"plan{task}: {console.count(len(mine), 'run')}"
     if len(mine) != len(all_runs):
         head += f" (of {len(all_runs)} in the whole sweep)"
     lines.insert(0, f"{head}: {counts['done'] + counts['failed']} done ({counts['failed']} failed), "
@@ -204,7 +204,7 @@ def describe(mine: Sequence[Run], logdir, all_runs: Sequence[Run], states: Dict[
         lines.append("estimate: nothing to do")
     else:
         known = len(todo) - sum(run.arch in unknown for run in todo)
-        line = (f"estimate: {format_duration(seconds)} for {words.count(known, 'run')}, from finished runs of the same network"
+        line = (f"estimate: {format_duration(seconds)} for {console.count(known, 'run')}, from finished runs of the same network"
                 if known else "estimate: none yet")
         if unknown:
             line += f"; no finished run of {', '.join(unknown)} to time the rest"
@@ -289,7 +289,7 @@ def sweep(groups_: Dict[tuple, List[Run]], logdir, spec: Callable[[List[Run]], d
                 key, members = pending.pop(0)
             crashed = _run_group(key, members, logdir, spec(members), gpu, counts, numbering, planned, lock, report)
             if crashed >= CRASHES_BEFORE_STOP:
-                report(f"sweep: {words.count(crashed, 'run')} of {_group_words(key)} ended without a result; stopping")
+                report(f"sweep: {console.count(crashed, 'run')} of {_group_words(key)} ended without a result; stopping")
                 stop.set()
 
     threads = [threading.Thread(target=worker_loop, args=(gpu,), daemon=True) for gpu in slots]
@@ -353,7 +353,7 @@ def _run_group(key, members, logdir, job, gpu, counts, numbering, planned, lock,
             counts["problems"].append(f"{run}: the worker exited with status {code} before it")
     if missing:
         report(f"sweep: worker for {_group_words(key)} exited with status {code} after "
-               f"{format_duration(time.time() - started)}, {words.count(len(missing), 'run')} left; its log ends:\n{_tail(log)}")
+               f"{format_duration(time.time() - started)}, {console.count(len(missing), 'run')} left; its log ends:\n{_tail(log)}")
     return len(missing)
 
 

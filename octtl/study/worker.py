@@ -2,7 +2,7 @@
 
   python -m octtl.study.worker SPEC.json      (started by octtl.study.runner, not by hand)
 
-SPEC holds `config` (octtl.runs.Config's fields), `runs` ([design, arch, batch, fold, variant] each), `redo_stale`
+SPEC holds `config` (octtl.training.config.Config's fields), `runs` ([design, arch, batch, fold, variant] each), `redo_stale`
 and `status_fd`, a pipe to the sweep. For each run the worker takes the run's lock, skips it when it is done,
 writes everything the run prints (TensorFlow's lines too) to the run's log, trains it, appends its result to
 LOGDIR/results.jsonl and sends one JSON status line to the sweep.
@@ -40,8 +40,9 @@ def _output_to(path):
 def run_spec(spec: dict):
     """Trains the spec's runs; each one's outcome goes to the status pipe as one JSON line."""
     from octtl import runs
+    from octtl.training.config import Config
 
-    config = runs.Config(**spec["config"])  # a bad job fails here, before seconds of TensorFlow import
+    config = Config(**spec["config"])  # a bad job fails here, before seconds of TensorFlow import
     from octtl import console
 
     console.start_tensorflow()

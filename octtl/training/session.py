@@ -41,14 +41,15 @@ from octtl.training import tensorboard
 from octtl.data import folds
 
 from octtl.nets import models
+from octtl.nets import scaling
 
 from octtl.nets import pretrained
 
 from octtl.data import records
 from octtl.errors import InputError, WeightsError
+from octtl.training.config import Config, flags_text, planned
 
 
-Config = runs.Config  # the settings of a run: octtl.runs owns them with the rest of the run contract
 
 
 class RunFailed(Exception):
@@ -82,8 +83,8 @@ def check_settings(config: Config):
         raise InputError(f"--lr={config.lr}: must be a finite number > 0")
     if not 0 <= config.momentum < 1:
         raise InputError(f"--momentum={config.momentum}: must be in [0, 1)")
-    if config.preprocess not in models.PREPROCESS_CHOICES:
-        raise InputError(f"--preprocess={config.preprocess}: choose from {', '.join(models.PREPROCESS_CHOICES)}")
+    if config.preprocess not in scaling.PREPROCESS_CHOICES:
+        raise InputError(f"--preprocess={config.preprocess}: choose from {', '.join(scaling.PREPROCESS_CHOICES)}")
     if config.crop not in pipeline.CROPS:
         raise InputError(f"--crop={config.crop}: choose from {', '.join(pipeline.CROPS)}")
     minimum = registry.get(config.arch).min_input_size
@@ -167,7 +168,7 @@ class Session:
         previous = runs.result_of(self.config.logdir, run)
         if previous is None or self.config.overwrite:
             return None
-        reason = runs.stale_reason(previous, runs.planned(self.config, self.identity, previous))
+        reason = runs.stale_reason(previous, planned(self.config, self.identity, previous))
         if reason is None:
             return {**previous, "skipped": True, "run_dir": str(run.folder(self.config.logdir))}
         if self.redo_stale:
@@ -210,12 +211,12 @@ class Session:
         tensorboard.write_hparams_config(config.logdir)
         used = dataclasses.replace(config, weights=self.weights.requested, preprocess=self.scaling.preprocess,
                                    image_size=config.size, overwrite=False, weights_fallback=None)
-        outputs.write_text(out / runs.FLAGS_FILE, runs.flags_text(used))
+        outputs.write_text(out / runs.FLAGS_FILE, flags_text(used))
 
         started = time.time()
         base = {
             "arch": config.arch, "batch": config.batch, "design": design, "fold": fold,
-            **runs.planned(used, self.identity, {"weights_scaling": self.weights.scaling}),
+            **planned(used, self.identity, {"weights_scaling": self.weights.scaling}),
             "weights_file": self.weights.path, "weights_scaling": self.weights.scaling,
             "train_size": int(len(train_idx)), "val_size": int(len(val_idx)),
             "majority_rate": _majority(self.metadata.labels[val_idx]), "data_dir": str(config.data_dir),
@@ -241,7 +242,7 @@ class Session:
         validate(config, self.metadata)
         self.identity  # noqa: B018  (a missing or unreadable manifest fails here, before any work)
         self.weights = resolve_weights(config, say)
-        self.scaling = models.resolve_preprocess(config.preprocess, self.weights, config.arch)
+        self.scaling = scaling.resolve_preprocess(config.preprocess, self.weights, config.arch)
         keras.utils.set_random_seed(config.seed)
         with _strategy(config.strategy).scope():
             try:
@@ -272,10 +273,10 @@ class Session:
             say(f"train: augmenting training batches: {', '.join(self.augmentations)} at strength "
                 f"{config.augment_strength:g} ({_ranges_in_words(self.augmentations, config.augment_strength)})")
         say(f"train: weights: {self.weights.describe()}"
-            + (f", trained on {self.weights.scaling} inputs ({models.SCALING_WORDS[self.weights.scaling]})"
+            + (f", trained on {self.weights.scaling} inputs ({scaling.SCALING_WORDS[self.weights.scaling]})"
                if self.weights.scaling else ""))
         say(f"train: input scaling: {self.scaling.describe()}")
-        ratio = models.scaling_mismatch(self.scaling, self.weights.scaling)
+        ratio = scaling.scaling_mismatch(self.scaling, self.weights.scaling)
         if ratio:
             say(f"train: warning: --preprocess={self.scaling.preprocess} feeds inputs whose range differs "
                 f"{ratio:.0f}x from what these {self.weights.scaling} weights were trained on: transfer will be "

@@ -20,7 +20,7 @@ from octtl.nets import registry
 
 from octtl.data import pipeline
 
-from octtl.nets import models
+from octtl.nets import scaling
 
 # Typed domains, so TensorBoard's hparams dashboard filters and sorts each column as what it is.
 HPARAMS = {
@@ -32,7 +32,7 @@ HPARAMS = {
     "image_size": hp.IntInterval(1, 1 << 16),
     "lr": hp.RealInterval(0.0, math.inf),
     "momentum": hp.RealInterval(0.0, 1.0),
-    "preprocess": hp.Discrete(list(models.PREPROCESS)),
+    "preprocess": hp.Discrete(list(scaling.PREPROCESS)),
     "crop": hp.Discrete(list(pipeline.CROPS)),
     "seed": hp.IntInterval(-(1 << 31), 1 << 31),
     "group_by_volume": hp.Discrete([False, True]),

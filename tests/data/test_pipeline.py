@@ -6,6 +6,7 @@ import pytest
 from octtl.data import pipeline
 
 from octtl.data import records
+from octtl.training.config import Config
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ def test_damaged_records_are_named_with_the_remedy(converted, damage, tmp_path):
     out, _, _ = converted
     culprit, message = damage(out)
     with pytest.raises(pipeline.InputError) as error:
-        session.train(session.Config(data_dir=str(out), logdir=str(tmp_path / "runs"), arch="tiny", batch=4,
+        session.train(Config(data_dir=str(out), logdir=str(tmp_path / "runs"), arch="tiny", batch=4,
                                        folds=3, image_size=16, weights="none"), 0, say=lambda line: None,
                        progress=False)
     text = str(error.value)

@@ -14,6 +14,7 @@ from conftest import REPO
 from octtl.data import folds
 from octtl.data import records
 from octtl.training import session
+from octtl.training.config import Config
 
 DEV = REPO.parent / "shared" / "data" / "oct2017-dev"
 PATIENT = r"^[A-Z]+-(\d+)-\d+$"
@@ -54,7 +55,7 @@ def test_imagenet_transfer_with_the_defaults_beats_scratch(dev_records, tmp_path
     """The check that would have caught [-1, 1] inputs on caffe weights: at 96 px, 10 epochs, about 30 s."""
     results = {}
     for weights in ("imagenet", "none"):
-        config = session.Config(data_dir=str(dev_records), logdir=str(tmp_path / weights), arch="squeezenet",
+        config = Config(data_dir=str(dev_records), logdir=str(tmp_path / weights), arch="squeezenet",
                                  batch=16, folds=5, group_by_volume=True, image_size=96, crop="resize",
                                  weights=weights)
         results[weights] = session.train(config, 0, say=lambda line: None, progress=False)

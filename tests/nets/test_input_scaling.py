@@ -9,11 +9,12 @@ from absl import flags
 from conftest import REPO, SQUEEZENET_H5
 from octtl import train
 from octtl.nets import models
+from octtl.nets import scaling
 from octtl.nets import pretrained  # noqa: F401  (train defines the flags)
 
 
 def _scaled(model, gray):
-    return keras.Model(model.input, model.get_layer(models.INPUT_SCALING).output).predict(gray, verbose=0)
+    return keras.Model(model.input, model.get_layer(scaling.INPUT_SCALING).output).predict(gray, verbose=0)
 
 
 @pytest.mark.parametrize("arch, expected", [
@@ -41,13 +42,13 @@ def test_auto_follows_the_weights():
     random = pretrained.resolve("squeezenet", "none")
     packaged = pretrained.resolve("squeezenet", "imagenet")
     assert packaged.imagenet is not None and packaged.scaling == "caffe"
-    assert models.resolve_preprocess("auto", packaged, "squeezenet") == models.InputScaling("backbone", "caffe")
-    assert models.resolve_preprocess("auto", random, "squeezenet") == models.InputScaling("paper", "tf")
+    assert scaling.resolve_preprocess("auto", packaged, "squeezenet") == scaling.InputScaling("backbone", "caffe")
+    assert scaling.resolve_preprocess("auto", random, "squeezenet") == scaling.InputScaling("paper", "tf")
     # Explicit choices are exact, whatever the weights.
-    assert models.resolve_preprocess("paper", packaged, "squeezenet").preprocess == "paper"
-    assert models.resolve_preprocess("backbone", random, "squeezenet") == models.InputScaling("backbone", "caffe")
+    assert scaling.resolve_preprocess("paper", packaged, "squeezenet").preprocess == "paper"
+    assert scaling.resolve_preprocess("backbone", random, "squeezenet") == scaling.InputScaling("backbone", "caffe")
     with pytest.raises(ValueError, match="preprocess must be one of"):
-        models.resolve_preprocess("imagenet", random, "squeezenet")
+        scaling.resolve_preprocess("imagenet", random, "squeezenet")
 
 
 def test_a_known_file_under_any_name_is_imagenet_and_an_own_file_is_not(tmp_path):
@@ -59,14 +60,14 @@ def test_a_known_file_under_any_name_is_imagenet_and_an_own_file_is_not(tmp_path
     models.build("squeezenet", image_size=32).save_weights(own)
     mine = pretrained.resolve("squeezenet", str(own))
     assert mine.imagenet is None and mine.scaling is None
-    assert models.resolve_preprocess("auto", mine, "squeezenet").preprocess == "paper"
+    assert scaling.resolve_preprocess("auto", mine, "squeezenet").preprocess == "paper"
 
 
 def test_mismatch_is_flagged_only_for_paper_on_caffe_weights():
-    assert models.scaling_mismatch(models.InputScaling("paper", "tf"), "caffe") == pytest.approx(127.5)
-    assert models.scaling_mismatch(models.InputScaling("backbone", "caffe"), "caffe") is None
-    assert models.scaling_mismatch(models.InputScaling("paper", "tf"), "torch") is None  # about 2.2x
-    assert models.scaling_mismatch(models.InputScaling("paper", "tf"), None) is None
+    assert scaling.scaling_mismatch(scaling.InputScaling("paper", "tf"), "caffe") == pytest.approx(127.5)
+    assert scaling.scaling_mismatch(scaling.InputScaling("backbone", "caffe"), "caffe") is None
+    assert scaling.scaling_mismatch(scaling.InputScaling("paper", "tf"), "torch") is None  # about 2.2x
+    assert scaling.scaling_mismatch(scaling.InputScaling("paper", "tf"), None) is None
 
 
 @pytest.mark.parametrize("flagfile", ["paper_baseline.cfg", "paper_limited.cfg", "paper_sweep.cfg"])

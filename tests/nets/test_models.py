@@ -9,6 +9,7 @@ import pytest
 
 from conftest import SQUEEZENET_H5
 from octtl.nets import registry
+from octtl.errors import WeightsError
 from octtl.nets import models
 
 # Learnable parameters of the 1000-class networks, millions: Table I, except googlenet (see the registry).
@@ -194,7 +195,7 @@ def squeezenet_h5_copy(tmp_path):
 def test_missing_layer_is_named(squeezenet_h5_copy):
     with h5py.File(squeezenet_h5_copy, "r+") as f:
         f["fire9/expand3x3"].attrs["weight_names"] = np.array([], dtype="S1")
-    with pytest.raises(models.WeightsError, match=r"fire9\.expand3x3"):
+    with pytest.raises(WeightsError, match=r"fire9\.expand3x3"):
         models.build("squeezenet", weights=str(squeezenet_h5_copy), image_size=32)
 
 
@@ -202,7 +203,7 @@ def test_wrong_shape_is_named(squeezenet_h5_copy):
     with h5py.File(squeezenet_h5_copy, "r+") as f:
         del f["fire4/squeeze1x1/uniform8"]
         f["fire4/squeeze1x1"].create_dataset("uniform8", data=np.zeros((1, 1, 128, 33), "float32"))
-    with pytest.raises(models.WeightsError, match=r"fire4\.squeeze1x1.*33"):
+    with pytest.raises(WeightsError, match=r"fire4\.squeeze1x1.*33"):
         models.build("squeezenet", weights=str(squeezenet_h5_copy), image_size=32)
 
 
@@ -211,7 +212,7 @@ def test_extra_layer_is_named(squeezenet_h5_copy):
         f.create_group("fire10").attrs["weight_names"] = np.array([b"fire10_w"])
         f["fire10"].create_dataset("fire10_w", data=np.zeros(3, "float32"))
         f.attrs["layer_names"] = np.append(f.attrs["layer_names"], np.array([b"fire10"]))
-    with pytest.raises(models.WeightsError, match="fire10"):
+    with pytest.raises(WeightsError, match="fire10"):
         models.build("squeezenet", weights=str(squeezenet_h5_copy), image_size=32)
 
 
@@ -220,7 +221,7 @@ def test_other_networks_weights_are_refused(suffix, tmp_path):
     path = str(tmp_path / f"resnet18{suffix}")
     source = models.build("resnet18", image_size=32)
     source.save_weights(path) if suffix == ".weights.h5" else source.save(path)
-    with pytest.raises(models.WeightsError, match="googlenet.*layer"):
+    with pytest.raises(WeightsError, match="googlenet.*layer"):
         models.build("googlenet", weights=path, image_size=32)
 
 
@@ -229,16 +230,16 @@ def test_keras3_file_missing_a_layer_is_named(tmp_path):
     models.build("squeezenet", image_size=32).save_weights(path)
     with h5py.File(path, "r+") as f:
         del f["layers/conv2d_1/vars"]  # fire2's squeeze
-    with pytest.raises(models.WeightsError, match=r"fire2\.squeeze1x1"):
+    with pytest.raises(WeightsError, match=r"fire2\.squeeze1x1"):
         models.build("squeezenet", weights=path, image_size=32)
 
 
 def test_non_weights_files_are_refused(tmp_path):
     text = tmp_path / "notes.h5"
     text.write_text("not weights")
-    with pytest.raises(models.WeightsError, match="neither"):
+    with pytest.raises(WeightsError, match="neither"):
         models.build("squeezenet", weights=str(text), image_size=32)
-    with pytest.raises(models.WeightsError, match="no such file"):
+    with pytest.raises(WeightsError, match="no such file"):
         models.build("squeezenet", weights=str(tmp_path / "absent.h5"), image_size=32)
 
 

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from conftest import SQUEEZENET_H5, run_main
+from octtl.errors import WeightsError
 from octtl import import_torchvision_weights
 from octtl.nets import registry
 from octtl.nets import models
+from octtl.nets import scaling
 from octtl.nets import pretrained
 from octtl.nets import torchvision_weights
 
@@ -291,8 +293,8 @@ def test_converted_network_matches_torch(converted):
     # Colour images too, so that a channel mix-up in the first convolution cannot hide behind gray input.
     rgb = rgb_images(size)
     top = torchvision_weights.converted_files(arch)[1]
-    scale, offset = models.BACKBONE_SCALING[top.preprocess or registry.get(arch).preprocess]
-    network = keras.Model(model.get_layer(models.INPUT_SCALING).output, model.layers[-1].input)
+    scale, offset = scaling.BACKBONE_SCALING[top.preprocess or registry.get(arch).preprocess]
+    network = keras.Model(model.get_layer(scaling.INPUT_SCALING).output, model.layers[-1].input)
     actual = keras.ops.convert_to_numpy(network((rgb * scale + offset).astype("float32"), training=False))
     np.testing.assert_allclose(actual, torch_logits(arch, state_dict, rgb), rtol=0, atol=TOLERANCE)
 
@@ -344,8 +346,8 @@ def test_squeezenet_takes_both_imagenet_sources(tmp_path):
     for num_classes, family in ((2, "caffe"), (1000, "torch")):  # the Keras file is preferred but has no conv10
         model = models.build("squeezenet", num_classes=num_classes, weights="imagenet", weights_dir=str(weights_dir),
                              preprocess="backbone", image_size=64)
-        scaling = model.get_layer(models.INPUT_SCALING).get_config()
-        np.testing.assert_allclose(scaling["offset"], models.BACKBONE_SCALING[family][1])
+        layer = model.get_layer(scaling.INPUT_SCALING).get_config()
+        np.testing.assert_allclose(layer["offset"], scaling.BACKBONE_SCALING[family][1])
 
 
 @pytest.mark.parametrize("arch", list(NETWORKS))
@@ -364,7 +366,7 @@ def test_missing_files_error_gives_the_import_command(arch, tmp_path, monkeypatc
     assert pretrained.import_command(arch) == command
     # squeezenet's Keras file serves the head swap; only its 1000-class build needs the conversion.
     said = []
-    with pytest.raises(models.WeightsError) as error:
+    with pytest.raises(WeightsError) as error:
         models.build(arch, num_classes=1000, weights=pretrained.resolve(
             arch, "imagenet", num_classes=1000, weights_dir=str(tmp_path / "weights"), say=said.append))
     message = str(error.value)

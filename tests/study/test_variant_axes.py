@@ -21,6 +21,7 @@ from octtl.inference import predictor
 from octtl.data import records
 from octtl.training import session
 from octtl.errors import InputError
+from octtl.training.config import Config
 
 QUIET = dict(say=lambda line: None, progress=False)
 
@@ -34,7 +35,7 @@ def records_dir(tmp_path_factory):
 def tiny(records_dir, logdir, **changes):
     values = dict(data_dir=str(records_dir), logdir=str(logdir), arch="tiny", batch=8, folds=4, image_size=48,
                   max_epochs=2, weights="none")
-    return runs.Config(**{**values, **changes})
+    return Config(**{**values, **changes})
 
 
 def test_augmentation_changes_training_only_and_repeats_for_a_seed(records_dir, tmp_path):

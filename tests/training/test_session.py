@@ -29,6 +29,7 @@ from octtl.data import records
 from octtl.synthetic import render
 from octtl.training import session
 from octtl.errors import InputError, WeightsError
+from octtl.training.config import Config
 
 RESULT_KEYS = {"arch", "batch", "design", "fold", "folds", "seed", "weights", "weights_file", "weights_scaling",
                "image_size", "preprocess", "crop", "train_size", "val_size", "majority_rate", "best_accuracy",
@@ -56,10 +57,10 @@ def small_args(records_dir, logdir, *extra):
             "--image_size=64", "--folds=5", "--max_epochs=2", "--weights=none", *extra]
 
 
-def tiny(records_dir, logdir, **changes) -> session.Config:
+def tiny(records_dir, logdir, **changes) -> Config:
     values = dict(data_dir=str(records_dir), logdir=str(logdir), arch="tiny", batch=8, folds=5, image_size=32,
                   max_epochs=2, weights="none")
-    return session.Config(**{**values, **changes})
+    return Config(**{**values, **changes})
 
 
 def read_events(run_dir):
@@ -136,7 +137,7 @@ def test_flags_txt_reruns_the_run_with_octtls_flags_only(finished_run, records_d
     lines = (folder / "flags.txt").read_text().splitlines()
     names = [line[2:].split("=", 1)[0] for line in lines]
     # Only octtl.train's own settings (the fields of the run's Config, each one of its flags), each once.
-    own = {field.name for field in dataclasses.fields(runs.Config)}
+    own = {field.name for field in dataclasses.fields(Config)}
     assert set(names) <= own and all(name in flags.FLAGS for name in names) and len(set(names)) == len(names)
     assert {"--arch=squeezenet", "--fold=0", "--preprocess=backbone", "--image_size=64", "--batch=8",
             "--lr=0.0001", "--weights=imagenet"} <= set(lines)
@@ -212,7 +213,7 @@ def test_a_stale_run_is_trained_again_saying_why(records_dir, tmp_path):
 
 def test_session_runs_equal_fresh_processes(records_dir, tmp_path):
     """Three runs of one session (two folds of one design, one of the other) against `python -m octtl.train`."""
-    config = session.Config(data_dir=str(records_dir), logdir=str(tmp_path / "session"), arch="squeezenet",
+    config = Config(data_dir=str(records_dir), logdir=str(tmp_path / "session"), arch="squeezenet",
                              batch=8, folds=5, image_size=48, max_epochs=1, weights="none")
     one = session.Session(config, **QUIET)
     plan = [("baseline", 0), ("baseline", 3), ("limited", 1)]
@@ -318,7 +319,7 @@ def test_garbage_weights_fail_before_the_run_folder(records_dir, tmp_path):
     garbage = tmp_path / "w.h5"
     garbage.write_bytes(b"not hdf5")
     with pytest.raises(WeightsError, match=f"--weights={garbage}: .* neither an HDF5 weights file"):
-        session.train(session.Config(data_dir=str(records_dir), logdir=str(tmp_path / "runs"), arch="squeezenet",
+        session.train(Config(data_dir=str(records_dir), logdir=str(tmp_path / "runs"), arch="squeezenet",
                                        batch=8, folds=5, image_size=32, weights=str(garbage)), 0, **QUIET)
     assert not (tmp_path / "runs").exists()
 

@@ -1,0 +1,162 @@
+"""A training run's settings (`Config`) and what a finished run must record to count as done for them.
+
+`Config` is the one list of a run's settings: its field names are octtl.train's flags (the command fills it
+from them field by field), flags.txt writes it back as flags, and `planned` gives the values of
+`octtl.runs.CONFIG_KEYS` a finished result must record to be "done" for it (`octtl.runs.stale_reason`).
+Imports neither TensorFlow nor Keras.
+"""
+
+import dataclasses
+import math
+from typing import Mapping, Optional, Sequence
+
+from octtl import protocol, runs
+from octtl.errors import InputError
+from octtl.data import denoise as denoising  # `denoise` is the setting's name here
+from octtl.nets import registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One training run's settings; the paper's values are the defaults. Field names are octtl.train's flags."""
+
+    data_dir: str
+    logdir: str
+    arch: str
+    batch: int
+    design: str = protocol.DESIGNS[0]
+    folds: int = protocol.FOLDS
+    fold: int = 0
+    weights: str = "imagenet"
+    weights_fallback: Optional[str] = None
+    weights_dir: Optional[str] = None
+    lr: float = protocol.LR
+    momentum: float = protocol.MOMENTUM
+    max_epochs: int = protocol.MAX_EPOCHS
+    checks_per_epoch: int = protocol.CHECKS_PER_EPOCH
+    patience: int = protocol.PATIENCE
+    seed: int = protocol.SEED
+    group_by_volume: bool = False
+    image_size: Optional[int] = None
+    preprocess: str = "auto"
+    crop: str = "center"
+    eval_batch: Optional[int] = None
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    strategy: str = "default"
+    early_stop: bool = True
+    max_iterations: Optional[int] = None
+    eval_every: Optional[int] = None
+    save_model: bool = True
+    augment: str = ""  # comma list of octtl.data.augment.AUGMENTATIONS; the paper used none
+    augment_strength: float = 1.0
+    denoise: str = "none"  # octtl.data.denoise.METHODS
+    denoise_strength: Optional[float] = None  # None: the method's default
+    overwrite: bool = False
+
+    @property
+    def size(self) -> int:
+        """The input side the run uses: image_size when set, else the network's native one."""
+        return registry.input_size(self.arch, self.image_size)
+
+    @property
+    def variant(self) -> dict:
+        """The run's lr, augmentation and denoising in their one spelling (`normalize`)."""
+        return normalize(self.lr, [a for a in self.augment.split(",") if a.strip() and a != "none"],
+                         self.augment_strength, self.denoise, self.denoise_strength)
+
+    @property
+    def variant_name(self) -> str:
+        """The run folder's variant component (octtl.runs.variant_name), '' for the defaults."""
+        return runs.variant_name(**self.variant) or ""
+
+    @property
+    def validation_batch(self) -> int:
+        """The evaluation batch: eval_batch when set, else twice the training batch, at least 64."""
+        return protocol.eval_batch(self.batch, self.eval_batch)
+
+
+def planned(config: Config, identity: dict, result: dict) -> dict:
+    """The configuration a finished `result` must record to count as done for `config` (runs.CONFIG_KEYS).
+
+    Needs no weights: `auto` preprocessing follows what the result says it loaded, and a run that fell back
+    to random weights under --weights_fallback=none is what that setting asks for.
+    """
+    weights = config.weights
+    if config.weights == "imagenet" and config.weights_fallback == "none" and result.get("weights") == "none":
+        weights = "none"
+    preprocess = config.preprocess
+    if preprocess == "auto":
+        preprocess = "backbone" if result.get("weights_scaling") else "paper"
+    return {"data": identity, "folds": config.folds, "image_size": config.size, "crop": config.crop,
+            "weights": weights, "preprocess": preprocess, "lr": config.lr, "momentum": config.momentum,
+            "max_epochs": config.max_epochs, "checks_per_epoch": config.checks_per_epoch,
+            "patience": config.patience, "early_stop": config.early_stop, "max_iterations": config.max_iterations,
+            "eval_every": config.eval_every, "seed": config.seed, "group_by_volume": config.group_by_volume,
+            "mixed_precision": config.mixed_precision, **_recorded(config.variant)}
+
+
+def _recorded(variant: dict) -> dict:
+    """A variant as result.json records it (lists, not tuples: JSON has no tuples)."""
+    return {**variant, "augment": list(variant["augment"])}
+
+
+def flags_text(config: Config) -> str:
+    """octtl.train's flags for `config`, one per line: what flags.txt holds, and `--flagfile` reruns."""
+    lines = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is None or field.name == "overwrite":
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        lines.append(f"--{field.name}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def normalize(lr: float, augment: Sequence[str], augment_strength: float, denoise: str,
+              denoise_strength: Optional[float]) -> dict:
+    """The one spelling of a variant's settings: augmentations sorted, strengths that change nothing dropped.
+
+    An augmentation strength without augmentations becomes the default one; a denoising strength equal to its
+    method's default (octtl.data.denoise.DEFAULT_STRENGTH) or with no denoising becomes None. Results record
+    their variant in this spelling, so octtl.runs names a finished run's folder from its result alone.
+    """
+    augment = tuple(sorted(set(augment)))
+    augment_strength = float(augment_strength) if augment else float(runs.VARIANT_DEFAULTS["augment_strength"])
+    if denoise == "none" or denoise_strength is None:
+        denoise_strength = None
+    elif float(denoise_strength) == float(denoising.DEFAULT_STRENGTH.get(denoise, math.nan)):
+        denoise_strength = None
+    else:
+        denoise_strength = float(denoise_strength)
+    return {"lr": float(lr), "augment": augment, "augment_strength": augment_strength,
+            "denoise": denoise, "denoise_strength": denoise_strength}
+
+
+def variant_name(lr: float, augment: Sequence[str], augment_strength: float, denoise: str,
+                 denoise_strength: Optional[float], defaults: Mapping = runs.VARIANT_DEFAULTS) -> Optional[str]:
+    """The variant folder component of settings as given (`normalize`d, then octtl.runs.variant_name)."""
+    return runs.variant_name(**normalize(lr, augment, augment_strength, denoise, denoise_strength),
+                             defaults=defaults)
+
+
+def parse_variant(name: str, defaults: Mapping = runs.VARIANT_DEFAULTS) -> dict:
+    """The settings a variant folder name stands for, in their one spelling; `variant_name`'s inverse.
+
+    Besides octtl.runs.parse_variant's form, the denoising method must exist and its strength be one it takes
+    and not its default (which has no component). Augmentation names are checked for their form only.
+
+    Raises:
+        InputError: A name that is not a variant's one spelling (one line naming it).
+    """
+    settings = runs.parse_variant(name, defaults)
+    if settings["denoise"] not in denoising.METHODS:
+        raise InputError(f"{name}: not a variant folder name (unknown denoising method {settings['denoise']!r})")
+    try:
+        denoising.check(settings["denoise"], settings["denoise_strength"])
+    except InputError as e:
+        raise InputError(f"{name}: not a variant folder name ({e})") from None
+    if variant_name(**settings, defaults=defaults) != name:
+        raise InputError(f"{name}: not a variant folder name (the method's default strength has no component)")
+    return normalize(*settings.values())
