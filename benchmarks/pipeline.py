@@ -27,7 +27,7 @@ import keras  # noqa: E402
 
 from octtl.data import pipeline
 
-from octtl.data import records
+from octtl.data import converter, records
 
 from octtl.synthetic import render  # noqa: E402
 
@@ -56,7 +56,7 @@ def main(argv):
         print("generating 24 synthetic Spectralis volumes ...", file=sys.stderr)
         render.write_dataset(work / "volumes", vendor="spectralis", volumes=24, seed=0)
         records_dir = work / "records"
-        records.convert(work / "volumes", records_dir, progress=None)
+        converter.convert(work / "volumes", records_dir, progress=None)
     meta = records.read_metadata(records_dir)
     n, size, batch = len(meta), _IMAGE_SIZE.value, _BATCH.value
     indices = np.arange(n)

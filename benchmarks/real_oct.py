@@ -31,12 +31,12 @@ def main(argv):
     from octtl import console
 
     console.start_tensorflow()
-    from octtl.data import records
+    from octtl.data import converter
     from octtl.training import session
     from octtl.training.config import Config
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="octtl-real-oct-"))
-    manifest = records.convert(_DATA_DIR.value, work / "records", input_format="image_folders",
+    manifest = converter.convert(_DATA_DIR.value, work / "records", input_format="image_folders",
                                classes=["NORMAL", "DME"], group_regex=_PATIENT, progress=None)
     fold_list = [int(f) for f in _FOLDS_TO_RUN.value]
     print(f"{manifest['num_examples']} B-scans of {manifest['num_groups']} patients, folds {fold_list} of 5 "

@@ -30,13 +30,13 @@ _FOLDS = flags.DEFINE_integer("folds", 5, "Folds (both designs, every fold).")
 def main(argv):
     del argv
     from octtl import runs
-    from octtl.data import records
+    from octtl.data import converter
     from octtl.study import runner
     from octtl.synthetic import render
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="octtl-bench-sweep-"))
     render.write_dataset(work / "volumes", volumes=12, bscans=10, height=96, width=96, seed=3)
-    records.convert(work / "volumes", work / "records", progress=None)
+    converter.convert(work / "volumes", work / "records", progress=None)
     common = [f"--data_dir={work / 'records'}", f"--image_size={_IMAGE_SIZE.value}", f"--folds={_FOLDS.value}",
               "--max_epochs=1", "--weights=none"]
     plan = runner.plan(["baseline", "limited"], _ARCHS.value, {a: [_BATCH.value] for a in _ARCHS.value},

@@ -31,7 +31,7 @@ from octtl.data import pipeline
 
 from octtl.nets import models
 
-from octtl.data import records
+from octtl.data import converter, records
 
 from octtl.synthetic import render
 
@@ -90,7 +90,7 @@ def main(argv):
         print("generating 24 synthetic Spectralis volumes ...", file=sys.stderr)
         render.write_dataset(work / "volumes", volumes=24, seed=0)
         records_dir = work / "records"
-        records.convert(work / "volumes", records_dir, progress=None)
+        converter.convert(work / "volumes", records_dir, progress=None)
     metadata = records.read_metadata(records_dir)
     config = Config(data_dir=str(records_dir), logdir=str(work / "runs"), arch=_ARCH.value,
                              batch=_BATCH.value, weights="none", image_size=_IMAGE_SIZE.value,

@@ -34,17 +34,17 @@ def main(argv):
     from octtl import console, runs
 
     console.start_tensorflow()
-    from octtl.data import records
+    from octtl.data import converter
     from octtl.synthetic import render
     from octtl.training import session
     from octtl.training.config import Config
     from octtl.results import variants
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="octtl-bench-variants-"))
-    records.convert(_REAL_DIR.value, work / "real", input_format="image_folders", classes=["NORMAL", "DME"],
+    converter.convert(_REAL_DIR.value, work / "real", input_format="image_folders", classes=["NORMAL", "DME"],
                     group_regex=r"^[A-Z]+-(\d+)-\d+$", progress=None)
     render.write_dataset(work / "volumes", volumes=_VOLUMES.value, seed=7)
-    records.convert(work / "volumes", work / "synthetic", progress=None)
+    converter.convert(work / "volumes", work / "synthetic", progress=None)
     sets = {"real dev set (baseline, grouped by patient)": dict(data_dir=work / "real", design="baseline",
                                                                group_by_volume=True),
             f"synthetic, {_VOLUMES.value} volumes (limited)": dict(data_dir=work / "synthetic", design="limited",

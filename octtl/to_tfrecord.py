@@ -45,14 +45,14 @@ def main(argv):
     from octtl import console
 
     console.start_tensorflow()
-    from octtl.data import records
+    from octtl.data import converter
 
     settings = {name: flags.FLAGS[name].value for name in (
         "input_dir", "output_dir", "fluid_labels", "min_fluid_voxels", "num_shards", "input_format", "classes",
         "allow_unlabeled", "skip_bad", "group_regex", "max_volume_bytes")}
     settings.update(vendor=vendor, workers=workers)
     try:
-        manifest = records.convert(
+        manifest = converter.convert(
             _INPUT_DIR.value, cli.OUTPUT_DIR.value, input_format=_INPUT_FORMAT.value,
             vendor=vendor, fluid_codes=codes, min_fluid_voxels=_MIN_FLUID_VOXELS.value,
             classes=_CLASSES.value, num_shards=_NUM_SHARDS.value, workers=workers,

@@ -61,12 +61,12 @@ HELDOUT_VOLUMES, BSCANS, SIDE = 6, 20, 128
 
 def synthetic_records(root, volumes: int, bscans: int, height: int, width: int, seed: int) -> pathlib.Path:
     """Synthetic Spectralis volumes under root/volumes converted to root/records; returns the records folder."""
-    from octtl.data import records
+    from octtl.data import converter
     from octtl.synthetic import render
 
     root = pathlib.Path(root)
     render.write_dataset(root / "volumes", volumes=volumes, bscans=bscans, height=height, width=width, seed=seed)
-    records.convert(root / "volumes", root / "records", progress=None)
+    converter.convert(root / "volumes", root / "records", progress=None)
     return root / "records"
 
 

@@ -17,7 +17,7 @@ from absl import flags
 
 import browser  # tools/browser.py: conftest puts tools/ on the path
 
-from octtl.data import records
+from octtl.data import converter
 
 from octtl.synthetic import render
 
@@ -50,7 +50,7 @@ def main(argv):
     if not (records_dir / "index.csv").is_file():
         render.write_dataset(volumes, volumes=_VOLUMES.value, bscans=_BSCANS.value, height=96, width=96,
                                 seed=3)
-        records.convert(volumes, records_dir, progress=None)
+        converter.convert(volumes, records_dir, progress=None)
     _python("-m", "octtl.sweep", f"--data_dir={records_dir}", f"--logdir={logdir}",
             f"--archs={','.join(_ARCHS.value)}", "--batches=8", "--designs=baseline,limited",
             f"--folds={_FOLDS.value}", f"--image_size={_IMAGE_SIZE.value}", f"--max_epochs={_MAX_EPOCHS.value}",

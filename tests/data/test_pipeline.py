@@ -5,7 +5,7 @@ import pytest
 
 from octtl.data import pipeline
 
-from octtl.data import records
+from octtl.data import converter, records
 from octtl.training.config import Config
 
 
@@ -13,7 +13,7 @@ from octtl.training.config import Config
 def converted(small_volumes, tmp_path):
     root, arrays = small_volumes
     out = tmp_path / "records"
-    records.convert(root, out, num_shards=3, progress=None)
+    converter.convert(root, out, num_shards=3, progress=None)
     bscans = np.concatenate([arrays[v][0] for v in sorted(arrays)])
     references = np.concatenate([arrays[v][1] for v in sorted(arrays)])
     eight_bit = np.floor(bscans * 255.0 / 65535.0 + 0.5).astype(np.uint8)

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO
 from octtl.data import folds
-from octtl.data import records
+from octtl.data import converter, records
 from octtl.training import session
 from octtl.training.config import Config
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not DEV.is_dir(), reason=f"{DEV} absent (real B-
 @pytest.fixture(scope="module")
 def dev_records(tmp_path_factory):
     out = tmp_path_factory.mktemp("oct2017-dev") / "records"
-    records.convert(DEV, out, input_format="image_folders", classes=list(CLASSES), group_regex=PATIENT,
+    converter.convert(DEV, out, input_format="image_folders", classes=list(CLASSES), group_regex=PATIENT,
                     progress=None)
     return out
 

@@ -25,7 +25,7 @@ from conftest import REPO, synthetic_records
 from octtl import runs, train
 from octtl.data import pipeline
 from octtl.training import tensorboard
-from octtl.data import records
+from octtl.data import converter, records
 from octtl.synthetic import render
 from octtl.training import session
 from octtl.errors import InputError, WeightsError
@@ -326,7 +326,7 @@ def test_garbage_weights_fail_before_the_run_folder(records_dir, tmp_path):
 
 def test_one_class_data_is_refused(tmp_path):
     render.write_dataset(tmp_path / "dry", volumes=3, bscans=4, height=32, width=32, seed=1, fluid_fraction=0.0)
-    records.convert(tmp_path / "dry", tmp_path / "records", progress=None)
+    converter.convert(tmp_path / "dry", tmp_path / "records", progress=None)
     with pytest.raises(InputError, match="every B-scan has label 0; a classifier needs both classes"):
         session.train(tiny(tmp_path / "records", tmp_path / "runs", folds=2), 0, **QUIET)
     assert not (tmp_path / "runs").exists()
