@@ -42,22 +42,20 @@ WORKERS = flags.DEFINE_integer("workers", None, "How much runs at once: to_tfrec
                                "min(4, cores)), the sweep's training processes (default 1).", lower_bound=1)
 
 
-def require(command: str, *names: str):
-    """Exits with one line when a required flag is missing or empty.
+def require(*names: str):
+    """Refuses, in one line, a required flag that is missing or empty.
 
     Checked in `main` rather than with absl's validators, which are process-wide and would fire when another
     command (or a test) parses its own flags.
     """
     missing = [f"--{name}" for name in names if flags.FLAGS[name].value in (None, "", [])]
     if missing:
-        sys.exit(f"{command}: error: {', '.join(missing)} required")
+        raise errors.InputError(f"{', '.join(missing)} required")
 
 
 def no_arguments(argv):
     """Refuses positional arguments: every octtl command takes flags only."""
     if len(argv) > 1:
-        from absl import app
-
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
 
@@ -100,6 +98,7 @@ def command(main: Callable, context: Optional[Mapping[type, str]] = None) -> Cal
                 flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
         app.run(guarded(main, context), flags_parser=_parse)
 
+    run.guarded = guarded(main, context)  # what in-process callers (tests, notebooks) run with parsed flags
     return run
 
 

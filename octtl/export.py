@@ -8,12 +8,10 @@ TF Serving or `tf.saved_model.load` needs TensorFlow alone, not octtl. --output 
 empty unless --overwrite.
 """
 
-import sys
-
-from absl import app
 from absl import flags
 
-from octtl import cli
+from octtl import cli, console
+from octtl.errors import ModelError
 
 # The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
 flags.declare_key_flag("model")
@@ -25,33 +23,18 @@ flags.declare_key_flag("overwrite")
 def main(argv):
     """The export command: checks --output, then writes the SavedModel of --model there."""
     cli.no_arguments(argv)
-    cli.require("export", "model", "output")
+    cli.require("model", "output")
     from octtl.inference import savedmodel
-    from octtl.inference import predictor
-    from octtl.errors import InputError
 
-    try:
-        savedmodel.check_output(cli.OUTPUT.value, cli.OVERWRITE.value)
-    except InputError as e:
-        sys.exit(f"export: error: {e}")
-    from octtl import console
-
+    savedmodel.check_output(cli.OUTPUT.value, cli.OVERWRITE.value)  # before TensorFlow's seconds
     console.start_tensorflow()
-    try:
-        metadata = savedmodel.export(cli.MODEL.value, cli.OUTPUT.value, overwrite=cli.OVERWRITE.value)
-    except predictor.ModelError as e:
-        sys.exit(f"export: error: --model: {e}")
-    except InputError as e:
-        sys.exit(f"export: error: {e}")
+    metadata = savedmodel.export(cli.MODEL.value, cli.OUTPUT.value, overwrite=cli.OVERWRITE.value)
     print(f"export: {metadata['arch']} ({metadata['image_size']} px, crop {metadata['crop']}, preprocess "
           f"{metadata['preprocess']}) -> {cli.OUTPUT.value}: serving_default takes uint8 bscans (batch, rows, "
           "columns), returns p_fluid", flush=True)
 
 
-def run():
-    """Console-script entry point: parses the flags and runs main."""
-    app.run(main)
-
+run = cli.command(main, context={ModelError: "--model"})
 
 if __name__ == "__main__":
     run()

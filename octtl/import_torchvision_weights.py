@@ -10,13 +10,13 @@ Writes <arch>_imagenet_notop.weights.h5 (all but the last classifier: what fine-
 """
 
 import os
-import sys
 
-from absl import app
 from absl import flags
 
 from octtl.nets import registry
 from octtl import cli
+from octtl.errors import InputError
+from octtl import console
 from octtl.nets import pretrained
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -35,12 +35,9 @@ flags.declare_key_flag("output_dir")
 def main(argv):
     """The import_torchvision_weights command: converts --checkpoint into the Keras weights files of --arch."""
     cli.no_arguments(argv)
-    cli.require("import_torchvision_weights", "arch")
+    cli.require("arch")
     if cli.ARCH.value not in CONVERTIBLE:
-        sys.exit(f"import_torchvision_weights: error: --arch={cli.ARCH.value}: no torchvision checkpoint; choose "
-                 f"from {', '.join(CONVERTIBLE)}")
-    from octtl import console
-
+        raise InputError(f"--arch={cli.ARCH.value}: no torchvision checkpoint; choose from {', '.join(CONVERTIBLE)}")
     console.start_tensorflow()
     from octtl.nets import torchvision_weights
 
@@ -49,26 +46,23 @@ def main(argv):
         _CHECKPOINT.value or pretrained.torch_hub_checkpoint(torchvision_weights.checkpoint_url(arch)))
     output_dir = os.path.expanduser(cli.OUTPUT_DIR.value or pretrained.keras_models_dir())
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        sys.exit(f"import_torchvision_weights: error: --output_dir={output_dir}: not a directory")
+        raise InputError(f"--output_dir={output_dir}: not a directory")
     try:
         state_dict = torchvision_weights.read_checkpoint(arch, checkpoint)
         notop, top = torchvision_weights.write(arch, state_dict, output_dir)
     except torchvision_weights.CheckpointError as e:
-        sys.exit(f"import_torchvision_weights: error: --checkpoint={e}")
+        raise InputError(f"--checkpoint={e}") from None
     except torchvision_weights.ConversionError as e:
-        sys.exit(f"import_torchvision_weights: error: --checkpoint={checkpoint}: {e}")
+        raise InputError(f"--checkpoint={checkpoint}: {e}") from None
     except OSError as e:
-        sys.exit(f"import_torchvision_weights: error: --output_dir={output_dir}: cannot write ({e})")
+        raise InputError(f"--output_dir={output_dir}: cannot write ({e})") from None
     print(f"{checkpoint}: {len(state_dict)} tensors -> {notop}, {top}")
     searched = [d for d in (os.environ.get(pretrained.WEIGHTS_DIR_ENV), pretrained.keras_models_dir()) if d]
     if os.path.abspath(output_dir) not in map(os.path.abspath, searched):
         print(f"weights='imagenet' finds them with --weights_dir={output_dir} or {pretrained.WEIGHTS_DIR_ENV}={output_dir}")
 
 
-def run():
-    """Console-script entry point: parses the flags and runs main."""
-    app.run(main)
-
+run = cli.command(main)
 
 if __name__ == "__main__":
     run()

@@ -9,10 +9,10 @@ Example:
 import pathlib
 import sys
 
-from absl import app
 from absl import flags
 
 from octtl import cli
+from octtl.errors import InputError
 from octtl import outputs
 from octtl.synthetic import render
 from octtl import console
@@ -62,7 +62,7 @@ def _render(folders: list[pathlib.Path], path: str) -> None:
 def main(argv):
     """The make_synthetic command: writes each --vendor's synthetic training set under --output_dir."""
     cli.no_arguments(argv)
-    cli.require("make_synthetic", "output_dir")
+    cli.require("output_dir")
     vendors = list(dict.fromkeys(FLAGS.vendor or ["spectralis"]))
     if "all" in vendors:
         vendors = list(render.VENDORS)
@@ -71,17 +71,14 @@ def main(argv):
     for vendor in vendors:
         folder = output_dir / render.VENDORS[vendor].folder
         if outputs.is_occupied(folder):
-            raise SystemExit(f"make_synthetic: error: {folder} already exists and is not empty")
+            raise InputError(f"{folder} already exists and is not empty")
     written = []
     for vendor in vendors:
         fluid = []
-        try:
-            folders = render.write_dataset(
-                output_dir, vendor=vendor, volumes=FLAGS.volumes, seed=FLAGS.seed, bscans=FLAGS.bscans,
-                height=FLAGS.height, width=FLAGS.width, fluid_fraction=FLAGS.fluid_fraction,
-                on_volume=_progress(vendor, fluid))
-        except (ValueError, FileExistsError) as e:
-            raise SystemExit(f"make_synthetic: error: {e}") from None
+        folders = render.write_dataset(
+            output_dir, vendor=vendor, volumes=FLAGS.volumes, seed=FLAGS.seed, bscans=FLAGS.bscans,
+            height=FLAGS.height, width=FLAGS.width, fluid_fraction=FLAGS.fluid_fraction,
+            on_volume=_progress(vendor, fluid))
         bscans = sum(total for _, total in fluid)
         share = sum(wet for wet, _ in fluid) / bscans
         print(f"{vendor}: {console.count(len(folders), 'volume')} ({folders[0].name}-{folders[-1].name}), {bscans} B-scans, "
@@ -91,10 +88,7 @@ def main(argv):
         _render(written, FLAGS.render_example)
 
 
-def run():
-    """Console-script entry point: parses the flags and runs main."""
-    app.run(main)
-
+run = cli.command(main)
 
 if __name__ == "__main__":
     run()

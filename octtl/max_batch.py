@@ -10,14 +10,13 @@ and says so: that number is not a GPU's.
 """
 
 import os
-import sys
 
-from absl import app
 from absl import flags
 
 from octtl.nets import registry
 from octtl.study import batch_probe
-from octtl import cli
+from octtl import cli, console
+from octtl.errors import InputError
 from octtl import runs
 
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "Largest batch tried (a power of two).", lower_bound=1)
@@ -34,16 +33,12 @@ flags.declare_key_flag("jit_compile")
 
 def main(argv):
     """The max_batch command: measures each network's largest batch into its file (LOGDIR/max_batch.json)."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     archs = list(registry.ARCHITECTURES) if cli.ARCH.value in (None, "all") else [cli.ARCH.value]
     for arch in archs:
         size = registry.input_size(arch, cli.IMAGE_SIZE.value)
         if size < registry.get(arch).min_input_size:
-            sys.exit(f"max_batch: error: --image_size={size}: {arch} needs at least "
-                     f"{registry.get(arch).min_input_size}")
-    from octtl import console
-
+            raise InputError(f"--image_size={size}: {arch} needs at least {registry.get(arch).min_input_size}")
     console.start_tensorflow()
     import tensorflow as tf
 
@@ -74,10 +69,7 @@ def main(argv):
     print(f"max_batch: table in {path}")
 
 
-def run():
-    """Console-script entry point: parses the flags and runs main."""
-    app.run(main)
-
+run = cli.command(main)
 
 if __name__ == "__main__":
     run()

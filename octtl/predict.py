@@ -10,12 +10,10 @@ predictions.csv (volume_id,slice,p_fluid,prediction,source[,label]) and the per-
 --gradcam_dir and reference masks, the Grad-CAM pointing game. Existing outputs are refused without --overwrite.
 """
 
-import sys
-
-from absl import app
 from absl import flags
 
-from octtl import cli
+from octtl import cli, console
+from octtl.errors import ModelError
 
 _INPUT = flags.DEFINE_string("input", None, "A .mhd volume, a folder of volumes, a TFRecord folder or image files.")
 _GRADCAM_DIR = flags.DEFINE_string("gradcam_dir", None,
@@ -34,32 +32,18 @@ flags.declare_key_flag("overwrite")
 def main(argv):
     """The predict command: predicts every B-scan of --input with --model and writes --output."""
     cli.no_arguments(argv)
-    cli.require("predict", "model", "input")
+    cli.require("model", "input")
     output = cli.OUTPUT.value or DEFAULT_OUTPUT
     from octtl.inference import predictor
-    from octtl.errors import InputError
 
-    try:
-        predictor.check_outputs(output, _GRADCAM_DIR.value, cli.OVERWRITE.value)
-    except InputError as e:
-        sys.exit(f"predict: error: {e}")
-    from octtl import console
-
+    predictor.check_outputs(output, _GRADCAM_DIR.value, cli.OVERWRITE.value)  # before TensorFlow's seconds
     console.start_tensorflow()
-    try:
-        report = predictor.predict(cli.MODEL.value, _INPUT.value, output, gradcam_dir=_GRADCAM_DIR.value,
-                                    threshold=_THRESHOLD.value, overwrite=cli.OVERWRITE.value)
-    except predictor.ModelError as e:
-        sys.exit(f"predict: error: --model: {e}")
-    except InputError as e:
-        sys.exit(f"predict: error: {e}")
+    report = predictor.predict(cli.MODEL.value, _INPUT.value, output, gradcam_dir=_GRADCAM_DIR.value,
+                               threshold=_THRESHOLD.value, overwrite=cli.OVERWRITE.value)
     print("\n".join(report.lines()), flush=True)
 
 
-def run():
-    """Console-script entry point: parses the flags and runs main."""
-    app.run(main)
-
+run = cli.command(main, context={ModelError: "--model"})
 
 if __name__ == "__main__":
     run()

@@ -15,12 +15,10 @@ import sys
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from octtl import cli  # noqa: E402
-from octtl import runs  # noqa: E402
-from octtl import console  # noqa: E402
+from octtl import cli, console, runs  # noqa: E402
+from octtl.errors import InputError  # noqa: E402
 
 _OUT_DIR = flags.DEFINE_string("out_dir", "report", "Folder the tables, figures and index.html are written to.")
 _RESULTS = flags.DEFINE_string("results", None,
@@ -36,30 +34,29 @@ def load(logdir, results_path=None):
     """The results and a phrase saying where they came from.
 
     Raises:
-        ValueError: no results at all, or a malformed results file.
+        InputError: no results at all, or a malformed or unreadable results file.
     """
     path = pathlib.Path(results_path) if results_path else pathlib.Path(logdir) / runs.RESULTS
     if path.is_file():
-        results = runs.read_results(path)
+        try:
+            results = runs.read_results(path)
+        except OSError as e:
+            raise InputError(f"{path}: cannot be read ({e.strerror or e})") from None
         source = str(path)
     elif results_path:
-        raise ValueError(f"--results={results_path}: no such file")
+        raise InputError(f"--results={results_path}: no such file")
     else:
         results = runs.collect(logdir)
         source = f"{logdir}/*/*/batch*/fold*/{runs.RESULT}"
     if not results:
-        raise ValueError(f"no results in {source} (run python -m octtl.sweep first)")
+        raise InputError(f"no results in {source} (run python -m octtl.sweep first)")
     return results, source
 
 
 def main(argv):
     """The report command: writes the tables, figures and index.html of LOGDIR's results into --out_dir."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        results, source = load(cli.LOGDIR.value, _RESULTS.value)
-    except (ValueError, OSError) as e:
-        sys.exit(f"report: error: {e}")
+    cli.no_arguments(argv)
+    results, source = load(cli.LOGDIR.value, _RESULTS.value)
     if source.endswith(runs.RESULTS) and pathlib.Path(cli.LOGDIR.value).is_dir():
         listed = {runs.run_of(r) for r in results}
         missing = [r for r in runs.collect(cli.LOGDIR.value) if runs.run_of(r) not in listed]
@@ -68,19 +65,13 @@ def main(argv):
                   f"python -m octtl.sweep --logdir={cli.LOGDIR.value} --collect adds them", file=sys.stderr)
     from octtl.results import page  # matplotlib, scipy: after --help, which answers without them
 
-    try:
-        written = page.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value)
-    except ValueError as e:
-        sys.exit(f"report: error: {e}")
+    written = page.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value)
     failed = sum(r.get("status") != "ok" for r in results)
     print(f"report: {console.count(len(results), 'run')} ({failed} failed) from {source} -> {len(written)} files in "
           f"{_OUT_DIR.value}; open {pathlib.Path(_OUT_DIR.value) / 'index.html'}")
 
 
-def run():
-    """Console-script entry point: parses the flags and runs main."""
-    app.run(main)
-
+run = cli.command(main)
 
 if __name__ == "__main__":
     run()

@@ -293,7 +293,7 @@ def read_results(path, warn=lambda line: print(line, file=sys.stderr)) -> List[d
     still hold that result.
 
     Raises:
-        ValueError: a complete line that is not a result, naming the line.
+        InputError: a complete line that is not a result, naming the line.
     """
     latest = {}
     text = pathlib.Path(path).read_bytes().decode(errors="replace")
@@ -309,7 +309,7 @@ def read_results(path, warn=lambda line: print(line, file=sys.stderr)) -> List[d
                 warn(f"warning: {path}:{number}: ignoring a torn last line (a writer died mid-write); "
                      "the run folders keep that result")
                 continue
-            raise ValueError(f"{path}:{number}: not a result line ({e})") from None
+            raise InputError(f"{path}:{number}: not a result line ({e})") from None
     return [latest[run] for run in sorted(latest)]
 
 

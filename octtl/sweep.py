@@ -31,15 +31,11 @@ import pathlib
 import signal
 import sys
 
-from absl import app
 from absl import flags
 
-from octtl.nets import registry
-from octtl import cli
-from octtl import protocol
-from octtl import runs
+from octtl import cli, console, runs
 from octtl import train as _train  # defines the training flags, which every run of the sweep takes
-from octtl import console
+from octtl.errors import InputError
 from octtl.training.config import Config
 
 _ARCHS = flags.DEFINE_list("archs", ["all"], "Networks: all, or a comma-separated list of Table I names.")
@@ -65,108 +61,16 @@ flags.declare_key_flag("workers")
 flags.adopt_module_key_flags(_train)  # every octtl.train flag passes through to the runs
 
 
-
-def _value(name):
-    return flags.FLAGS[name].value
-
-
-def archs_from(names) -> list:
-    """--archs as a list of registry names, in Table I order for 'all' and as given otherwise."""
-    if names == ["all"]:
-        return list(registry.ARCHITECTURES)
-    unknown = [n for n in names if n not in registry.ARCHITECTURES]
-    if unknown or not names:
-        raise ValueError(f"--archs={','.join(names)}: unknown network(s) {', '.join(unknown) or '(none given)'}; "
-                         f"choose all or from {', '.join(registry.ARCHITECTURES)}")
-    return list(dict.fromkeys(names))
-
-
-def designs_from(names) -> list:
-    """The --designs names in order, each once; ValueError for none or an unknown one."""
-    unknown = [n for n in names if n not in protocol.DESIGNS]
-    if unknown or not names:
-        raise ValueError(f"--designs={','.join(names)}: choose from {', '.join(protocol.DESIGNS)}")
-    return list(dict.fromkeys(names))
-
-
-def batches_from(values, archs, logdir, max_batch_file, image_size):
-    """{arch: batch sizes} and, for auto, a line saying where each largest batch came from."""
-    from octtl.study import batch_probe
-    from octtl.study import runner
-
-    if values != ["auto"]:
-        try:
-            batches = sorted({int(v) for v in values})
-        except ValueError:
-            raise ValueError(f"--batches={','.join(values)}: auto or a list of integers") from None
-        if not batches or batches[0] < 1:
-            raise ValueError(f"--batches={','.join(values)}: batch sizes must be >= 1")
-        return {arch: batches for arch in archs}, None
-    path = max_batch_file or pathlib.Path(logdir) / runs.MAX_BATCH
-    try:
-        probe = batch_probe.read_table(path)
-    except ValueError as e:
-        raise ValueError(f"{path}: not a probe table ({e})") from None
-    table_i = {name: a.largest_batch for name, a in registry.ARCHITECTURES.items()}
-    sizes = {arch: registry.input_size(arch, image_size) for arch in archs}
-    largest = runner.largest_batches(archs, table_i, sizes, probe)
-    note = "largest batch: " + ", ".join(f"{arch} {n} ({source})" for arch, (n, source) in largest.items())
-    return {arch: runner.auto_batches(n) for arch, (n, _) in largest.items()}, note
-
-
-def training_config():
-    """octtl.train's flags as the sweep's base Config; the sweep sets network, batch, design and fold per run.
-
-    Raises:
-        ValueError: a training flag that contradicts the sweep (it chooses networks, batches and folds).
-    """
+def training_config() -> Config:
+    """octtl.train's flags as the sweep's base Config; the sweep sets network, batch, design and fold per run."""
     for name, instead in (("arch", "--archs"), ("batch", "--batches")):
         if flags.FLAGS[name].present:
-            raise ValueError(f"--{name}: the sweep sets it per run; use {instead}")
-    if flags.FLAGS["fold"].present and _value("fold") != -1:
-        raise ValueError(f"--fold={_value('fold')}: the sweep runs every fold (use octtl.train for one)")
+            raise InputError(f"--{name}: the sweep sets it per run; use {instead}")
+    if flags.FLAGS["fold"].present and flags.FLAGS.fold != -1:
+        raise InputError(f"--fold={flags.FLAGS.fold}: the sweep runs every fold (use octtl.train for one)")
     # The study needs the results; a best.keras per run (VGG16's is 0.5 GB) only on request.
-    save = _value("save_model") if flags.FLAGS["save_model"].present else False
+    save = flags.FLAGS.save_model if flags.FLAGS["save_model"].present else False
     return dataclasses.replace(_train.config_from_flags(), arch="squeezenet", batch=1, fold=0, save_model=save)
-
-
-def variants_from(base) -> dict:
-    """{variant folder name: the Config fields it sets} for every combination of --lrs, --augments, --denoises.
-
-    Raises:
-        ValueError: a value that is not a learning rate, an augmentation list or a denoising method (named).
-    """
-    from octtl.data import augment
-    from octtl.data import denoise
-    from octtl.errors import InputError
-
-    try:
-        lrs = [float(v) for v in _LRS.value] if _LRS.value else [base.lr]
-    except ValueError:
-        raise ValueError(f"--lrs={','.join(_LRS.value)}: a comma list of learning rates") from None
-    if any(not 0 < lr < float("inf") for lr in lrs):
-        raise ValueError(f"--lrs={','.join(map(str, lrs))}: learning rates must be finite and > 0")
-    denoises = []
-    for value in _DENOISES.value or [f"{base.denoise}" + (f":{base.denoise_strength:g}" if base.denoise_strength
-                                                          else "")]:
-        method, _, strength = value.partition(":")
-        try:
-            denoises.append((method, float(strength) if strength else None))
-        except ValueError:
-            raise ValueError(f"--denoises={value}: a method, or method:strength") from None
-    try:
-        augments = [",".join(augment.parse(value)) for value in (_AUGMENTS.value or [base.augment])]
-        for method, strength in denoises:
-            denoise.check(method, strength)
-    except InputError as e:
-        raise ValueError(str(e).replace("--augment=", "--augments=").replace("--denoise=", "--denoises=")) from None
-    out = {}
-    for lr in lrs:
-        for augmentation in augments:
-            for method, strength in denoises:
-                fields = dict(lr=lr, augment=augmentation, denoise=method, denoise_strength=strength)
-                out.setdefault(dataclasses.replace(base, **fields).variant_name, fields)
-    return out
 
 
 def passthrough_args() -> list:
@@ -176,20 +80,6 @@ def passthrough_args() -> list:
     return [flags.FLAGS[name].serialize() for name in sorted(names) if flags.FLAGS[name].present]
 
 
-def fit_to_data(plan, data_dir, designs):
-    """Leaves out runs whose batch is larger than their training set (octtl.train would refuse them).
-
-    Every task computes the same split from the same records, so the plan stays the same on every machine.
-    """
-    from octtl.data import records
-    from octtl.study import runner
-
-    metadata = records.read_metadata(data_dir)
-    groups = metadata.volume_ids if _value("group_by_volume") else None
-    smallest = runner.smallest_train_sets(metadata.labels, designs, _value("folds"), _value("seed"), groups)
-    return runner.runnable(plan, smallest)
-
-
 def _terminate(signum, frame):
     # Slurm and Kubernetes stop a task with SIGTERM: stop the running workers too, then exit.
     raise KeyboardInterrupt(f"signal {signum}")
@@ -197,86 +87,49 @@ def _terminate(signum, frame):
 
 def main(argv):
     """The sweep command: runs the study's runs in workers, or prints the plan (--dry_run), or collects results."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logdir = _value("logdir")
+    cli.no_arguments(argv)
+    logdir = cli.LOGDIR.value
     if _COLLECT.value:
         count = runs.rebuild(logdir)
         print(f"sweep: {pathlib.Path(logdir) / runs.RESULTS}: {count} results from the run folders")
         return
-    from octtl import console
-    from octtl.study import runner
-    from octtl.errors import InputError
-
     console.start_tensorflow()  # checking --augments, and later the records' index, imports TensorFlow: quietly
-    try:
-        archs = archs_from(_ARCHS.value)
-        designs = designs_from(_DESIGNS.value or [_value("design")])
-        batches, note = batches_from(_BATCHES.value, archs, logdir, _MAX_BATCH_FILE.value, _value("image_size"))
-        base = training_config()
-        variants = variants_from(base)
-        if _TASK_INDEX.value >= _NUM_TASKS.value:
-            raise ValueError(f"--task_index={_TASK_INDEX.value}: must be below --num_tasks={_NUM_TASKS.value}")
-    except ValueError as e:
-        sys.exit(f"sweep: error: {e}")
-    data_dir = _value("data_dir")
-    plan = runner.plan(designs, archs, batches, _value("folds"), list(variants))
-    identity = None
-    if data_dir:
-        from octtl.data import records
+    from octtl.study import plan as planning
 
-        try:
-            plan, dropped = fit_to_data(plan, data_dir, designs)
-            identity = records.identity(data_dir)
-        except (InputError, ValueError) as e:
-            sys.exit(f"sweep: error: {e}")
-        if dropped:
-            note = (note + "; " if note else "") + (
-                f"left out {console.count(len(dropped), 'run')} whose batch exceeds the training set: "
-                + ", ".join(sorted({f"{r.design} batch {r.batch}" for r in dropped})))
-    elif not _DRY_RUN.value:
-        sys.exit("sweep: error: --data_dir: required (the records written by tools/to_tfrecord.py)")
-    mine = runner.shard(plan, _TASK_INDEX.value, _NUM_TASKS.value)
+    if _TASK_INDEX.value >= _NUM_TASKS.value:
+        raise InputError(f"--task_index={_TASK_INDEX.value}: must be below --num_tasks={_NUM_TASKS.value}")
+    base = training_config()
+    if not base.data_dir and not _DRY_RUN.value:
+        raise InputError("--data_dir: required (the records written by tools/to_tfrecord.py)")
+    plan = planning.build(base, _ARCHS.value, _DESIGNS.value or [base.design], _BATCHES.value,
+                          _MAX_BATCH_FILE.value or pathlib.Path(logdir) / runs.MAX_BATCH, _LRS.value,
+                          _AUGMENTS.value, _DENOISES.value)
+    mine = planning.shard(plan.runs, _TASK_INDEX.value, _NUM_TASKS.value)
     task = f" (task {_TASK_INDEX.value} of {_NUM_TASKS.value})" if _NUM_TASKS.value > 1 else ""
-
-    def config_for(run):
-        return dataclasses.replace(base, arch=run.arch, batch=run.batch, **variants[run.variant])
-
-    def stale(run, result):
-        if identity is None or base.overwrite:
-            return None
-        return runs.stale_reason(result, runs.planned(config_for(run), identity, result))
-
     if _DRY_RUN.value:
-        if note:
-            print(note)
-        states = runner.status(logdir, mine, stale)
-        print("\n".join(runner.describe(mine, logdir, plan, states, task)))
-        todo = [run for run in mine if states[run] == "to do"]
-        if todo:
-            variant = [f"--{name}={value}" for name, value in variants[todo[0].variant].items() if value is not None]
-            command = runner.train_command(todo[0], data_dir, logdir, _value("folds"), passthrough_args() + variant)
-            print("first run to do, as one octtl.train: python " + " ".join(command[1:]))
+        _dry_run(plan, mine, logdir, task)
         return
 
     def spec(members):
-        config = dataclasses.replace(config_for(members[0]), overwrite=False)
+        config = dataclasses.replace(plan.config(members[0]), overwrite=False)
         return {"config": dataclasses.asdict(config), "redo_stale": base.overwrite,
                 "runs": [[r.design, r.arch, r.batch, r.fold, r.variant] for r in members]}
 
     signal.signal(signal.SIGTERM, _terminate)
-    groups = runner.groups(mine)
+    groups = planning.groups(mine)
     workers = len(_GPUS.value) if _GPUS.value else (cli.WORKERS.value or 1)
-    print(f"sweep: {console.count(len(mine), 'run')}{task} in {console.count(len(groups), 'network x batch x variant group')}, "
-          f"{console.count(workers, 'worker')} at once"
-          + (f"; {note}" if note else ""), flush=True)
+    print(f"sweep: {console.count(len(mine), 'run')}{task} in "
+          f"{console.count(len(groups), 'network x batch x variant group')}, {console.count(workers, 'worker')} at once"
+          + (f"; {plan.note}" if plan.note else ""), flush=True)
+    from octtl.study import runner
+
     try:
         counts = runner.sweep(groups, logdir, spec, workers=workers, gpus=_GPUS.value or (),
-                                say=lambda line: print(line, flush=True))
+                              say=lambda line: print(line, flush=True))
     except KeyboardInterrupt as e:
         sys.exit(f"sweep: interrupted ({e or 'keyboard'}); run the same command again to finish")
-    print(f"sweep: {console.count(counts['planned'], 'run')}{task}: {counts['skipped']} done before, {counts['ran']} ran now "
-          f"({counts['failed']} failed, {counts['crashed']} without a result), {counts['stale']} stale, "
+    print(f"sweep: {console.count(counts['planned'], 'run')}{task}: {counts['skipped']} done before, {counts['ran']} "
+          f"ran now ({counts['failed']} failed, {counts['crashed']} without a result), {counts['stale']} stale, "
           f"{counts['busy']} left to another sweep; results in {pathlib.Path(logdir) / runs.RESULTS}")
     for problem in counts["problems"]:
         print(f"  {problem}")
@@ -284,10 +137,23 @@ def main(argv):
         sys.exit(1)
 
 
-def run():
-    """Console-script entry point: parses the flags and runs main."""
-    app.run(main)
+def _dry_run(plan, mine, logdir, task):
+    """The plan's lines: runs, done, stale, to do, a time estimate, and the first run to do as one command."""
+    from octtl.study import plan as planning
 
+    if plan.note:
+        print(plan.note)
+    states = planning.status(logdir, mine, plan.stale)
+    print("\n".join(planning.describe(mine, logdir, plan.runs, states, task)))
+    todo = [run for run in mine if states[run] == "to do"]
+    if todo:
+        variant = [f"--{name}={value}" for name, value in plan.variants[todo[0].variant].items() if value is not None]
+        command = planning.train_command(todo[0], plan.base.data_dir, logdir, plan.base.folds,
+                                         passthrough_args() + variant)
+        print("first run to do, as one octtl.train: python " + " ".join(command[1:]))
+
+
+run = cli.command(main)
 
 if __name__ == "__main__":
     run()

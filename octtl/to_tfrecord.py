@@ -6,10 +6,10 @@
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 from octtl import cli
+from octtl.errors import InputError
 from octtl.data import metaimage
 from octtl.data import volumes
 from octtl import console
@@ -35,15 +35,13 @@ _MAX_VOLUME_BYTES = flags.DEFINE_integer(
 def main(argv):
     """The to_tfrecord command: converts --input_dir into sharded TFRecords in --output_dir."""
     cli.no_arguments(argv)
-    cli.require("to_tfrecord", "input_dir", "output_dir")
+    cli.require("input_dir", "output_dir")
     vendor = cli.VENDOR.value or ["all"]
     workers = cli.WORKERS.value or min(4, os.cpu_count() or 1)
     try:
         codes = [int(c) for c in _FLUID_LABELS.value]
     except ValueError:
-        sys.exit(f"to_tfrecord: error: --fluid_labels must be integers, got {','.join(_FLUID_LABELS.value)}")
-    from octtl import console
-
+        raise InputError(f"--fluid_labels must be integers, got {','.join(_FLUID_LABELS.value)}") from None
     console.start_tensorflow()
     from octtl.data import converter
 
@@ -51,15 +49,12 @@ def main(argv):
         "input_dir", "output_dir", "fluid_labels", "min_fluid_voxels", "num_shards", "input_format", "classes",
         "allow_unlabeled", "skip_bad", "group_regex", "max_volume_bytes")}
     settings.update(vendor=vendor, workers=workers)
-    try:
-        manifest = converter.convert(
-            _INPUT_DIR.value, cli.OUTPUT_DIR.value, input_format=_INPUT_FORMAT.value,
-            vendor=vendor, fluid_codes=codes, min_fluid_voxels=_MIN_FLUID_VOXELS.value,
-            classes=_CLASSES.value, num_shards=_NUM_SHARDS.value, workers=workers,
-            allow_unlabeled=_ALLOW_UNLABELED.value, skip_bad=_SKIP_BAD.value, group_regex=_GROUP_REGEX.value,
-            max_volume_bytes=_MAX_VOLUME_BYTES.value, settings=settings, progress=progress)
-    except volumes.InputError as e:
-        sys.exit(f"to_tfrecord: error: {e}")
+    manifest = converter.convert(
+        _INPUT_DIR.value, cli.OUTPUT_DIR.value, input_format=_INPUT_FORMAT.value,
+        vendor=vendor, fluid_codes=codes, min_fluid_voxels=_MIN_FLUID_VOXELS.value,
+        classes=_CLASSES.value, num_shards=_NUM_SHARDS.value, workers=workers,
+        allow_unlabeled=_ALLOW_UNLABELED.value, skip_bad=_SKIP_BAD.value, group_regex=_GROUP_REGEX.value,
+        max_volume_bytes=_MAX_VOLUME_BYTES.value, settings=settings, progress=progress)
     print(summary(manifest, cli.OUTPUT_DIR.value))
 
 # The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
@@ -102,10 +97,7 @@ def summary(manifest, output_dir) -> str:
     return "\n".join(lines)
 
 
-def run():
-    """Console-script entry point: parses the flags and runs main."""
-    app.run(main)
-
+run = cli.command(main)
 
 if __name__ == "__main__":
     run()

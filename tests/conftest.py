@@ -120,24 +120,30 @@ def fake_run(folder, arch="squeezenet", image_size=64, crop="center", preprocess
     return folder / runs.BEST_MODEL
 
 
-def run_main(module, *args):
-    """An entry module's main in-process with these flags; returns (exit status or message, stdout, stderr).
+def call_main(module, *args):
+    """An entry module's command in-process with these flags: its main, errors as one line and SystemExit(...).
 
     Every entry module can be imported into one process, so a command's errors are checked without the seconds a
     new Python process spends importing TensorFlow; tests keep subprocesses where the process is the point.
     """
-    import contextlib
-    import io
-
     from absl import flags
     from absl.testing import flagsaver
 
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with flagsaver.flagsaver(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS([module.__name__, *args])
+        module.run.guarded([module.__name__])
+
+
+def run_main(module, *args):
+    """`call_main`, with what it printed: returns (exit status or message, stdout, stderr)."""
+    import contextlib
+    import io
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            module.main([module.__name__])
+            call_main(module, *args)
         except SystemExit as e:
             code = e.code
     return code, out.getvalue(), err.getvalue()

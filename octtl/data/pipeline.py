@@ -5,19 +5,24 @@ crops every B-scan once into memory, checking the records against index.csv and 
 damaged shard; `training_batches` and `padded_batches` feed them to the network. Host-side work stays on
 1-channel uint8 crops (a 224 x 224 crop is 50 KB): gray to 3 channels and the input scaling happen inside the
 model, where they cost nothing on an accelerator.
+
+TensorFlow (and the records' schema, which needs it) is imported by the functions that use it, so that the
+commands' flags can list CROPS without starting it.
 """
 
 import dataclasses
 import pathlib
 import time
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from octtl.data import records
 from octtl.errors import InputError
-from octtl.data.records import Metadata
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from octtl.data.records import Metadata
 
 CROPS = ("center", "resize")
 RESCALES = ("paper", "none")
@@ -25,6 +30,8 @@ RESCALES = ("paper", "none")
 
 def crop(image, image_size: int, mode: str = "center"):
     """A (size, size, 1) uint8 view of one B-scan: centre crop (zero-padded if smaller) or resize."""
+    import tensorflow as tf
+
     if mode == "center":
         # The paper's choice: keep native pixel scale, lose the lateral periphery.
         return tf.image.resize_with_crop_or_pad(image, image_size, image_size)
@@ -37,6 +44,8 @@ def crop(image, image_size: int, mode: str = "center"):
 
 def rescale(images, mode: str = "paper"):
     """'paper': uint8 to float32 in [-1, 1] as in the paper; 'none': uint8 for the model to scale."""
+    import tensorflow as tf
+
     if mode == "paper":
         return tf.cast(images, tf.float32) / 127.5 - 1.0
     if mode == "none":
@@ -69,7 +78,7 @@ class Decoded:
         return self.images if m == 0 else self.images[:, m:self.images.shape[1] - m, m:self.images.shape[2] - m]
 
 
-def decode(records_dir, metadata: Metadata, image_size: int, crop_mode: str = "center", *, margin: int = 0,
+def decode(records_dir, metadata: "Metadata", image_size: int, crop_mode: str = "center", *, margin: int = 0,
            view: Optional[Callable] = None, prefilter: Optional[Callable] = None) -> Decoded:
     """Decodes and crops every example once, checking the records against index.csv and manifest.json.
 
@@ -86,6 +95,10 @@ def decode(records_dir, metadata: Metadata, image_size: int, crop_mode: str = "c
         InputError: A shard that is missing, truncated or damaged (named, with the remedy), or records whose
             count, labels, volume ids or slices disagree with index.csv or the manifest.
     """
+    import tensorflow as tf
+
+    from octtl.data import records
+
     if crop_mode not in CROPS:
         raise ValueError(f"crop mode must be one of {CROPS}, got {crop_mode!r}")
     records_dir = pathlib.Path(records_dir)
@@ -143,8 +156,10 @@ def decode(records_dir, metadata: Metadata, image_size: int, crop_mode: str = "c
 _AGAIN = "convert the data again with tools/to_tfrecord.py"
 
 
-def _check_rows(records_dir, metadata: Metadata, start, labels, volume_ids, slices):
+def _check_rows(records_dir, metadata: "Metadata", start, labels, volume_ids, slices):
     """Fails naming the first index.csv row whose label, volume id or slice its record contradicts."""
+    from octtl.data import records
+
     stop = start + len(labels)
     wrong = np.flatnonzero((metadata.labels[start:stop] != labels)
                            | (metadata.slices[start:stop] != slices)
@@ -159,12 +174,14 @@ def _check_rows(records_dir, metadata: Metadata, start, labels, volume_ids, slic
             f"{volume_ids[k].decode()} slice {int(slices[k])} label {int(labels[k])}; {_AGAIN}")
 
 
-def training_batches(decoded: Decoded, indices: Sequence[int], batch_size: int, seed: int) -> tf.data.Dataset:
+def training_batches(decoded: Decoded, indices: Sequence[int], batch_size: int, seed: int) -> "tf.data.Dataset":
     """(images, labels) batches of the examples at `indices`, reshuffled every epoch, the last partial one dropped.
 
     The shuffle is tf.data's, seeded: the same seed gives the same batches, run after run and process after
     process. Dropping the last partial batch is MATLAB's training default, which the paper used.
     """
+    import tensorflow as tf
+
     indices = np.unique(np.asarray(indices, dtype=np.int64))
     if indices.size == 0:
         raise ValueError("no examples selected")

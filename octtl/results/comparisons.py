@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from octtl import runs
+from octtl.errors import InputError
 
 from octtl.results import stats
 
@@ -258,7 +259,7 @@ def read_predictions(path) -> Tuple[List[int], List[float]]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if not {"label", "p_fluid"} <= set(reader.fieldnames or ()):
-            raise ValueError(f"{path}: not a predictions file (needs the columns label and p_fluid, has "
+            raise InputError(f"{path}: not a predictions file (needs the columns label and p_fluid, has "
                              f"{', '.join(reader.fieldnames or ()) or 'none'})")
         labels, scores = [], []
         for number, line in enumerate(reader, 2):
@@ -266,6 +267,6 @@ def read_predictions(path) -> Tuple[List[int], List[float]]:
                 labels.append(int(line["label"]))
                 scores.append(float(line["p_fluid"]))
             except (TypeError, ValueError):
-                raise ValueError(f"{path}:{number}: bad label or p_fluid ({line['label']!r}, "
+                raise InputError(f"{path}:{number}: bad label or p_fluid ({line['label']!r}, "
                                  f"{line['p_fluid']!r})") from None
     return labels, scores

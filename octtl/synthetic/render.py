@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from octtl import outputs
+from octtl.errors import InputError
 
 from octtl.synthetic import retina
 from octtl.synthetic.retina import IRF, PED, SRF  # The reference volumes' fluid codes.
@@ -72,11 +73,11 @@ def volume_id(vendor: str, index: int) -> str:
 
 def _check_size(bscans: int, height: int, width: int) -> None:
     if bscans < 1:
-        raise ValueError(f"bscans must be at least 1, got {bscans}")
+        raise InputError(f"--bscans={bscans}: must be at least 1")
     if height < MIN_ROWS:
-        raise ValueError(f"height must be at least {MIN_ROWS} rows, got {height}")
+        raise InputError(f"--height={height}: must be at least {MIN_ROWS} rows")
     if width < MIN_COLUMNS:
-        raise ValueError(f"width must be at least {MIN_COLUMNS} columns, got {width}")
+        raise InputError(f"--width={width}: must be at least {MIN_COLUMNS} columns")
 
 
 def _wet_fraction(quantile: float, fluid_fraction: float) -> float:
@@ -116,7 +117,7 @@ def make_volume(rng: np.random.Generator, bscans: int, height: int, width: int, 
     if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
         raise ValueError(f"dtype must be uint8 or uint16, got {dtype}")
     if not 0.0 <= fluid_fraction <= 1.0:
-        raise ValueError(f"fluid_fraction must be in [0, 1], got {fluid_fraction}")
+        raise InputError(f"--fluid_fraction={fluid_fraction}: must be in [0, 1]")
     quantile = rng.random() if fluid_quantile is None else float(fluid_quantile)
     layout = retina.Layout(rng, bscans, height, width, _wet_fraction(quantile, fluid_fraction))
     renderer = _Renderer(rng, layout, speckle)
@@ -311,25 +312,24 @@ def write_dataset(output_dir, vendor: str = "spectralis", volumes: int = 24, see
         The volume folders written, in id order.
 
     Raises:
-        ValueError: bad vendor, count or shape.
-        FileExistsError: the vendor folder already holds files.
+        InputError: bad vendor, count or shape (naming the flag), or a vendor folder that already holds files.
     """
     if vendor not in VENDORS:
-        raise ValueError(f"unknown vendor {vendor!r}; expected one of {', '.join(VENDORS)}")
+        raise InputError(f"--vendor={vendor}: unknown; expected one of {', '.join(VENDORS)}")
     spec = VENDORS[vendor]
     if volumes < 1:
-        raise ValueError(f"volumes must be at least 1, got {volumes}")
+        raise InputError(f"--volumes={volumes}: must be at least 1")
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise InputError(f"--seed={seed}: must be non-negative")
     shape = (spec.bscans if bscans is None else bscans, spec.height if height is None else height,
              spec.width if width is None else width)
     _check_size(*shape)
     if not 0.0 <= fluid_fraction <= 1.0:
-        raise ValueError(f"fluid_fraction must be in [0, 1], got {fluid_fraction}")
+        raise InputError(f"--fluid_fraction={fluid_fraction}: must be in [0, 1]")
     output_dir = pathlib.Path(output_dir)
     final = output_dir / spec.folder
     if outputs.is_occupied(final):
-        raise FileExistsError(f"{final} already exists and is not empty")
+        raise InputError(f"{final} already exists and is not empty")
 
     staging = outputs.staging_dir(final, "--output_dir")
     try:

@@ -16,6 +16,9 @@ from octtl.data import denoise as denoising  # `denoise` is the setting's name h
 from octtl.nets import registry
 
 
+STRATEGIES = ("default", "mirrored")  # mirrored: data-parallel over every local GPU
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """One training run's settings; the paper's values are the defaults. Field names are octtl.train's flags."""
@@ -43,7 +46,7 @@ class Config:
     eval_batch: Optional[int] = None
     mixed_precision: bool = False
     jit_compile: bool = False
-    strategy: str = "default"
+    strategy: str = "default"  # STRATEGIES
     early_stop: bool = True
     max_iterations: Optional[int] = None
     eval_every: Optional[int] = None

@@ -11,25 +11,15 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
-from absl.testing import flagsaver
 from PIL import Image
 
-from conftest import REPO, write_volume
+from conftest import call_main, REPO, write_volume
 from octtl.data import records
 from octtl import to_tfrecord
 
 INT64_KEYS = ("image/height", "image/width", "image/class/label", "volume/slice",
               "fluid/irf", "fluid/srf", "fluid/ped")
 BYTES_KEYS = ("image/encoded", "volume/id", "volume/vendor", "image/source")
-
-
-def run_cli(*args):
-    """Runs tools/to_tfrecord.py's main in-process with these flags."""
-    with flagsaver.flagsaver():
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["to_tfrecord", *args])
-        to_tfrecord.main(["to_tfrecord"])
 
 
 def read_examples(records_dir):
@@ -51,7 +41,7 @@ def expected_uint8(volume):
 def test_records_match_volumes_exactly(small_volumes, tmp_path):
     root, arrays = small_volumes
     out = tmp_path / "out"
-    run_cli(f"--input_dir={root}", f"--output_dir={out}", "--num_shards=2")
+    call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={out}", "--num_shards=2")
     examples = read_examples(out)
     assert len(examples) == 18
     for example in examples:
@@ -105,8 +95,8 @@ def test_records_match_volumes_exactly(small_volumes, tmp_path):
 
 def test_fluid_label_flags(small_volumes, tmp_path):
     root, arrays = small_volumes
-    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'srf'}", "--fluid_labels=2")
-    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'min2'}", "--min_fluid_voxels=2")
+    call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={tmp_path / 'srf'}", "--fluid_labels=2")
+    call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={tmp_path / 'min2'}", "--min_fluid_voxels=2")
     srf = [value(e, "image/class/label") for e in read_examples(tmp_path / "srf")]
     # Only TRAIN026 holds SRF (code 2), in its B-scans 1-3.
     assert srf == [0] * 6 + [0, 1, 1, 1, 0, 0] + [0] * 6
@@ -118,7 +108,7 @@ def test_vendor_filter(small_volumes, tmp_path):
     root, _ = small_volumes
     write_volume(root / "RETOUCH-TrainingSet-Cirrus" / "TRAIN001",
                  np.zeros((4, 16, 16), np.uint8), np.zeros((4, 16, 16), np.uint8))
-    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'cirrus'}", "--vendor=cirrus")
+    call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={tmp_path / 'cirrus'}", "--vendor=cirrus")
     manifest = json.loads((tmp_path / "cirrus" / "manifest.json").read_text())
     assert [(v["id"], v["vendor"]) for v in manifest["volumes"]] == [("TRAIN001", "cirrus")]
     assert manifest["num_examples"] == 4
@@ -138,7 +128,7 @@ def test_image_folders(tmp_path):
     Image.fromarray(rgb[..., 0]).save(root / "CNV" / "CNV-3-2.jpeg", quality=95)
     (root / "CNV" / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    run_cli(f"--input_dir={root}", f"--output_dir={out}", "--input_format=image_folders",
+    call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={out}", "--input_format=image_folders",
             "--classes=NORMAL,DME,CNV")
     examples = read_examples(out)
     got = [(value(e, "volume/id").decode(), value(e, "image/class/label")) for e in examples]
@@ -165,7 +155,7 @@ def test_group_regex_names_patients(tmp_path, capsys):
         for k, stem in enumerate(names):
             Image.fromarray(np.full((8, 9), 10 * k, np.uint8)).save(root / cls / f"{stem}.png")
     out = tmp_path / "out"
-    run_cli(f"--input_dir={root}", f"--output_dir={out}", "--input_format=image_folders", "--classes=NORMAL,DME",
+    call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={out}", "--input_format=image_folders", "--classes=NORMAL,DME",
             r"--group_regex=^[A-Z]+-(\d+)-\d+$")
     got = [(value(e, "image/source").decode(), value(e, "volume/id").decode(), value(e, "volume/slice"),
             value(e, "image/class/label")) for e in read_examples(out)]
@@ -192,7 +182,7 @@ def test_group_regex_refusals(tmp_path, regex, message):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "NORMAL" / "scan_7.png")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "DME" / "DME-1-1.png")
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}", "--input_format=image_folders",
+        call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}", "--input_format=image_folders",
                 "--classes=NORMAL,DME", f"--group_regex={regex}")
     assert message in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
     assert not (tmp_path / "out").exists()
@@ -334,7 +324,7 @@ def test_bad_volume_fails_cleanly_and_skip_bad_skips_it(small_volumes, tmp_path,
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         # Far above these volumes (23 KB), far below the huge claim's 3 GB.
-        run_cli(f"--input_dir={root}", f"--output_dir={out}", "--max_volume_bytes=1000000")
+        call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={out}", "--max_volume_bytes=1000000")
     text = str(exit_info.value.code)
     assert "\n" not in text and text.startswith("to_tfrecord: error: ")
     assert str(path) in text
@@ -342,7 +332,7 @@ def test_bad_volume_fails_cleanly_and_skip_bad_skips_it(small_volumes, tmp_path,
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
-    run_cli(f"--input_dir={root}", f"--output_dir={out}", "--skip_bad", "--max_volume_bytes=1000000")
+    call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={out}", "--skip_bad", "--max_volume_bytes=1000000")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_examples"] == 12
     assert [s["item"] for s in manifest["skipped"]] == [str(path.parent)]
@@ -351,7 +341,7 @@ def test_bad_volume_fails_cleanly_and_skip_bad_skips_it(small_volumes, tmp_path,
 def test_allow_unlabeled_skips_volume_without_reference(small_volumes, tmp_path):
     root, _ = small_volumes
     next(root.rglob("TRAIN026/reference.mhd")).unlink()
-    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}", "--allow_unlabeled")
+    call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}", "--allow_unlabeled")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [v["id"] for v in manifest["volumes"]] == ["TRAIN025", "TRAIN027"]
     assert manifest["skipped"][0]["error"] == "no reference.mhd"
@@ -360,7 +350,7 @@ def test_allow_unlabeled_skips_volume_without_reference(small_volumes, tmp_path)
 def test_no_volumes_found(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no volumes"):
-        run_cli(f"--input_dir={tmp_path / 'empty'}", f"--output_dir={tmp_path / 'out'}")
+        call_main(to_tfrecord, f"--input_dir={tmp_path / 'empty'}", f"--output_dir={tmp_path / 'out'}")
     assert not (tmp_path / "out").exists()
 
 
@@ -370,7 +360,7 @@ def test_output_dir_not_empty_is_left_alone(small_volumes, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit, match="output directory is not empty"):
-        run_cli(f"--input_dir={root}", f"--output_dir={out}")
+        call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={out}")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
@@ -393,14 +383,14 @@ def test_cli_process_exit_code_and_error_line(small_volumes, tmp_path):
 
 def test_required_flags(tmp_path):
     with pytest.raises(SystemExit, match="to_tfrecord: error: --output_dir required"):
-        run_cli(f"--input_dir={tmp_path}")
+        call_main(to_tfrecord, f"--input_dir={tmp_path}")
 
 
 def _refused(tmp_path, *args):
     """The one error line of a run that must fail and leave nothing (no output, no staging folder) behind."""
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(f"--output_dir={out}", *args)
+        call_main(to_tfrecord, f"--output_dir={out}", *args)
     text = str(exit_info.value.code)
     assert text.startswith("to_tfrecord: error: ") and "\n" not in text, text
     assert len(text.replace(str(tmp_path), "T")) < 200, text  # short but for the paths it names
@@ -417,7 +407,7 @@ def test_volumes_behind_folder_links_convert_once(small_volumes, tmp_path):
     (root / "RETOUCH-TrainingSet-Cirrus" / "TRAIN001").symlink_to(store, target_is_directory=True)
     (root / "also-cirrus").symlink_to(root / "RETOUCH-TrainingSet-Cirrus", target_is_directory=True)
     (root / "RETOUCH-TrainingSet-Spectralis" / "loop").symlink_to(root, target_is_directory=True)
-    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}")
+    call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [(v["id"], v["vendor"]) for v in manifest["volumes"]] == [
         ("TRAIN001", "cirrus"), ("TRAIN025", "spectralis"), ("TRAIN026", "spectralis"), ("TRAIN027", "spectralis")]
@@ -440,7 +430,7 @@ def test_duplicate_volume_ids_are_refused(small_volumes, tmp_path):
                           np.zeros((3, 16, 16), np.uint8))
     text = _refused(tmp_path, f"--input_dir={root}")
     assert str(first) in text and str(second) in text and "volume/id must be unique" in text
-    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'cirrus'}", "--vendor=cirrus")  # one each: fine
+    call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={tmp_path / 'cirrus'}", "--vendor=cirrus")  # one each: fine
     assert json.loads((tmp_path / "cirrus" / "manifest.json").read_text())["num_volumes"] == 1
 
 
@@ -477,7 +467,7 @@ def test_stale_staging_of_killed_runs_is_removed(small_volumes, tmp_path, capsys
     for folder in (dead, old_style, alive, other):
         folder.mkdir()
         (folder / "shard-0.tmp").write_bytes(b"half a shard")
-    run_cli(f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}")
+    call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={tmp_path / 'out'}")
     assert not dead.exists() and not old_style.exists() and alive.exists() and other.exists()
     assert (tmp_path / "out" / "manifest.json").is_file()
     lines = [line for line in capsys.readouterr().err.splitlines() if "staging" in line]
@@ -494,7 +484,7 @@ def test_output_dir_that_cannot_be_created(small_volumes, tmp_path, where, messa
     (tmp_path / "file").write_text("a regular file")
     output_dir = tmp_path / where
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(f"--input_dir={root}", f"--output_dir={output_dir}")
+        call_main(to_tfrecord, f"--input_dir={root}", f"--output_dir={output_dir}")
     text = str(exit_info.value.code)
     assert text.startswith("to_tfrecord: error: " + message.format(tmp=tmp_path)) and "\n" not in text, text
     assert (tmp_path / "file").read_text() == "a regular file"

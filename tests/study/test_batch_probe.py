@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from conftest import REPO
 from conftest import run_main
-from octtl import max_batch, runs, sweep
-from octtl.study import batch_probe
+from octtl import max_batch, runs
+from octtl.study import batch_probe, plan
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
@@ -93,14 +93,14 @@ def test_probe_on_cpu_writes_the_table_the_sweep_reads(tmp_path):
     assert set(table["archs"]) == {"squeezenet", "vgg16"} and table["archs"]["vgg16"]["device"] == "GPU x"
 
     # --batches=auto: the probe's value where it measured the size the sweep trains at, else Table I.
-    batches, note = sweep.batches_from(["auto"], ["squeezenet", "alexnet"], tmp_path, None, 32)
+    batches, note = plan.batches_from(["auto"], ["squeezenet", "alexnet"], tmp_path / runs.MAX_BATCH, 32)
     assert batches == {"squeezenet": [8, 16], "alexnet": [8, 16, 32, 64]}
     assert note == "largest batch: squeezenet 16 (probe), alexnet 64 (Table I)"
-    batches, note = sweep.batches_from(["auto"], ["squeezenet"], tmp_path, None, None)  # 227 px: not measured
+    batches, note = plan.batches_from(["auto"], ["squeezenet"], tmp_path / runs.MAX_BATCH, None)  # 227 px: not measured
     assert batches == {"squeezenet": [8, 16, 32, 64]} and "(Table I)" in note
     elsewhere = tmp_path / "elsewhere.json"
     (tmp_path / runs.MAX_BATCH).rename(elsewhere)
-    assert sweep.batches_from(["auto"], ["squeezenet"], tmp_path, str(elsewhere), 32)[0] == {"squeezenet": [8, 16]}
+    assert plan.batches_from(["auto"], ["squeezenet"], str(elsewhere), 32)[0] == {"squeezenet": [8, 16]}
 
 
 def test_too_small_an_image_is_one_error_line(tmp_path):

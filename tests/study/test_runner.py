@@ -25,6 +25,7 @@ import pytest
 from conftest import REPO, run_main, synthetic_records
 from octtl import runs, sweep
 from octtl.nets import registry
+from octtl.study import plan as planning
 from octtl.study import runner
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
@@ -46,7 +47,7 @@ def sweep_command(records_dir, logdir, *extra):
 
 
 def planned_runs():
-    return runner.plan(["baseline"], ARCHS, {a: BATCHES for a in ARCHS}, FOLDS)
+    return planning.grid(["baseline"], ARCHS, {a: BATCHES for a in ARCHS}, FOLDS)
 
 
 def is_done(logdir, run):
@@ -202,13 +203,13 @@ def test_run_folder_and_log_places():
     (64, [8, 16, 32, 64]), (32, [8, 16, 32]), (16, [8, 16]), (48, [8, 16, 32]), (8, [8]), (4, [4]), (0, []),
 ])
 def test_auto_batches(largest, batches):
-    assert runner.auto_batches(largest) == batches
+    assert planning.auto_batches(largest) == batches
 
 
 def paper_plan():
     table_i = {name: a.largest_batch for name, a in registry.ARCHITECTURES.items()}
-    return runner.plan(["baseline", "limited"], list(registry.ARCHITECTURES),
-                            {a: runner.auto_batches(n) for a, n in table_i.items()}, 10)
+    return planning.grid(["baseline", "limited"], list(registry.ARCHITECTURES),
+                            {a: planning.auto_batches(n) for a, n in table_i.items()}, 10)
 
 
 def test_paper_plan_has_660_runs():
@@ -221,13 +222,13 @@ def test_paper_plan_has_660_runs():
 @pytest.mark.parametrize("num_tasks", [1, 2, 3, 7, 10, 64, 660, 1000])
 def test_shards_partition_the_run_list(num_tasks):
     plan = paper_plan()
-    shards = [runner.shard(plan, i, num_tasks) for i in range(num_tasks)]
+    shards = [planning.shard(plan, i, num_tasks) for i in range(num_tasks)]
     flat = [run for s in shards for run in s]
     assert sorted(flat) == sorted(plan) and len(flat) == len(set(flat))  # together all, no run twice
     sizes = [len(s) for s in shards]
     assert max(sizes) - min(sizes) <= 1
     with pytest.raises(ValueError):
-        runner.shard(plan, num_tasks, num_tasks)
+        planning.shard(plan, num_tasks, num_tasks)
 
 
 def _append_many(logdir, worker):
@@ -275,7 +276,7 @@ def test_a_run_another_sweep_holds_is_left_to_it(tmp_path, records_dir):
     lines = []
     with runner.claimed(tmp_path, run) as mine:
         assert mine
-        counts = runner.sweep(runner.groups([run]), tmp_path, spec, say=lines.append)
+        counts = runner.sweep(planning.groups([run]), tmp_path, spec, say=lines.append)
     assert (counts["busy"], counts["ran"]) == (1, 0) and not run.folder(tmp_path).exists()
     assert lines == ["sweep: [1/1] baseline squeezenet batch 8 fold 0: being trained by another sweep; left to it"]
 
@@ -283,7 +284,7 @@ def test_a_run_another_sweep_holds_is_left_to_it(tmp_path, records_dir):
 def test_a_worker_that_dies_leaves_its_runs_without_result_and_stops_the_sweep(tmp_path):
     plan = [runs.Run("baseline", "vgg16", 8, fold) for fold in range(5)] + [runs.Run("baseline", "vgg16", 16, 0)]
     lines = []
-    counts = runner.sweep(runner.groups(plan), tmp_path, _bogus_spec, say=lines.append)
+    counts = runner.sweep(planning.groups(plan), tmp_path, _bogus_spec, say=lines.append)
     assert counts["crashed"] == 5 and counts["ran"] == 0  # the second group never started
     assert "exited with status 1" in lines[0] and "no_such_setting" in lines[0]
     assert lines[-1] == "sweep: 5 runs of vgg16 batch 8 ended without a result; stopping"
@@ -298,29 +299,29 @@ def test_estimate_uses_the_most_similar_finished_runs():
         {"design": "baseline", "arch": "alexnet", "batch": 8, "wall_seconds": 10.0},
     ]
     R = runs.Run
-    assert runner.estimate_seconds(finished, [R("baseline", "vgg16", 8, 5)]) == (150.0, [])
-    assert runner.estimate_seconds(finished, [R("limited", "vgg16", 16, 0)]) == (60.0, [])  # same (arch, batch)
-    assert runner.estimate_seconds(finished, [R("limited", "vgg16", 32, 0)]) == (120.0, [])  # same arch
+    assert planning.estimate_seconds(finished, [R("baseline", "vgg16", 8, 5)]) == (150.0, [])
+    assert planning.estimate_seconds(finished, [R("limited", "vgg16", 16, 0)]) == (60.0, [])  # same (arch, batch)
+    assert planning.estimate_seconds(finished, [R("limited", "vgg16", 32, 0)]) == (120.0, [])  # same arch
     # No finished googlenet run: no estimate for it, rather than another network's time.
-    assert runner.estimate_seconds(finished, [R("limited", "googlenet", 8, 0), R("baseline", "alexnet", 8, 1)]) == (
+    assert planning.estimate_seconds(finished, [R("limited", "googlenet", 8, 0), R("baseline", "alexnet", 8, 1)]) == (
         10.0, ["googlenet"])
 
 
 def test_runs_larger_than_the_training_set_are_left_out():
     labels = np.array([0, 1] * 50)  # 100 examples, 10 folds: baseline trains on 90, limited on 10
-    smallest = runner.smallest_train_sets(labels, ["baseline", "limited"], 10)
+    smallest = planning.smallest_train_sets(labels, ["baseline", "limited"], 10)
     assert smallest == {"baseline": 90, "limited": 10}
-    plan = runner.plan(["baseline", "limited"], ["vgg16"], {"vgg16": [8, 16, 64]}, 2)
-    keep, dropped = runner.runnable(plan, smallest)
+    plan = planning.grid(["baseline", "limited"], ["vgg16"], {"vgg16": [8, 16, 64]}, 2)
+    keep, dropped = planning.runnable(plan, smallest)
     assert {(r.design, r.batch) for r in dropped} == {("limited", 16), ("limited", 64)}
     assert len(keep) + len(dropped) == len(plan)
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: sweep.archs_from(["vgg16", "resnet1000"]), "--archs=vgg16,resnet1000: unknown network(s) resnet1000"),
-    (lambda: sweep.designs_from(["baseline", "tiny"]), "--designs=baseline,tiny: choose from baseline, limited"),
-    (lambda: sweep.batches_from(["8", "x"], ["vgg16"], "runs", None, None), "--batches=8,x: auto or a list"),
-    (lambda: sweep.batches_from(["0"], ["vgg16"], "runs", None, None), "must be >= 1"),
+    (lambda: planning.archs_from(["vgg16", "resnet1000"]), "--archs=vgg16,resnet1000: unknown network(s) resnet1000"),
+    (lambda: planning.designs_from(["baseline", "tiny"]), "--designs=baseline,tiny: choose from baseline, limited"),
+    (lambda: planning.batches_from(["8", "x"], ["vgg16"], "runs/max_batch.json", None), "--batches=8,x: auto or a list"),
+    (lambda: planning.batches_from(["0"], ["vgg16"], "runs/max_batch.json", None), "must be >= 1"),
 ])
 def test_bad_plan_flags_are_named(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -379,7 +380,7 @@ def test_a_torn_last_line_of_results_jsonl_is_ignored_and_repaired(tmp_path, cap
 def test_several_workers_share_the_groups(tmp_path):
     plan = [runs.Run("baseline", arch, 8, 0) for arch in ("vgg16", "alexnet", "resnet18")]
     lines = []
-    counts = runner.sweep(runner.groups(plan), tmp_path, _bogus_spec, workers=2, say=lines.append)
+    counts = runner.sweep(planning.groups(plan), tmp_path, _bogus_spec, workers=2, say=lines.append)
     assert counts["crashed"] == 3 and len([line for line in lines if "exited with status 1" in line]) == 3
     assert sorted(p.name for p in (tmp_path / "logs/workers").iterdir()) == [
         "alexnet-batch8.log", "resnet18-batch8.log", "vgg16-batch8.log"]

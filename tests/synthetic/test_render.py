@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from octtl.synthetic import render
 
 from conftest import REPO  # noqa: E402
+from octtl.errors import InputError  # noqa: E402
 SMALL = dict(bscans=6, height=48, width=40)
 
 # vendor: (folder, first volume, default shape, dtype, axial spacing in mm)
@@ -132,7 +133,7 @@ def test_failed_run_leaves_no_dataset(tmp_path, monkeypatch):
 def test_non_empty_vendor_folder_is_refused(tmp_path):
     render.write_dataset(tmp_path, volumes=1, **SMALL)
     before = _digest(tmp_path)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(InputError, match="already exists and is not empty"):
         render.write_dataset(tmp_path, volumes=1, seed=9, **SMALL)
     assert _digest(tmp_path) == before
 

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from absl.testing import flagsaver
 from sklearn import metrics
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import REPO, synthetic_records
+from conftest import call_main, REPO, synthetic_records
 from octtl import runs, train
 from octtl.data import pipeline
 from octtl.training import tensorboard
@@ -42,14 +41,6 @@ QUIET = dict(say=lambda line: None, progress=False)
 def records_dir(tmp_path_factory):
     """12 synthetic volumes of 10 B-scans, 96 x 96: 120 examples."""
     return synthetic_records(tmp_path_factory.mktemp("train-data"), volumes=12, bscans=10, height=96, width=96, seed=3)
-
-
-def run_train(*args):
-    """octtl.train's main in-process (TensorFlow loads once for the whole module)."""
-    with flagsaver.flagsaver():
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train", *args])
-        train.main(["train"])
 
 
 def small_args(records_dir, logdir, *extra):
@@ -88,7 +79,7 @@ def finished_run(records_dir, tmp_path_factory):
 
     console = io.StringIO()
     with contextlib.redirect_stdout(console):
-        run_train(*small_args(records_dir, logdir, "--weights=imagenet", "--eval_every=5"))
+        call_main(train, *small_args(records_dir, logdir, "--weights=imagenet", "--eval_every=5"))
     return logdir / "baseline" / "squeezenet" / "batch8" / "fold0", console.getvalue()
 
 
@@ -141,7 +132,7 @@ def test_flags_txt_reruns_the_run_with_octtls_flags_only(finished_run, records_d
     assert set(names) <= own and all(name in flags.FLAGS for name in names) and len(set(names)) == len(names)
     assert {"--arch=squeezenet", "--fold=0", "--preprocess=backbone", "--image_size=64", "--batch=8",
             "--lr=0.0001", "--weights=imagenet"} <= set(lines)
-    run_train(f"--flagfile={folder / 'flags.txt'}")
+    call_main(train, f"--flagfile={folder / 'flags.txt'}")
     assert capsys.readouterr().out.strip().endswith("(already done)")
 
 
@@ -300,7 +291,7 @@ def test_nan_loss_fails_the_run_and_exits_1(records_dir, tmp_path):
 ])
 def test_bad_settings_fail_with_one_line_and_write_nothing(records_dir, tmp_path, args, message):
     with pytest.raises(SystemExit) as exit_info:
-        run_train(*small_args(records_dir, tmp_path), *args)
+        call_main(train, *small_args(records_dir, tmp_path), *args)
     text = str(exit_info.value.code)
     assert text.startswith("train: error: ") and message in text and "\n" not in text
     assert not any(tmp_path.iterdir())
@@ -309,7 +300,7 @@ def test_bad_settings_fail_with_one_line_and_write_nothing(records_dir, tmp_path
 def test_a_logdir_that_cannot_be_created_is_one_line(records_dir, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(SystemExit) as exit_info:
-        run_train(*small_args(records_dir, tmp_path / "file" / "runs"))
+        call_main(train, *small_args(records_dir, tmp_path / "file" / "runs"))
     assert str(exit_info.value.code).startswith(f"train: error: --logdir={tmp_path / 'file' / 'runs'}: cannot be "
                                                 "created")
     assert (tmp_path / "file").read_text() == "not a folder"
@@ -334,4 +325,4 @@ def test_one_class_data_is_refused(tmp_path):
 
 def test_unknown_arch_on_the_command_line(records_dir, tmp_path):
     with pytest.raises(flags.IllegalFlagValueError, match="resnet1000"):
-        run_train(*small_args(records_dir, tmp_path), "--arch=resnet1000")
+        call_main(train, *small_args(records_dir, tmp_path), "--arch=resnet1000")
