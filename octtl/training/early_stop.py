@@ -72,13 +72,13 @@ class HalfEpochEarlyStop(keras.callbacks.Callback):
       early_stop: False trains on to `max_iterations` (or the epoch limit) regardless.
       max_iterations: stop after this many iterations in total; None for no limit.
       eval_every: also evaluate accuracy/AUC every this many iterations (not counted as checks).
-      on_evaluation: called with each Evaluation (logging, TensorBoard, NaN checks).
+      on_evaluation: called with each Evaluation and this callback (logging, TensorBoard, NaN checks).
     """
 
     def __init__(self, predict: Callable[[], np.ndarray], labels: np.ndarray, steps_per_epoch: int,
                  checks_per_epoch: int = 2, patience: int = 5, early_stop: bool = True,
                  max_iterations: Optional[int] = None, eval_every: Optional[int] = None,
-                 on_evaluation: Optional[Callable[[Evaluation], None]] = None):
+                 on_evaluation: Optional[Callable[[Evaluation, "HalfEpochEarlyStop"], None]] = None):
         super().__init__()
         if steps_per_epoch < 1 or checks_per_epoch < 1 or patience < 0:
             raise ValueError("steps_per_epoch and checks_per_epoch must be >= 1, patience >= 0")
@@ -122,7 +122,7 @@ class HalfEpochEarlyStop(keras.callbacks.Callback):
             self.best = result
             self.best_weights = [w.copy() for w in self.model.get_weights()]
         if self._on_evaluation:
-            self._on_evaluation(result)
+            self._on_evaluation(result, self)
         if not is_check:
             return
         if result.val_loss < self.best_loss:

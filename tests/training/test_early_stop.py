@@ -74,7 +74,7 @@ def test_best_accuracy_keeps_earlier_model_on_ties_and_restores_its_weights():
     predict, _ = scripted(accuracies=accuracies)
     snapshots = []
     cb = early_stop.HalfEpochEarlyStop(predict, LABELS, steps_per_epoch=4, checks_per_epoch=2, patience=10,
-                                      on_evaluation=lambda e: snapshots.append(cb.model.get_weights()))
+                                      on_evaluation=lambda e, stop: snapshots.append(stop.model.get_weights()))
     model = fit(cb, epochs=3)
     assert [round(e.val_accuracy, 6) for e in cb.evaluations] == [round(a, 6) for a in accuracies]
     assert cb.best.iteration == 4  # the first 4/6, not the later ties
