@@ -1,5 +1,5 @@
-"""Tests of octtl/results/learning_curve.py (fit, volumes needed, bootstrap band, verdicts, CSV rows), on studies
-simulated from known laws."""
+"""Tests of octtl/results/learning_curve.py (fit, volumes needed, bootstrap band, verdicts, CSV rows) and of
+figures.learning_curves, on studies simulated from known laws."""
 
 import csv
 import io
@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from octtl.results import figures
 from octtl.results import learning_curve as lc
 
 DOUBLING = np.array([1, 2, 4, 8, 16])
@@ -184,3 +185,22 @@ def test_per_n_interval_is_the_t_interval_over_fold_means():
     as_dicts = lc.summarize([p._asdict() for p in points], "auc", target=0.9, draws=0)
     assert as_dicts.mean.tolist() == summary.mean.tolist() and as_dicts.fit == summary.fit
 
+
+def test_learning_curves_figure_writes_a_png(tmp_path):
+    import matplotlib.image
+
+    rng = np.random.default_rng(8)
+    curves = {
+        "vgg16": lc.summarize(simulate((0.95, 0.3, 0.7), rng), "auc", 0.9, draws=20),
+        "resnet50, from scratch": lc.summarize(simulate((0.85, 0.25, 0.6), rng), "auc", 0.9, draws=20),
+        # Two N only: no fit, no band, still drawn.
+        "squeezenet": lc.summarize(simulate((0.9, 0.2, 0.5), rng, ns=np.array([2, 4])), "auc", 0.9, draws=5),
+    }
+    path = tmp_path / "learning_curve_baseline.png"
+    fig = figures.learning_curves(curves, "Learning curves, baseline design", path=path)
+    assert fig.axes[0].get_xscale() == "log"
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    with pytest.raises(ValueError, match="one metric"):
+        figures.learning_curves({"a": curves["vgg16"], "b": lc.summarize(
+            simulate((0.9, 0.3, 0.7), rng), "accuracy", 0.9, draws=0)}, "mixed")
