@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from octtl.errors import InputError
 from octtl.protocol import DESIGNS
 
 
@@ -63,3 +64,100 @@ def split(labels: Sequence[int], design: str, fold: int, folds: int = 10, seed: 
     held_out = assignment == fold
     train, val = (~held_out, held_out) if design == "baseline" else (held_out, ~held_out)
     return np.flatnonzero(train), np.flatnonzero(val)
+
+
+def volume_order(train_idx: Sequence[int], groups: Sequence, labels: Sequence[int], seed: int,
+                 repeat: int) -> list:
+    """Every training volume of a fold in the seeded random order that learning curves take them in.
+
+    The first N volumes of this order are the N annotated volumes of a learning-curve point, so the sets of one
+    fold and repeat are nested (the 4-volume set lies inside the 8-volume set) and differ between curve points
+    only by the volumes added. The generator is seeded by (seed, repeat) alone, never by N, for that reason.
+
+    The order cycles through the classes: each class has its own seeded random order of the volumes that hold
+    it, and at a class's turn the next of its volumes not yet taken is appended. A volume is said to hold a class
+    when any of its training examples has that label, so a volume holding several classes (a RETOUCH volume
+    with fluid and normal B-scans, a patient imaged with two diseases) stands in the order of each and is taken
+    once. After one turn of every class, each class has either just been given a volume or had all of its
+    volumes taken already, so any N >= K (the number of classes in the training data) holds every class.
+    When some volume holds every class, the order starts with one of them (drawn at random among those), so
+    that N = 1 holds every class too. The classes' turn order is itself drawn, so with one class per volume
+    and N not a multiple of K no class is always the one with the extra volume.
+
+    Args:
+      train_idx: the fold's training indices (into groups and labels).
+      groups: volume (or patient) id of every example.
+      labels: class label of every example.
+      seed, repeat: the learning-curve study's seed and the repeat number; each repeat draws another order.
+
+    Returns:
+      The training volumes' ids (as in groups), in the order they are taken.
+    """
+    train_idx = np.asarray(train_idx, np.int64)
+    volumes, volume_of = np.unique(np.asarray(groups)[train_idx], return_inverse=True)
+    classes, class_of = np.unique(np.asarray(labels)[train_idx], return_inverse=True)
+    holds = np.zeros((len(volumes), len(classes)), bool)  # holds[v, c]: volume v has an example of class c
+    holds[volume_of.ravel(), class_of.ravel()] = True
+    rng = np.random.default_rng([int(seed), int(repeat)])
+    shuffled = rng.permutation(len(volumes))
+    turns = rng.permutation(len(classes)).tolist()
+    # Each class's volumes in the one shuffled order, so a volume of two classes keeps its place in both.
+    queues = {c: shuffled[holds[shuffled, c]].tolist() for c in turns}
+    heads = dict.fromkeys(turns, 0)
+    whole = shuffled[holds[shuffled].all(axis=1)].tolist()
+    order, taken = whole[:1], set(whole[:1])
+    while len(order) < len(volumes):
+        for c in turns:
+            queue = queues[c]
+            while heads[c] < len(queue) and queue[heads[c]] in taken:
+                heads[c] += 1
+            if heads[c] < len(queue):
+                order.append(queue[heads[c]])
+                taken.add(order[-1])
+    return volumes[order].tolist()
+
+
+def training_volumes(train_idx: Sequence[int], groups: Sequence, labels: Sequence[int], n: int, seed: int,
+                     repeat: int, fold: Optional[int] = None) -> list:
+    """The N annotated training volumes of one learning-curve point: the first N of `volume_order`.
+
+    Whole volumes only, nested over N for one fold and repeat, every class present for N >= the number of
+    classes (see `volume_order`). N = 1 is a volume that holds every class; a fold with none refuses it, as
+    it refuses N beyond its training volumes, and N < 1.
+
+    Args:
+      train_idx: the fold's training indices (into groups and labels).
+      groups: volume (or patient) id of every example.
+      labels: class label of every example.
+      n: how many volumes (--train_volumes).
+      seed, repeat: the study's seed and the repeat number.
+      fold: the fold number, named in error messages.
+
+    Returns:
+      The N volumes' ids, in the order they were taken.
+
+    Raises:
+      InputError: N < 1, N larger than the fold's training volumes, or N = 1 where no volume holds every class.
+    """
+    where = "the training folds" if fold is None else f"fold {fold}'s training folds"
+    if n < 1:
+        raise InputError(f"--train_volumes={n}: must be at least 1")
+    order = volume_order(train_idx, groups, labels, seed, repeat)
+    if n > len(order):
+        raise InputError(f"--train_volumes={n}: {where} hold only {len(order)} volumes")
+    if n == 1:
+        labels = np.asarray(labels)[np.asarray(train_idx, np.int64)]
+        first = labels[np.asarray(groups)[np.asarray(train_idx, np.int64)] == order[0]]
+        k = len(np.unique(labels))
+        if len(np.unique(first)) < k:  # the order starts with a volume of every class whenever there is one
+            both = "both classes" if k == 2 else f"all {k} classes"
+            which = "the training folds" if fold is None else f"fold {fold}"
+            raise InputError(f"--train_volumes=1: no training volume of {which} holds {both}; use at least 2")
+    return order[:n]
+
+
+def subset_indices(train_idx: Sequence[int], groups: Sequence, volume_ids: Sequence) -> np.ndarray:
+    """The training indices whose example belongs to one of `volume_ids`, sorted: a learning-curve point's data."""
+    train_idx = np.asarray(train_idx, np.int64)
+    keep = np.isin(np.asarray(groups)[train_idx], np.asarray(list(volume_ids)))
+    return np.sort(train_idx[keep])

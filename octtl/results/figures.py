@@ -7,9 +7,12 @@ headless machines and in tests.
 import math
 from typing import Dict, List, Sequence
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from octtl.results import comparisons
+
+from octtl.results import learning_curve
 
 from octtl.results import stats
 
@@ -217,3 +220,56 @@ def roc(pooled: Sequence[comparisons.Pooled], title: str) -> Figure:
 def save(fig: Figure, path, dpi: int = 100):
     """Writes the figure to `path` at `dpi` dots per inch."""
     fig.savefig(path, dpi=dpi)
+
+
+def learning_curves(curves: Dict[str, learning_curve.Summary], title: str, path=None) -> Figure:
+    """The metric against the number of training volumes, every network (and setting) of one design on one axis.
+
+    Per curve: each fold x repeat a faint point, the per-N mean with its 95% interval as error bars, and the
+    fitted law with its bootstrap band, solid over the data and dashed beyond the largest N up to the horizon
+    (4x it) where the curve rises. Each target is a grey dotted line. Log-scaled x axis: N doubles from point to
+    point; each network's points sit a little to the side of their N. The legend repeats each curve's verdict.
+
+    Args:
+        curves: label ('vgg16' or 'vgg16, from scratch') -> that curve's summary; all of one metric.
+        title: the figure's title (design and data).
+        path: where to save the PNG, if anywhere.
+    """
+    metrics = {s.metric for s in curves.values()}
+    if len(metrics) > 1:
+        raise ValueError(f"one learning-curve figure shows one metric, got {sorted(metrics)}")
+    fig = Figure(figsize=(_WIDTH, 5), layout="constrained")
+    ax = fig.add_subplot()
+    colors = _colors(list(curves))
+    for i, (label, s) in enumerate(curves.items()):
+        color = colors[label]
+        # Each network's points a little to the side (a constant factor on the log axis), so error bars stay apart.
+        shift = 2 ** (0.08 * (i - (len(curves) - 1) / 2))
+        ax.plot(s.points_n * shift, s.points_value, ".", color=color, alpha=0.25, markersize=4)
+        ax.errorbar(s.n * shift, s.mean, yerr=[s.mean - s.ci_low, s.ci_high - s.mean], fmt="o", color=color, capsize=3,
+                    markersize=5, label=f"{label}: {s.verdict}")
+        # A curve that does not rise is not extrapolated (its verdict says so): fit and band over the data only.
+        end = s.horizon if s.rises else s.n.max()
+        if s.fit is not None:
+            for start, stop, style in ((s.n.min(), s.n.max(), "-"), (s.n.max(), end, "--")):
+                x = np.geomspace(start, stop, 32)
+                ax.plot(x, learning_curve.pow3(x, *s.fit), style, color=color, linewidth=1.3)
+        if np.isfinite(s.band_low).any():
+            inside = s.grid <= end * (1 + 1e-9)
+            ax.fill_between(s.grid[inside], s.band_low[inside], s.band_high[inside], color=color, alpha=0.12,
+                            linewidth=0)
+    for target in sorted({s.target for s in curves.values()}):
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"target {target:g}", (1, target), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize=8, color="grey")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter("{x:g}")
+    ax.set_xlabel("training volumes (annotated), N")
+    ax.set_ylabel("validation AUC" if metrics == {"auc"} else "validation accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, loc="lower right")
+    if path is not None:
+        save(fig, path)
+    return fig
