@@ -218,6 +218,26 @@ def test_overlay_draws_box_and_outline():
     assert tuple(picture[10, 15]) == (0, 255, 0) and tuple(picture[15, 15]) == (100, 100, 100)
 
 
+@pytest.mark.parametrize("shape, size", [((496, 512), 227), ((97, 64), 64), ((80, 100), 64)])
+def test_crop_box_is_what_the_centre_crop_shows(shape, size):
+    crop = pipeline.crop(_coordinates(shape)[..., None], size, "center").numpy()[..., 0]
+    r, c = np.divmod(crop, shape[1])
+    expected = (r.min(), r.max() + 1, c.min(), c.max() + 1)
+    assert gradcam.crop_box(shape, size, "center") == expected
+    assert gradcam.crop_box(shape, size, "resize") is None  # a resize shows the whole B-scan
+    assert gradcam.crop_box((size, size), size, "center") is None  # so does a crop of the B-scan's own size
+
+
+def test_overlay_outlines_the_crop_outside_what_the_network_saw():
+    bscan = np.full((40, 50), 100, np.uint8)
+    picture = gradcam.overlay(bscan, np.zeros((40, 50), np.float32), box=(10, 20, 10, 20), crop=(10, 30, 0, 40))
+    magenta = np.all(picture == (255, 0, 255), axis=-1)
+    outline = np.zeros((40, 50), bool)
+    outline[9, :41] = outline[30, :41] = outline[9:31, 40] = True  # the left edge is the B-scan's own: no line
+    np.testing.assert_array_equal(magenta, outline)
+    assert tuple(picture[10, 15]) == (0, 255, 255)  # the peak box on the crop's first row stays visible
+
+
 def test_overlay_is_brightest_where_hottest_and_clear_where_cold():
     bscan = np.full((1, 5), 100, np.uint8)
     heat = np.array([[0.0, 0.25, 0.5, 0.75, 1.0]], np.float32)
