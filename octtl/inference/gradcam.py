@@ -24,6 +24,8 @@ would claim a precision finer than one cell (16-32 px) that Grad-CAM does not ha
 a uniformly random cell hits with probability `cell_hits(...).mean()`, the random baseline.
 """
 
+from typing import Optional
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -68,8 +70,9 @@ class GradCam:
       grid: (rows, cols) of the heatmaps, that block's feature map size.
     """
 
-    def __init__(self, model: keras.Model):
-        self.layer = target_layer(model)
+    def __init__(self, model: keras.Model, layer: Optional[str] = None):
+        """`layer` names another 4-D block to weight than `target_layer`'s (benchmarks/gradcam.py compares them)."""
+        self.layer = target_layer(model) if layer is None else model.get_layer(layer)
         logits = model.get_layer(models.HEAD_SOFTMAX).input
         self.grid = tuple(int(v) for v in self.layer.output.shape[1:3])
         self._model = keras.Model(model.input, [self.layer.output, logits])

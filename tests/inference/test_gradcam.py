@@ -59,6 +59,8 @@ def test_heatmaps_of_untrained_networks(arch, tmp_path):
     assert all(h.max() in (0.0, pytest.approx(1.0)) for h in heatmaps)
     assert cam(images[:0]).shape == (0, *cam.grid)
     if arch == "squeezenet":
+        earlier = gradcam.GradCam(model, "fire5.concat")  # another block, named (benchmarks/gradcam.py)
+        assert earlier.grid == (7, 7) and cam.grid == (3, 3) and earlier(images).shape == (3, 7, 7)
         # A saved and reloaded model (what predict gets) has the same block and the same heatmaps.
         model.save(tmp_path / "m.keras")
         again = gradcam.GradCam(keras.saving.load_model(tmp_path / "m.keras"))
