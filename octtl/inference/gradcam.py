@@ -24,6 +24,8 @@ would claim a precision finer than one cell (16-32 px) that Grad-CAM does not ha
 a uniformly random cell hits with probability `cell_hits(...).mean()`, the random baseline.
 """
 
+from typing import Optional
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -68,8 +70,9 @@ class GradCam:
       grid: (rows, cols) of the heatmaps, that block's feature map size.
     """
 
-    def __init__(self, model: keras.Model):
-        self.layer = target_layer(model)
+    def __init__(self, model: keras.Model, layer: Optional[str] = None):
+        """`layer` names another 4-D block to weight than `target_layer`'s (benchmarks/gradcam.py compares them)."""
+        self.layer = target_layer(model) if layer is None else model.get_layer(layer)
         logits = model.get_layer(models.HEAD_SOFTMAX).input
         self.grid = tuple(int(v) for v in self.layer.output.shape[1:3])
         self._model = keras.Model(model.input, [self.layer.output, logits])
@@ -148,6 +151,18 @@ def cell_box(cell, grid, size: int, shape, crop: str):
     return None if r is None or c is None else (r[0], r[1], c[0], c[1])
 
 
+def crop_box(shape, size: int, crop: str):
+    """The B-scan pixels the network sees, (top, bottom, left, right) exclusive; None when it sees them all.
+
+    A centre crop of a B-scan larger than `size` shows only its middle (where `octtl.data.pipeline.crop` cuts it);
+    a resize shows the whole B-scan.
+    """
+    rows = _span_to_bscan(0, size, shape[0], size, crop)
+    cols = _span_to_bscan(0, size, shape[1], size, crop)
+    box = (rows[0], rows[1], cols[0], cols[1])
+    return None if box == (0, shape[0], 0, shape[1]) else box
+
+
 def cell_hits(mask: np.ndarray, grid, size: int, crop: str) -> np.ndarray:
     """(grid rows, grid cols) bool: whether each cell's B-scan box holds a fluid pixel of `mask`."""
     hits = np.zeros(tuple(grid), bool)
@@ -189,7 +204,7 @@ def to_bscan(heatmap: np.ndarray, shape, crop: str) -> np.ndarray:
     return out
 
 
-def overlay(bscan: np.ndarray, heatmap: np.ndarray, box=None, mask=None) -> np.ndarray:
+def overlay(bscan: np.ndarray, heatmap: np.ndarray, box=None, mask=None, crop=None) -> np.ndarray:
     """An RGB uint8 picture of a B-scan under its heatmap: heat shows only where it is, brightest where hottest.
 
     The colormap is inferno, perceptually ordered from black through red to pale yellow, so the hottest cell is
@@ -200,6 +215,8 @@ def overlay(bscan: np.ndarray, heatmap: np.ndarray, box=None, mask=None) -> np.n
       heatmap: (rows, cols) in [0, 1], as `to_bscan` gives.
       box: (top, bottom, left, right) of the heatmap maximum's cell (`cell_box`), outlined in cyan.
       mask: reference fluid (bool), outlined in green so a reader sees whether the maximum is on it.
+      crop: (top, bottom, left, right) of the part of the B-scan the network saw (`crop_box`), outlined in
+        magenta on the pixels just outside it: everything from the outline outwards the network never saw.
     """
     from matplotlib import colormaps  # Only overlays need matplotlib.
 
@@ -211,9 +228,24 @@ def overlay(bscan: np.ndarray, heatmap: np.ndarray, box=None, mask=None) -> np.n
         padded = np.pad(mask, 1, mode="edge")
         interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
         picture[mask & ~interior] = np.array([0.0, 1.0, 0.0], np.float32)
+    if crop is not None:
+        _outline_outside(picture, crop, np.array([1.0, 0.0, 1.0], np.float32))
     if box is not None:
         top, bottom, left, right = box
         cyan = np.array([0.0, 1.0, 1.0], np.float32)
         picture[top, left:right] = picture[bottom - 1, left:right] = cyan
         picture[top:bottom, left] = picture[top:bottom, right - 1] = cyan
     return np.rint(np.clip(picture, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _outline_outside(picture: np.ndarray, box, colour: np.ndarray):
+    """Draws the 1-pixel rectangle just outside `box` (top, bottom, left, right) where it lies on `picture`."""
+    top, bottom, left, right = box
+    rows, cols = picture.shape[:2]
+    lo_r, hi_r, lo_c, hi_c = max(top - 1, 0), min(bottom + 1, rows), max(left - 1, 0), min(right + 1, cols)
+    for row in (top - 1, bottom):
+        if 0 <= row < rows:
+            picture[row, lo_c:hi_c] = colour
+    for col in (left - 1, right):
+        if 0 <= col < cols:
+            picture[lo_r:hi_r, col] = colour

@@ -421,7 +421,7 @@ class _Explainer:
                 if predicted[k]:
                     row["png"] = _png_name(scans.volume_id, int(scans.slices[k]))
                     smooth = gradcam.to_bscan(gradcam.upsample(heatmap[None], size)[0], shape, crop)
-                    picture = gradcam.overlay(scans.images[k], smooth, box, mask)
+                    picture = gradcam.overlay(scans.images[k], smooth, box, mask, gradcam.crop_box(shape, size, crop))
                     Image.fromarray(picture).save(folder / row["png"], compress_level=1)
                 self.rows.append(row)
 

@@ -259,7 +259,17 @@ def test_centre_crop_model_on_large_bscans(small_center_model, tmp_path):
     crops = pipeline.crop(volume[..., None], 64, "center")  # the model scales its 0..255 inputs itself
     np.testing.assert_allclose([float(r["p_fluid"]) for r in rows], model.predict(crops, verbose=0)[:, 1],
                                atol=1e-6)
-    assert len(list((tmp_path / "cam").glob("*.png"))) == 4  # threshold 0: every B-scan is predicted fluid
+    pngs = sorted((tmp_path / "cam").glob("*.png"))
+    assert len(pngs) == 4  # threshold 0: every B-scan is predicted fluid
+    # The crop's outline, on the B-scan pixels just outside what octtl.data.pipeline.crop gives the network.
+    shown = pipeline.crop(np.arange(80 * 100).reshape(80, 100, 1), 64, "center").numpy()
+    rows, cols = np.divmod(shown, 100)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    outline = np.zeros((80, 100), bool)
+    outline[[top - 1, bottom], left - 1:right + 1] = outline[top - 1:bottom + 1, [left - 1, right]] = True
+    for png in pngs:
+        with Image.open(png) as picture:
+            np.testing.assert_array_equal(np.all(np.asarray(picture) == (255, 0, 255), axis=-1), outline)
 
 
 @pytest.mark.parametrize("slices, text", [([], ""), ([4], "4"), ([3, 4, 5, 9], "3-5 9"), ([0, 2, 3], "0 2-3")])
