@@ -5,12 +5,14 @@ r"""Runs one small synthetic study with two revisions of octtl and compares what
 Each revision is checked out into its own folder (`git worktree`; WORKTREE means this checkout as it is, edits
 included) and runs, through its own command line, the same study on the same synthetic volumes: convert them,
 train one run, sweep two networks over both designs and five folds, report, predict held-out volumes and export
-the model. Then every metric of every result.json, every predictions.csv, every CSV of the report, predict's
-CSVs, the records' bytes and the exported SavedModel's outputs are compared; the differences are listed and the
-exit status is 1 when there is one. A restructuring that changes no behaviour shows none. Both revisions run on
+the model. Then every metric of every result.json, every predictions.csv, every CSV of the report (timing
+columns aside), predict's CSVs, the records (as parsed examples: protobuf writes map fields in no fixed order)
+and the exported SavedModel's outputs are compared; the differences are listed and the exit status is 1 when
+there is one. A restructuring that changes no behaviour shows none. Both revisions run on
 this machine, one after the other (a few minutes each on 2 cores).
 """
 
+import csv
 import filecmp
 import json
 import os
@@ -28,7 +30,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # What a run's result.json says about its training; timings and paths differ between any two runs.
 METRICS = ("status", "best_accuracy", "best_auc", "iterations_to_best", "iterations", "epochs", "early_stopped",
            "checks", "train_size", "val_size", "majority_rate", "params", "weights", "preprocess",
-           "weights_scaling", "image_size", "crop", "folds", "data")
+           "weights_scaling", "image_size", "crop", "folds")
+# What differs between any two conversions of the same volumes: where they were written, and when.
+VOLATILE_MANIFEST = ("flags", "created", "input_dir")
 TRAIN = ["--arch=squeezenet", "--batch=8", "--image_size=64", "--folds=5", "--max_epochs=2", "--crop=resize",
          "--group_by_volume"]
 SWEEP = ["--archs=squeezenet,resnet18", "--batches=8", "--designs=baseline,limited", "--image_size=48",
@@ -83,13 +87,25 @@ def compare(a: pathlib.Path, b: pathlib.Path) -> list:
         for key in METRICS:
             if results_a[path].get(key) != results_b[path].get(key):
                 differences.append(f"{path}: {key} {results_a[path].get(key)!r} != {results_b[path].get(key)!r}")
+        if results_a[path]["data"]["num_examples"] != results_b[path]["data"]["num_examples"]:
+            differences.append(f"{path}: data differs")
+    manifests = [{k: v for k, v in json.loads((s / "records" / "manifest.json").read_text()).items()
+                  if k not in VOLATILE_MANIFEST} for s in (a, b)]
+    if manifests[0] != manifests[1]:
+        differences.append("records/manifest.json: differs (beyond where and when it was written)")
     compared = 0
-    for pattern in ("*.csv", "*.tfrecord", "*.md"):
+    for pattern in ("*.csv", "*.md", "*.tfrecord"):
         for path in sorted(p.relative_to(a) for p in a.rglob(pattern) if "console" not in p.parts):
             other = b / path
             compared += 1
             if not other.exists():
                 differences.append(f"{path}: only in the first study")
+            elif pattern == "*.tfrecord":
+                if _examples(a / path) != _examples(other):
+                    differences.append(f"{path}: its examples differ")
+            elif pattern == "*.csv" and _timed(a / path):
+                if _untimed(a / path) != _untimed(other):
+                    differences.append(f"{path}: differs beyond its timings")
             elif not filecmp.cmp(a / path, other, shallow=False):
                 differences.append(f"{path}: bytes differ")
     differences += _compare_exports(a / "export", b / "export")
@@ -97,8 +113,30 @@ def compare(a: pathlib.Path, b: pathlib.Path) -> list:
     return differences
 
 
+def _examples(path) -> list:
+    """A shard's examples, parsed: protobuf writes map fields in no fixed order, so equal examples can differ in
+    bytes between two processes."""
+    import tensorflow as tf
+
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
+
+
+def _timed(path) -> bool:
+    return "seconds" in path.read_text().split("\n", 1)[0]
+
+
+def _untimed(path) -> list:
+    """A CSV's rows without its timing columns (wall seconds differ between any two runs)."""
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(f)]
+
+
 def _compare_exports(a: pathlib.Path, b: pathlib.Path) -> list:
     import numpy as np
+
+    from octtl import console
+
+    console.start_tensorflow()
     import tensorflow as tf
 
     bscans = tf.constant(np.random.default_rng(0).integers(0, 256, (3, 128, 160), dtype=np.uint8))

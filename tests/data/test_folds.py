@@ -35,7 +35,7 @@ def test_ungrouped_folds_are_stratified_within_one_example():
 
 
 @pytest.mark.parametrize("design, train_folds", [("baseline", 9), ("limited", 1)])
-def test_designs(design, train_folds):
+def test_baseline_trains_on_nine_folds_and_limited_on_one(design, train_folds):
     labels, _ = paper_like_labels()
     assignment = folds.assign_folds(labels, 10, seed=0)
     for fold in (0, 7):

@@ -101,7 +101,7 @@ def test_padded_batches_keep_one_shape():
     np.testing.assert_array_equal(np.concatenate([b[:n] for b, n in batches]), images)
 
 
-def test_bad_arguments(converted, tmp_path):
+def test_unknown_crop_or_rescale_mode_is_refused(converted, tmp_path):
     out, _, _ = converted
     with pytest.raises(ValueError, match="crop mode"):
         decoded(out, 16, "zoom")

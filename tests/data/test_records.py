@@ -104,7 +104,7 @@ def test_fluid_label_flags(small_volumes, tmp_path):
     assert min2 == [0, 1, 1, 1, 0, 0] * 3  # the lone PED voxel no longer counts
 
 
-def test_vendor_filter(small_volumes, tmp_path):
+def test_vendor_filter_keeps_only_the_named_vendors(small_volumes, tmp_path):
     root, _ = small_volumes
     write_volume(root / "RETOUCH-TrainingSet-Cirrus" / "TRAIN001",
                  np.zeros((4, 16, 16), np.uint8), np.zeros((4, 16, 16), np.uint8))
@@ -114,7 +114,7 @@ def test_vendor_filter(small_volumes, tmp_path):
     assert manifest["num_examples"] == 4
 
 
-def test_image_folders(tmp_path):
+def test_image_folders_become_gray_records_labelled_by_class_position(tmp_path):
     rng = np.random.default_rng(3)
     root = tmp_path / "oct2017"
     rgb = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
@@ -381,7 +381,7 @@ def test_cli_process_exit_code_and_error_line(small_volumes, tmp_path):
     assert not out.exists()
 
 
-def test_required_flags(tmp_path):
+def test_missing_required_flags_are_named(tmp_path):
     with pytest.raises(SystemExit, match="to_tfrecord: error: --output_dir required"):
         call_main(to_tfrecord, f"--input_dir={tmp_path}")
 

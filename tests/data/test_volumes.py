@@ -30,7 +30,7 @@ def test_uint16_maps_linearly_over_full_range():
     (np.array([100, 300, 500], np.int16), [0, 128, 255]),
     (np.array([5.0, 5.0], np.float32), [0, 0]),
 ])
-def test_to_uint8_rules(values, expected):
+def test_the_8bit_rule_per_element_type(values, expected):
     assert volumes.to_uint8(values).tolist() == expected
 
 

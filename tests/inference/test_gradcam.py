@@ -38,7 +38,7 @@ def test_every_network_has_a_target():
 
 
 @pytest.mark.parametrize("arch", sorted(TARGETS))
-def test_target_layer(arch):
+def test_target_layer_is_the_last_convolutional_block(arch):
     size, name = TARGETS[arch]
     model = models.build(arch, weights="none", image_size=size)
     layer = gradcam.target_layer(model)

@@ -273,12 +273,12 @@ def test_centre_crop_model_on_large_bscans(small_center_model, tmp_path):
 
 
 @pytest.mark.parametrize("slices, text", [([], ""), ([4], "4"), ([3, 4, 5, 9], "3-5 9"), ([0, 2, 3], "0 2-3")])
-def test_slice_runs(slices, text):
+def test_fluid_slices_are_written_as_runs_and_read_back(slices, text):
     assert predictor.format_slices(slices) == text
     assert predictor.parse_slices(text) == slices
 
 
-def test_metrics():
+def test_accuracy_majority_rate_and_auc_of_labelled_predictions():
     m = predictor.metrics([0, 0, 1, 1, 1], [0.1, 0.7, 0.8, 0.9, 0.4], 0.5)
     assert m == {"n": 5, "accuracy": 0.6, "majority_rate": 0.6, "auc": pytest.approx(5 / 6)}
     assert predictor.metrics([1, 1], [0.2, 0.9], 0.5)["auc"] is None

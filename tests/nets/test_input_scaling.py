@@ -22,7 +22,7 @@ def _scaled(model, gray):
     ("squeezenet", lambda x: x - np.array([103.939, 116.779, 123.68])),
     ("mobilenetv2", lambda x: x / 127.5 - 1.0),
 ])
-def test_backbone_scaling(arch, expected):
+def test_backbone_scaling_feeds_what_the_weights_were_trained_on(arch, expected):
     model = models.build(arch, image_size=64, preprocess="backbone")
     gray = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 1)).astype(np.float32)
     np.testing.assert_allclose(_scaled(model, gray), expected(np.repeat(gray, 3, axis=-1)), rtol=1e-5, atol=1e-4)

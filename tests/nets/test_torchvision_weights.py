@@ -401,7 +401,7 @@ def run_tool(*args):
     return run_main(import_torchvision_weights, *args)
 
 
-def test_tool_end_to_end(tmp_path):
+def test_the_tool_converts_a_wrapped_checkpoint_into_loadable_files(tmp_path):
     state_dict = resnet18_state_dict(seed=5)
     checkpoint = tmp_path / "resnet18-finetuned.pth"
     torch.save({"state_dict": state_dict, "epoch": 3}, checkpoint)  # a training script's wrapped state dict

@@ -141,6 +141,6 @@ def test_pairing_key_uses_the_data_identity_when_there_is_one():
         "seed 1 (the others: 0)"
 
 
-def test_format_p():
+def test_p_values_are_written_to_three_figures_or_below_0_001():
     assert [stats.format_p(p) for p in (0.0625, 0.1394, 1.0, 0.0004, float("nan"), None)] == [
         "0.0625", "0.139", "1", "<0.001", "n/a", "n/a"]

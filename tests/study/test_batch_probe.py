@@ -32,7 +32,7 @@ def fits_up_to(limit, calls=None):
     (1, 256, 1, [8, 4, 2, 1]),
     (0, 256, 0, [8, 4, 2, 1]),            # nothing fits
 ])
-def test_search(limit, cap, largest, tried):
+def test_search_doubles_until_memory_runs_out_and_keeps_the_last_fit(limit, cap, largest, tried):
     calls = []
     found, outcomes = batch_probe.search(fits_up_to(limit, calls), cap=cap)
     assert found == largest and calls == tried

@@ -202,7 +202,7 @@ def test_run_folder_and_log_places():
 @pytest.mark.parametrize("largest, batches", [
     (64, [8, 16, 32, 64]), (32, [8, 16, 32]), (16, [8, 16]), (48, [8, 16, 32]), (8, [8]), (4, [4]), (0, []),
 ])
-def test_auto_batches(largest, batches):
+def test_auto_batches_are_powers_of_two_from_8_up_to_the_largest(largest, batches):
     assert planning.auto_batches(largest) == batches
 
 

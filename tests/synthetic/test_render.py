@@ -216,7 +216,7 @@ class TestFullSizeSpectralis:
             assert v["p50"] < 0.2 * 65535  # Mostly dark vitreous and deep tissue, as in real scans.
 
 
-def test_render_example(tmp_path):
+def test_render_example_writes_the_bscan_beside_its_coloured_reference(tmp_path):
     from PIL import Image
 
     oct_volume, reference = render.make_volume(np.random.default_rng(1), 5, 64, 96, np.uint16, fluid_quantile=0.99)

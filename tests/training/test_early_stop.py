@@ -41,7 +41,7 @@ def fit(callback, epochs, steps_per_epoch=4):
 
 @pytest.mark.parametrize("steps, checks, expected", [
     (4, 2, [2, 4]), (49, 2, [24, 49]), (5, 2, [2, 5]), (1, 2, [1]), (10, 3, [3, 6, 10]), (7, 1, [7])])
-def test_check_steps(steps, checks, expected):
+def test_checks_are_spread_evenly_with_the_last_at_the_epoch_end(steps, checks, expected):
     assert early_stop.check_steps(steps, checks) == expected
 
 
