@@ -177,6 +177,9 @@ def center(views, margin: int):
 def make_augment(size: int, margin: int, augmentations: Sequence[str], strength: float = 1.0):
     """The batch transformation: (views, labels, seed) -> (uint8 (b, size, size, 1) images, labels).
 
+    One piece: every draw comes from one stateless seed split in a fixed order, so a batch is reproduced exactly
+    from (seed, epoch, step); taking the draws apart would make that order harder to see.
+
     Args:
         size: The crop's side.
         margin: The views' margin; at least `margin(size, augmentations, strength)`.

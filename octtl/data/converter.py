@@ -20,6 +20,7 @@ import tensorflow as tf
 from octtl import outputs
 from octtl.data import metaimage, records
 from octtl.data import volumes as volumes_lib
+from octtl.errors import InputError
 
 
 def _load(item, **how):
@@ -60,39 +61,8 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
       The manifest dict.
     """
     output_dir = pathlib.Path(output_dir)
-    try:
-        occupied = outputs.is_occupied(output_dir) and output_dir.is_dir()
-    except OSError as e:
-        raise volumes_lib.InputError(f"--output_dir={output_dir}: cannot be read ({e.strerror or e})") from None
-    if occupied:
-        raise volumes_lib.InputError(f"--output_dir={output_dir}: output directory is not empty")
-    outputs.check_target(output_dir, "--output_dir", folder=True)
-    if max_volume_bytes < 1:
-        raise volumes_lib.InputError(f"--max_volume_bytes must be >= 1, got {max_volume_bytes}")
-    if min_fluid_voxels < 1:
-        raise volumes_lib.InputError(f"--min_fluid_voxels must be >= 1, got {min_fluid_voxels}")
-    bad_codes = [c for c in fluid_codes if c not in volumes_lib.ALL_FLUID]
-    if bad_codes or not fluid_codes:
-        raise volumes_lib.InputError(f"--fluid_labels must be codes among {','.join(map(str, volumes_lib.ALL_FLUID))}, "
-                                     f"got {list(fluid_codes)}")
-
-    if input_format == "retouch":
-        wanted = [vendor] if isinstance(vendor, str) else list(vendor or ["all"])
-        items = volumes_lib.find_vendor_volumes(input_dir, wanted, skip_bad)
-        class_names = list(records.CLASSES)
-        what = "volumes (folders holding oct.mhd)" + ("" if "all" in wanted else f" of vendor {','.join(wanted)}")
-    elif input_format == "image_folders":
-        items = volumes_lib.find_images(input_dir, classes, group_regex)
-        class_names = list(classes)
-        what = "images (" + ", ".join(volumes_lib.IMAGE_SUFFIXES) + ")"
-    else:
-        raise volumes_lib.InputError(f"--input_format must be retouch or image_folders, got {input_format}")
-    if group_regex and input_format != "image_folders":
-        raise volumes_lib.InputError("--group_regex applies to --input_format=image_folders only "
-                                     "(volumes are grouped by their folder)")
-    if not items:
-        raise volumes_lib.InputError(f"{input_dir}: no {what} found")
-
+    _check_settings(output_dir, fluid_codes, min_fluid_voxels, max_volume_bytes)
+    items, class_names = _find_items(input_dir, input_format, vendor, classes, group_regex, skip_bad)
     removed = outputs.remove_stale_staging(output_dir)
     if removed:
         shown = ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
@@ -115,12 +85,52 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
         except (OSError, tf.errors.OpError) as e:
             # Inputs are read in volumes.read_item, which names them; what fails here is writing the output.
             reason = (e.strerror if isinstance(e, OSError) else e.message) or str(e)
-            raise volumes_lib.InputError(
+            raise InputError(
                 f"--output_dir={output_dir}: cannot write ({reason.strip().splitlines()[0][:200]})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _check_settings(output_dir: pathlib.Path, fluid_codes, min_fluid_voxels: int, max_volume_bytes: int):
+    """Refuses an output folder that is taken or cannot be made, and settings out of range, before reading."""
+    try:
+        occupied = outputs.is_occupied(output_dir) and output_dir.is_dir()
+    except OSError as e:
+        raise InputError(f"--output_dir={output_dir}: cannot be read ({e.strerror or e})") from None
+    if occupied:
+        raise InputError(f"--output_dir={output_dir}: output directory is not empty")
+    outputs.check_target(output_dir, "--output_dir", folder=True)
+    if max_volume_bytes < 1:
+        raise InputError(f"--max_volume_bytes must be >= 1, got {max_volume_bytes}")
+    if min_fluid_voxels < 1:
+        raise InputError(f"--min_fluid_voxels must be >= 1, got {min_fluid_voxels}")
+    bad_codes = [c for c in fluid_codes if c not in volumes_lib.ALL_FLUID]
+    if bad_codes or not fluid_codes:
+        raise InputError(f"--fluid_labels must be codes among {','.join(map(str, volumes_lib.ALL_FLUID))}, "
+                         f"got {list(fluid_codes)}")
+
+
+def _find_items(input_dir, input_format: str, vendor, classes, group_regex, skip_bad: bool) -> tuple:
+    """(the items to convert: volume folders or images, the class names), refused in one line when none."""
+    if input_format == "retouch":
+        wanted = [vendor] if isinstance(vendor, str) else list(vendor or ["all"])
+        items = volumes_lib.find_vendor_volumes(input_dir, wanted, skip_bad)
+        class_names = list(records.CLASSES)
+        what = "volumes (folders holding oct.mhd)" + ("" if "all" in wanted else f" of vendor {','.join(wanted)}")
+    elif input_format == "image_folders":
+        items = volumes_lib.find_images(input_dir, classes, group_regex)
+        class_names = list(classes)
+        what = "images (" + ", ".join(volumes_lib.IMAGE_SUFFIXES) + ")"
+    else:
+        raise InputError(f"--input_format must be retouch or image_folders, got {input_format}")
+    if group_regex and input_format != "image_folders":
+        raise InputError("--group_regex applies to --input_format=image_folders only "
+                         "(volumes are grouped by their folder)")
+    if not items:
+        raise InputError(f"{input_dir}: no {what} found")
+    return items, class_names
 
 
 def _write(items, staging, class_names, codes, min_voxels, num_shards, workers,
@@ -187,7 +197,7 @@ def _loaded_or_skipped(ahead: _ReadAhead, i: int, item, skip_bad: bool, out: "_S
     """Item i as loaded; None for a bad item under --skip_bad (listed as skipped), which otherwise stops the run."""
     try:
         return ahead.result(i)
-    except volumes_lib.InputError as e:
+    except InputError as e:
         if not skip_bad:
             ahead.cancel()
             raise
@@ -246,7 +256,7 @@ class _ShardWriter:
     def finish(self, class_names: list) -> dict:
         """Gives the closed shards their final names and writes index.csv; returns the manifest's counts."""
         if not self.rows:
-            raise volumes_lib.InputError("no B-scans converted: every input was skipped")
+            raise InputError("no B-scans converted: every input was skipped")
         # Only now is the shard count final (skipped volumes can leave the last shards short).
         shard_files = []
         for shard, count in enumerate(self.counts):

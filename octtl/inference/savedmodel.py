@@ -32,6 +32,9 @@ def check_output(output_dir, overwrite: bool = False):
 def export(model_path, output_dir, overwrite: bool = False) -> dict:
     """Writes the SavedModel of `model_path` into `output_dir` (absent or empty, unless `overwrite`).
 
+    One piece: the serving function closes over the model, its crop and its scaling, which must be traced
+    together into the one signature the SavedModel serves.
+
     Returns:
       The metadata written to octtl_export.json.
 

@@ -169,7 +169,10 @@ def markdown(design: str, rows: Sequence[tables.Row], failed: Sequence[dict], k:
 def page(rows, failed, results, images, captions, source: str, k: int, tested=(), pooled=None,
          variant_rows=None) -> str:
     """index.html: per design the top-k and full tables with intervals and notes, the paired statistics, the
-    figures; then the variants against the defaults, and the settings."""
+    figures; then the variants against the defaults, and the settings.
+
+    One piece: the page is one HTML document written top to bottom, each section a few lines of markup.
+    """
     pooled = pooled or {}
     esc = html.escape
     ok = sum(r.get("status") == "ok" for r in results)

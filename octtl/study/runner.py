@@ -139,7 +139,10 @@ def sweep(groups_: Dict[tuple, List[Run]], logdir, spec: Callable[[List[Run]], d
 
 
 def _run_group(key, members, logdir, job, gpu, tally: _Tally) -> int:
-    """Runs one worker on one group; relays its status lines; returns how many runs ended without a result."""
+    """Runs one worker on one group; relays its status lines; returns how many runs ended without a result.
+
+    One piece: the worker process, its status pipe and its spec file live and die together (every path out,
+    an exception included, stops the worker and closes both)."""
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
