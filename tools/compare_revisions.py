@@ -116,6 +116,9 @@ def compare(a: pathlib.Path, b: pathlib.Path) -> list:
 def _examples(path) -> list:
     """A shard's examples, parsed: protobuf writes map fields in no fixed order, so equal examples can differ in
     bytes between two processes."""
+    from octtl import console
+
+    console.start_tensorflow()
     import tensorflow as tf
 
     return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
