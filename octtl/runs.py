@@ -48,6 +48,7 @@ from octtl.errors import InputError
 
 RESULT = "result.json"
 PREDICTIONS = "predictions.csv"  # the best model's validation predictions
+TEST_PREDICTIONS = "test_predictions.csv"  # the best model's predictions on the held-out test fold, if any
 PREDICTION_COLUMNS = ("volume_id", "slice", "label", "p_fluid", "source")
 FLAGS_FILE = "flags.txt"
 BEST_MODEL = "best.keras"
@@ -58,7 +59,13 @@ MAX_BATCH = "max_batch.json"
 # What a result records of its configuration; a plan's run is done only where every one of these agrees.
 CONFIG_KEYS = ("data", "folds", "image_size", "crop", "weights", "preprocess", "lr", "momentum", "max_epochs",
                "checks_per_epoch", "patience", "early_stop", "max_iterations", "eval_every", "seed",
-               "group_by_volume", "mixed_precision", "augment", "augment_strength", "denoise", "denoise_strength")
+               "group_by_volume", "test_fold", "mixed_precision", "augment", "augment_strength", "denoise",
+               "denoise_strength")
+# A result written before a setting existed ran as this value of it: read so, a finished run is neither stale
+# nor lost (a plan that asks for another value finds it stale, as any other difference).
+LEGACY = {"test_fold": "none", "group_by_volume": False, "preprocess": "paper", "early_stop": True,
+          "max_iterations": None, "eval_every": None, "mixed_precision": False, "augment": [],
+          "augment_strength": 1.0, "denoise": "none", "denoise_strength": None}
 
 
 # The settings a run has without --lr, --augment and --denoise; a denoising strength defaults to its method's.
@@ -237,11 +244,18 @@ def stale_reason(result: dict, expected: dict) -> Optional[str]:
     for key in CONFIG_KEYS:
         if key not in expected:
             continue
-        if key not in result:
+        if key not in result and key not in LEGACY:
             differences.append(f"{key} not recorded")
-        elif not _same(result[key], expected[key]):
-            differences.append(f"{key} {_show(result[key])} (plan: {_show(expected[key])})")
+            continue
+        recorded = recorded_setting(result, key)
+        if not _same(recorded, expected[key]):
+            differences.append(f"{key} {_show(recorded)} (plan: {_show(expected[key])})")
     return ", ".join(differences) or None
+
+
+def recorded_setting(result: dict, key: str):
+    """A result's setting `key`, or, for a result written before the setting existed, how it ran (LEGACY)."""
+    return result[key] if key in result else LEGACY.get(key)
 
 
 def _same(recorded, planned) -> bool:
@@ -371,6 +385,10 @@ def summary_line(result: dict) -> str:
     weights = {"imagenet": "ImageNet weights", "none": "no pretrained weights"}.get(
         result.get("weights"), f"weights {result.get('weights')}")
     scaling = f", {result['preprocess']} scaling" if result.get("preprocess") else ""
+    tested = ""
+    if result.get("test_accuracy") is not None:
+        test_auc = "n/a" if result.get("test_auc") is None else f"{result['test_auc']:.4f}"
+        tested = f"; held-out test fold: accuracy {result['test_accuracy']:.4f}, AUC {test_auc}"
     return (f"{head}: best accuracy {result['best_accuracy']:.4f}{majority}, AUC {auc}, "
-            f"iterations to best {result['iterations_to_best']} of {result['iterations']}; {weights}{scaling}"
-            f"{where}" + (" (already done)" if result.get("skipped") else ""))
+            f"iterations to best {result['iterations_to_best']} of {result['iterations']}{tested}; "
+            f"{weights}{scaling}{where}" + (" (already done)" if result.get("skipped") else ""))

@@ -17,7 +17,7 @@ from octtl import cli, console, protocol, runs
 from octtl.data import denoise, pipeline
 from octtl.errors import InputError
 from octtl.nets import scaling
-from octtl.training.config import STRATEGIES, Config
+from octtl.training.config import STRATEGIES, TEST_FOLDS, Config
 
 # Flag defaults are Config's (whose protocol values come from octtl.protocol): one list of a run's settings.
 _DEFAULT = {field.name: field.default for field in dataclasses.fields(Config)}
@@ -41,7 +41,11 @@ flags.DEFINE_integer("checks_per_epoch", _DEFAULT["checks_per_epoch"], "Validati
 flags.DEFINE_integer("patience", _DEFAULT["patience"], "Stop after more than this many checks without improvement.",
                      lower_bound=0)
 flags.DEFINE_bool("group_by_volume", _DEFAULT["group_by_volume"],
-                  "Keep each volume's (or patient's) B-scans in one fold (the paper did not).")
+                  "Keep each volume's (or patient's) B-scans in one fold; --nogroup_by_volume: the paper's split.")
+flags.DEFINE_enum("test_fold", _DEFAULT["test_fold"], list(TEST_FOLDS),
+                  "auto: with 3 folds or more, hold one out as the test fold the checkpoint never saw (baseline: "
+                  "fold i tests, i+1 validates; limited: i trains, i+1 validates, the rest test); none: the "
+                  "paper's split, the checkpoint chosen and scored on the validation fold.")
 flags.DEFINE_enum("preprocess", _DEFAULT["preprocess"], list(scaling.PREPROCESS_CHOICES),
                   "auto: backbone for known ImageNet weights, paper otherwise; paper: [-1, 1] for every network "
                   "(the paper); backbone: the scaling the network's ImageNet weights were trained with.")

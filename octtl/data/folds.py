@@ -8,9 +8,15 @@ trains on one fold and validates on the other 9 (10/90).
 one eye are near-duplicates, so the paper's ungrouped split lets validation see
 almost the same images as training; grouping removes that leak at the cost of folds
 whose class ratios are only approximately stratified.
+
+A held-out test fold (`splits(..., test=True)`) keeps the checkpoint's choice away from the data it is scored
+on: in `baseline` fold i tests, fold i+1 (mod k) validates (the early stop and the best checkpoint are decided
+there) and the other k-2 train; in `limited` fold i trains, fold i+1 validates and the other k-2 test. Without
+it, the paper's split: the best checkpoint is picked and scored on the same validation fold.
 """
 
-from typing import Optional, Sequence
+import dataclasses
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -56,14 +62,57 @@ def split(labels: Sequence[int], design: str, fold: int, folds: int = 10, seed: 
       fold: which fold, 0..folds-1.
       groups: volume id per example, to keep volumes whole; None for the paper's split.
     """
+    split_ = splits(labels, design, fold, folds, seed, groups)
+    return split_.train, split_.validation
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One fold of one design: training, validation and (with a held-out test fold) test indices, each sorted.
+
+    Attributes:
+        train, validation, test: Example indices (test is empty without a test fold).
+        train_folds, validation_folds, test_folds: The fold numbers each side is made of.
+    """
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    train_folds: List[int]
+    validation_folds: List[int]
+    test_folds: List[int]
+
+
+def splits(labels: Sequence[int], design: str, fold: int, folds: int = 10, seed: int = 0,
+           groups: Optional[Sequence] = None, test: bool = False) -> Split:
+    """One fold of one design, with or without a held-out test fold (see the module docstring).
+
+    Without `test` the sides are `split`'s exactly: the paper's protocol. A test fold needs at least 3 folds.
+    """
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
     if not 0 <= fold < folds:
         raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
+    if test and folds < 3:
+        raise ValueError(f"a held-out test fold needs at least 3 folds, got {folds}")
     assignment = assign_folds(labels, folds, seed, groups)
-    held_out = assignment == fold
-    train, val = (~held_out, held_out) if design == "baseline" else (held_out, ~held_out)
-    return np.flatnonzero(train), np.flatnonzero(val)
+    others = [k for k in range(folds) if k != fold]
+    if not test:
+        train_folds, validation_folds = (others, [fold]) if design == "baseline" else ([fold], others)
+        test_folds = []
+    else:
+        following = (fold + 1) % folds
+        rest = [k for k in range(folds) if k not in (fold, following)]
+        if design == "baseline":
+            train_folds, validation_folds, test_folds = rest, [following], [fold]
+        else:
+            train_folds, validation_folds, test_folds = [fold], [following], rest
+
+    def members(chosen):
+        return np.flatnonzero(np.isin(assignment, chosen))
+
+    return Split(members(train_folds), members(validation_folds), members(test_folds), train_folds,
+                 validation_folds, test_folds)
 
 
 def volume_order(train_idx: Sequence[int], groups: Sequence, labels: Sequence[int], seed: int,

@@ -22,7 +22,7 @@ from octtl.results import stats
 from octtl.results import tables
 from octtl.results.tables import Row
 
-METRICS = {"accuracy": "best_accuracy", "auc": "best_auc"}  # result.json field of each compared metric
+METRICS = {"accuracy": 0, "auc": 1}  # position of each compared metric in tables.ESTIMATES' fields
 METRIC_NAMES = {"accuracy": "accuracy", "auc": "AUC"}
 
 
@@ -42,6 +42,8 @@ class MetricComparison:
         pairwise: archs x archs p-values (Nemenyi, or Wilcoxon for two networks).
         cd: Nemenyi critical difference of average ranks at stats.ALPHA.
         smallest_p: The smallest p the pairwise test can reach with these folds and networks.
+        on: 'test' when every compared run has held-out test figures (then they are compared), else
+            'validation'.
     """
 
     metric: str
@@ -55,6 +57,7 @@ class MetricComparison:
     pairwise: Optional[np.ndarray] = None
     cd: float = math.nan
     smallest_p: float = math.nan
+    on: str = "validation"
 
     @property
     def pairwise_test(self) -> str:
@@ -118,7 +121,8 @@ def comparisons(results: Sequence[dict]) -> List[Comparison]:
 
 
 def _compare(by_arch: Dict[str, List[dict]], archs: List[str], metric: str) -> MetricComparison:
-    field = METRICS[metric]
+    on = tables.estimate([r for a in archs for r in by_arch[a]])
+    field = tables.ESTIMATES[on][METRICS[metric]]
     values = {a: {int(r["fold"]): float(r[field]) for r in by_arch[a] if r.get(field) is not None} for a in archs}
     folds = sorted(set.intersection(*(set(v) for v in values.values()))) if archs else []
     scores = np.array([[values[a][f] for a in archs] for f in folds], float).reshape(len(folds), len(archs))
@@ -126,7 +130,7 @@ def _compare(by_arch: Dict[str, List[dict]], archs: List[str], metric: str) -> M
     # Best first: the column order of the pairwise table and the diagram.
     by_rank = sorted(range(len(archs)), key=lambda i: (ranks[i], archs[i]))
     archs, scores, ranks = [archs[i] for i in by_rank], scores[:, by_rank], ranks[by_rank]
-    result = MetricComparison(metric, archs, folds, scores, ranks)
+    result = MetricComparison(metric, archs, folds, scores, ranks, on=on)
     k, n = len(archs), len(folds)
     if k < 2:
         result.reason = "fewer than two networks to compare"
@@ -187,7 +191,7 @@ def comparison_lines(c: Comparison) -> List[str]:
 
 PAIRED_COLUMNS = ("design", "batch", "metric", "test", "n_networks", "n_folds", "friedman_chi2", "friedman_p",
                   "iman_davenport_f", "iman_davenport_p", "critical_difference", "arch_a", "arch_b", "mean_a",
-                  "mean_b", "rank_a", "rank_b", "p")
+                  "mean_b", "rank_a", "rank_b", "p", "on")
 
 
 def write_paired_csv(tested: Sequence[Comparison], path):
@@ -208,12 +212,13 @@ def write_paired_csv(tested: Sequence[Comparison], path):
                         writer.writerow([tables.csv_number(v) for v in (
                             comp.design, comp.batch, c.metric, c.test, len(c.archs), len(c.folds), *map(float, omnibus),
                             c.archs[i], c.archs[j], float(means[i]), float(means[j]), float(c.ranks[i]),
-                            float(c.ranks[j]), float(c.pairwise[i, j]))])
+                            float(c.ranks[j]), float(c.pairwise[i, j]), c.on)])
 
 
 @dataclasses.dataclass
 class Pooled:
-    """The validation predictions of every ok fold of one (design, batch, arch), concatenated.
+    """The predictions of every ok fold of one (design, batch, arch), concatenated: the held-out test folds'
+    where the row is judged on them (`Row.estimate`), else the validation folds'.
 
     Attributes:
         labels, p_fluid: One entry per validation B-scan and fold.
@@ -229,7 +234,9 @@ class Pooled:
 
 
 def pooled_predictions(results: Sequence[dict], logdir, rows: Sequence[Row]) -> List[Pooled]:
-    """The predictions.csv of each row's ok runs under LOGDIR's run folders, pooled over folds.
+    """The predictions of each row's ok runs under LOGDIR's run folders, pooled over folds.
+
+    test_predictions.csv where the row is judged on its test folds, else predictions.csv (validation).
 
     Raises:
         ValueError: a predictions.csv without the columns label and p_fluid, or with a bad value (names it).
@@ -241,7 +248,8 @@ def pooled_predictions(results: Sequence[dict], logdir, rows: Sequence[Row]) -> 
                           (r["design"], int(r["batch"]), r["arch"]) == (row.design, row.batch, row.arch)),
                          key=lambda r: int(r["fold"]))
         for r in members:
-            path = runs.run_of(r).folder(logdir) / runs.PREDICTIONS if logdir else None
+            name = runs.TEST_PREDICTIONS if row.estimate == "test" else runs.PREDICTIONS
+            path = runs.run_of(r).folder(logdir) / name if logdir else None
             if path is None or not path.is_file():
                 missing.append(int(r["fold"]))
                 continue

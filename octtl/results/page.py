@@ -150,10 +150,10 @@ def markdown(design: str, rows: Sequence[tables.Row], failed: Sequence[dict], k:
     batch size (`tested`, from `comparisons.comparisons`)."""
     mine = [r for r in rows if r.design == design]
     lines = [f"# {tables.title(design, mine, f'top {k} performers')}", ""]
-    lines += tables.markdown_table(tables.top(mine, design, k), tables.TOP_COLUMNS, True)
+    lines += tables.markdown_table(tables.top(mine, design, k), tables.columns(mine, top=True), True)
     lines += ["", f"## All networks, {tables.design_label(rows, design)}", ""]
-    lines += tables.markdown_table(mine, tables.ALL_COLUMNS, True)
-    extra = [tables.INTERVAL_NOTE] + tables.notes(design, rows, failed)
+    lines += tables.markdown_table(mine, tables.columns(mine, top=False), True)
+    extra = _method_notes(mine) + tables.notes(design, rows, failed)
     if extra:
         lines += [""] + [f"- {n}" for n in extra]
     broken = tables.failed_lines(design, failed)
@@ -164,6 +164,12 @@ def markdown(design: str, rows: Sequence[tables.Row], failed: Sequence[dict], k:
         lines += ["", "## Paired comparisons across folds", ""]
         lines += [f"- {line}" for c in mine for line in comparisons.comparison_lines(c)]
     return "\n".join(lines) + "\n"
+
+
+def _method_notes(rows: Sequence[tables.Row]) -> List[str]:
+    """How the table's intervals were computed, and, with test folds, what validation and test mean."""
+    tested = any(r.estimate == "test" for r in rows)
+    return [tables.INTERVAL_NOTE] + ([tables.TEST_NOTE] if tested else [])
 
 
 def page(rows, failed, results, images, captions, source: str, k: int, tested=(), pooled=None,
@@ -182,8 +188,9 @@ def page(rows, failed, results, images, captions, source: str, k: int, tested=()
         "<h1>Transfer learning for macular fluid detection: results</h1>",
         f"<p>{console.count(len(results), 'run')} ({ok} ok, {len(results) - ok} failed) from <code>{esc(source)}</code>, "
         f"{time.strftime('%Y-%m-%d %H:%M')}. Mean (sample standard deviation, ddof=1) over folds of each run's "
-        "best validation accuracy and its AUC, as in the paper, with a 95% confidence interval; networks of a "
-        "batch size compared fold by fold (Friedman, Nemenyi, Wilcoxon). Files: "
+        "best validation accuracy and its AUC, as in the paper, and, where runs held a test fold out, of that "
+        "checkpoint's test accuracy and AUC, with a 95% confidence interval; networks of a batch size compared "
+        "fold by fold (Friedman, Nemenyi, Wilcoxon). Files: "
         + ", ".join(f'<a href="table_{d}.csv">table_{d}.csv</a>, <a href="table_{d}.md">table_{d}.md</a>, '
                     f'<a href="paired_{d}.csv">paired_{d}.csv</a>'
                     for d in tables.designs(rows)) + ".</p>",
@@ -193,10 +200,11 @@ def page(rows, failed, results, images, captions, source: str, k: int, tested=()
         parts.append(f"<h2>{esc(tables.design_label(rows, design).capitalize())}</h2>")
         parts.append(f'<p class="grouping">{esc(tables.grouping(results, design))}</p>')
         parts.append(f"<h3>{esc(tables.title(design, mine, f'top {k} performers'))}</h3>")
-        parts.append(tables.html_table(tables.top(mine, design, k), tables.TOP_COLUMNS, True))
+        parts.append(tables.html_table(tables.top(mine, design, k), tables.columns(mine, top=True), True))
         parts.append("<h3>All networks</h3>")
-        parts.append(tables.html_table(mine, tables.ALL_COLUMNS, True))
-        parts.append(f'<p class="method">{esc(tables.INTERVAL_NOTE)}</p>')
+        parts.append(tables.html_table(mine, tables.columns(mine, top=False), True))
+        for note in _method_notes(mine):
+            parts.append(f'<p class="method">{esc(note)}</p>')
         for note in tables.notes(design, rows, failed):
             parts.append(f'<p class="note">{esc(note)}</p>')
         broken = tables.failed_lines(design, failed)
@@ -229,7 +237,7 @@ def page(rows, failed, results, images, captions, source: str, k: int, tested=()
 
 VARIANT_COLUMNS = ("design", "arch", "batch", "axis", "variant", "value", "n_folds", "n_paired", "accuracy_mean",
                    "accuracy_ci_low", "accuracy_ci_high", "accuracy_diff", "accuracy_p", "auc_mean", "auc_ci_low",
-                   "auc_ci_high", "auc_diff", "auc_p")
+                   "auc_ci_high", "auc_diff", "auc_p", "estimate")
 _AXIS_WORDS = {"lr": "learning rate (--lrs)", "augment": "augmentation (--augments)",
                "denoise": "denoising (--denoises)"}
 VARIANT_NOTE = (

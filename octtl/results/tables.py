@@ -6,6 +6,11 @@ Nadeau-Bengio corrected resampled t interval, octtl.results.stats), and the netw
 compared fold by fold (octtl.results.comparisons) where their folds are the same splits. Failed runs (`status` other than
 'ok') are counted and listed, never averaged; a (batch, network) with fewer ok folds than the runs asked for is
 marked.
+
+Runs with a held-out test fold (octtl.data.folds.splits) also carry test figures: the chosen checkpoint scored on
+data that neither trained it nor chose it. The tables then show them beside the paper's validation figures, and
+the intervals, the ranks and the paired comparisons use them (`estimate`): picking the best check and scoring it
+on the same fold is optimistic, by an amount no interval accounts for.
 """
 
 import collections
@@ -24,15 +29,26 @@ TABLE_NUMBERS = {"baseline": "II", "limited": "III"}
 COLUMNS = ("design", "batch", "arch", "accuracy_mean", "accuracy_std", "auc_mean", "auc_std",
            "iterations_to_best_mean", "n_folds", "iterations_to_best_std", "folds", "n_failed", "n_auc", "rank",
            "params", "wall_seconds_mean", "accuracy_ci_low", "accuracy_ci_high", "auc_ci_low", "auc_ci_high",
-           "test_train_ratio")
+           "test_train_ratio", "test_accuracy_mean", "test_accuracy_std", "test_auc_mean", "test_auc_std",
+           "n_test", "n_test_auc", "estimate")
+# Which result.json fields each estimate reads: the paper's (best check, scored where it was chosen) or the
+# held-out test fold's.
+ESTIMATES = {"validation": ("best_accuracy", "best_auc", "val_size"), "test": ("test_accuracy", "test_auc", "test_size")}
 INCOMPLETE = "†"
 # The paper's columns, each mean followed by its interval.
 TOP_COLUMNS = ("Batch size", "Architecture", "Accuracy", "Accuracy 95% CI", "AUC", "AUC 95% CI")
 ALL_COLUMNS = TOP_COLUMNS + ("Iterations to best", "Folds")
+# With a held-out test fold: the paper's validation figures, then the test figures with their intervals.
+TEST_TOP_COLUMNS = ("Batch size", "Architecture", "Validation accuracy", "Validation AUC", "Test accuracy",
+                    "Test accuracy 95% CI", "Test AUC", "Test AUC 95% CI")
+TEST_ALL_COLUMNS = TEST_TOP_COLUMNS + ("Iterations to best", "Folds")
 INTERVAL_NOTE = ("95% CI: corrected resampled t interval of Nadeau and Bengio (2003), mean ± t(k-1) · s · "
                  "sqrt(1/k + n_val/n_train) over k folds, clipped to [0, 1]. Folds share training data (and, in "
                  "the limited design, validation data), so they are not independent and the plain t interval "
                  "would be too narrow.")
+TEST_NOTE = ("Validation: the paper's figures, the best check scored on the fold that chose it (optimistic). "
+             "Test: that checkpoint scored once on a held-out fold that neither trained nor chose it; the "
+             "intervals, ranks and paired tests are the test figures', with n_test/n_train in the correction.")
 
 
 @dataclasses.dataclass
@@ -47,8 +63,12 @@ class Row:
         rank: Place by mean accuracy among the networks of this design and batch size (1 = best).
         params: Parameters of the trained network.
         accuracy_ci_low, accuracy_ci_high, auc_ci_low, auc_ci_high: 95% interval of the mean (Nadeau-Bengio).
-        test_train_ratio: Validation over training examples of a fold (from result.json's sizes, else the
+        test_train_ratio: Evaluated over training examples of a fold (from result.json's sizes, else the
             design's), the correction's n_test/n_train.
+        test_accuracy_mean, test_accuracy_std, test_auc_mean, test_auc_std: Over the folds' held-out test folds.
+        n_test, n_test_auc: Folds with a test accuracy, and with a defined test AUC.
+        estimate: 'test' when every ok fold has test figures (the intervals and ranks are theirs), else
+            'validation' (the paper's).
     """
 
     design: str
@@ -72,6 +92,23 @@ class Row:
     auc_ci_low: float = math.nan
     auc_ci_high: float = math.nan
     test_train_ratio: float = math.nan
+    test_accuracy_mean: float = math.nan
+    test_accuracy_std: float = math.nan
+    test_auc_mean: float = math.nan
+    test_auc_std: float = math.nan
+    n_test: int = 0
+    n_test_auc: int = 0
+    estimate: str = "validation"
+
+    @property
+    def estimated_accuracy(self) -> float:
+        """The mean accuracy the row is ranked and judged by: the test fold's where there is one."""
+        return self.test_accuracy_mean if self.estimate == "test" else self.accuracy_mean
+
+    @property
+    def estimated_auc(self) -> float:
+        """The mean AUC the row is judged by: the test fold's where there is one."""
+        return self.test_auc_mean if self.estimate == "test" else self.auc_mean
 
     @property
     def complete(self) -> bool:
@@ -102,17 +139,23 @@ def aggregate(results: Sequence[dict]) -> Tuple[List[Row], List[dict]]:
         aucs = [r["best_auc"] for r in ok if r.get("best_auc") is not None]
         acc = mean_std([r["best_accuracy"] for r in ok])
         auc = mean_std(aucs)
+        test_accs = [r["test_accuracy"] for r in ok if r.get("test_accuracy") is not None]
+        test_aucs = [r["test_auc"] for r in ok if r.get("test_auc") is not None]
         its = mean_std([r["iterations_to_best"] for r in ok])
         params = [r["params"] for r in ok if r.get("params") is not None]
         walls = [r["wall_seconds"] for r in ok if r.get("wall_seconds") is not None]
         folds = max(int(r.get("folds", len(members))) for r in members)
-        ratio = test_train_ratio(ok, design, folds)
+        kind = estimate(ok)
+        accuracy_field, auc_field, _ = ESTIMATES[kind]
+        judged_aucs = [r[auc_field] for r in ok if r.get(auc_field) is not None]
+        ratio = test_train_ratio(ok, design, folds, kind)
         rows.append(Row(design, batch, arch, acc[0], acc[1], auc[0], auc[1], its[0], len(ok), its[1],
                         folds, len(members) - len(ok),
                         len(aucs), 0, round(statistics.fmean(params)) if params else math.nan,
                         statistics.fmean(walls) if walls else math.nan,
-                        *stats.corrected_interval([r["best_accuracy"] for r in ok], ratio, bounds=(0, 1)),
-                        *stats.corrected_interval(aucs, ratio, bounds=(0, 1)), ratio))
+                        *stats.corrected_interval([r[accuracy_field] for r in ok], ratio, bounds=(0, 1)),
+                        *stats.corrected_interval(judged_aucs, ratio, bounds=(0, 1)), ratio,
+                        *mean_std(test_accs), *mean_std(test_aucs), len(test_accs), len(test_aucs), kind))
     rows.sort(key=_order)
     for key in {(r.design, r.batch) for r in rows}:
         for rank, row in enumerate([r for r in rows if (r.design, r.batch) == key], 1):
@@ -122,22 +165,30 @@ def aggregate(results: Sequence[dict]) -> Tuple[List[Row], List[dict]]:
     return rows, failed
 
 
-def test_train_ratio(ok: Sequence[dict], design: str, folds: int) -> float:
-    """n_test/n_train of a (design, batch, arch): mean validation over mean training size of its ok folds.
+def estimate(results: Sequence[dict]) -> str:
+    """'test' when every result has a held-out test fold's figures, else 'validation' (the paper's)."""
+    return "test" if results and all(r.get("test_accuracy") is not None for r in results) else "validation"
 
-    Results without the sizes (written by hand, or before result.json had them) fall back to the design's
-    k-fold ratio, 1/(k-1) for baseline and k-1 for limited.
+
+def test_train_ratio(ok: Sequence[dict], design: str, folds: int, kind: str = "validation") -> float:
+    """n_test/n_train of a (design, batch, arch): mean evaluated over mean training size of its ok folds.
+
+    The evaluated set is the validation fold, or the test fold where `kind` is 'test'. Results without the sizes
+    (written by hand, or before result.json had them) fall back to the design's k-fold ratio, 1/(k-1) for
+    baseline and k-1 for limited.
     """
-    sized = [r for r in ok if r.get("train_size") and r.get("val_size") is not None]
+    size = ESTIMATES[kind][2]
+    sized = [r for r in ok if r.get("train_size") and r.get(size) is not None]
     if sized:
-        return statistics.fmean(r["val_size"] for r in sized) / statistics.fmean(r["train_size"] for r in sized)
+        return statistics.fmean(r[size] for r in sized) / statistics.fmean(r["train_size"] for r in sized)
     return stats.test_train_ratio(design, folds)
 
 
 def _order(row: Row):
-    # Best mean accuracy first, then AUC; networks without an ok fold last; ties by name.
-    acc = -row.accuracy_mean if not math.isnan(row.accuracy_mean) else math.inf
-    auc = -row.auc_mean if not math.isnan(row.auc_mean) else math.inf
+    # Best mean accuracy first, then AUC (on the test fold where there is one); networks without an ok fold
+    # last; ties by name.
+    acc = -row.estimated_accuracy if not math.isnan(row.estimated_accuracy) else math.inf
+    auc = -row.estimated_auc if not math.isnan(row.estimated_auc) else math.inf
     return row.design, row.batch, acc, auc, row.arch
 
 
@@ -179,16 +230,34 @@ def interval(low: float, high: float, digits: int = 2) -> str:
 def display(row: Row) -> Dict[str, str]:
     """A row's cells as printed in the markdown and HTML tables."""
     mark = "" if row.complete else f" {INCOMPLETE}"
+    accuracy_ci = interval(row.accuracy_ci_low, row.accuracy_ci_high) if row.n_folds else "-"
+    auc_ci = interval(row.auc_ci_low, row.auc_ci_high) if (row.n_test_auc if row.estimate == "test" else
+                                                           row.n_auc) else "-"
+    tested = row.estimate == "test"
     return {
         "Batch size": str(row.batch),
         "Architecture": row.arch,
         "Accuracy": cell(row.accuracy_mean, row.accuracy_std) + mark,
         "AUC": cell(row.auc_mean, row.auc_std) + mark,
-        "Accuracy 95% CI": interval(row.accuracy_ci_low, row.accuracy_ci_high) if row.n_folds else "-",
-        "AUC 95% CI": interval(row.auc_ci_low, row.auc_ci_high) if row.n_auc else "-",
+        "Accuracy 95% CI": accuracy_ci if not tested else "-",
+        "AUC 95% CI": auc_ci if not tested else "-",
+        "Validation accuracy": cell(row.accuracy_mean, row.accuracy_std) + mark,
+        "Validation AUC": cell(row.auc_mean, row.auc_std) + mark,
+        "Test accuracy": cell(row.test_accuracy_mean, row.test_accuracy_std) + mark,
+        "Test AUC": cell(row.test_auc_mean, row.test_auc_std) + mark,
+        "Test accuracy 95% CI": accuracy_ci if tested else "-",
+        "Test AUC 95% CI": auc_ci if tested else "-",
         "Iterations to best": cell(row.iterations_to_best_mean, row.iterations_to_best_std, 0),
         "Folds": f"{row.n_folds} of {row.folds}" + (f", {row.n_failed} failed" if row.n_failed else ""),
     }
+
+
+def columns(rows: Sequence[Row], top: bool) -> Tuple[str, ...]:
+    """The columns of a design's table: the paper's, or validation beside test where every row has test figures."""
+    tested = bool(rows) and all(r.estimate == "test" for r in rows if r.n_folds)
+    if tested:
+        return TEST_TOP_COLUMNS if top else TEST_ALL_COLUMNS
+    return TOP_COLUMNS if top else ALL_COLUMNS
 
 
 def top(rows: Sequence[Row], design: str, k: int = 3) -> List[Row]:
@@ -271,7 +340,8 @@ def html_table(rows: Sequence[Row], columns: Sequence[str], group_batches: bool)
                     continue
                 tds.append(f'<td rowspan="{spans[row.batch]}" class="batch">{row.batch}</td>')
             else:
-                cls = ' class="incomplete"' if INCOMPLETE in cells[c] and c in ("Accuracy", "AUC") else ""
+                cls = ' class="incomplete"' if INCOMPLETE in cells[c] and "9" not in c and c not in (
+                    "Batch size", "Architecture", "Iterations to best", "Folds") else ""
                 tds.append(f"<td{cls}>{html.escape(cells[c])}</td>")
         previous = row.batch
         out.append("<tr>" + "".join(tds) + "</tr>")

@@ -12,6 +12,7 @@ from typing import Dict, List, Mapping, Sequence
 import numpy as np
 
 from octtl import runs
+from octtl.results import stats, tables
 from octtl.training import config
 
 AXES = ("lr", "augment", "denoise")
@@ -31,6 +32,8 @@ class VariantRow:
         accuracy_diff, auc_diff: Mean of (variant - default) over the paired folds.
         accuracy_p, auc_p: Two-sided Wilcoxon signed-rank p against the default over the paired folds; NaN with
             fewer than octtl.results.stats.MIN_FOLDS of them.
+        estimate: 'test' when every run of the group held a test fold out (these figures are the test
+            folds'), else 'validation' (the paper's).
     """
 
     design: str
@@ -53,6 +56,7 @@ class VariantRow:
     auc_diff: float
     auc_p: float
     n_paired_auc: int
+    estimate: str = "validation"
 
     @property
     def is_default(self) -> bool:
@@ -85,7 +89,6 @@ def variant_table(results: Sequence[Mapping], axis: str, defaults: Mapping = run
     Returns:
         Rows by design (the paper's order), network and batch, the default first, then by variant name.
     """
-    from octtl.results import tables  # the report's: naming variants needs neither
 
     if axis not in AXES:
         raise ValueError(f"variant axis must be one of {AXES}, got {axis!r}")
@@ -107,8 +110,10 @@ def variant_table(results: Sequence[Mapping], axis: str, defaults: Mapping = run
     rows = []
     for (design, arch, batch), variants in groups.items():
         baseline = variants.get(DEFAULT_LABEL, {})
+        # The held-out test folds' figures where every run of the group has them, else the validation's.
+        on = tables.estimate([r for folds in variants.values() for r in folds.values()])
         for label, folds in variants.items():
-            rows.append(_row(design, arch, batch, axis, label, _value(axis, described[label]), folds, baseline))
+            rows.append(_row(design, arch, batch, axis, label, _value(axis, described[label]), folds, baseline, on))
     order = {d: i for i, d in enumerate(tables.DESIGNS)}
     rows.sort(key=lambda row: (order.get(row.design, len(order)), row.design, row.arch, row.batch,
                                not row.is_default, row.variant))
@@ -116,29 +121,27 @@ def variant_table(results: Sequence[Mapping], axis: str, defaults: Mapping = run
 
 
 def _row(design, arch, batch, axis, label, value, folds: Dict[int, Mapping],
-         baseline: Dict[int, Mapping]) -> VariantRow:
-    from octtl.results import stats
-    from octtl.results import tables  # the report's: naming variants needs neither
+         baseline: Dict[int, Mapping], on: str) -> VariantRow:
 
     ok = [folds[k] for k in sorted(folds)]
-    accuracy = [r["best_accuracy"] for r in ok]
-    aucs = [r["best_auc"] for r in ok if r.get("best_auc") is not None]
-    ratio = tables.test_train_ratio(ok, design, max(int(r.get("folds", len(ok))) for r in ok))
+    accuracy_field, auc_field, _ = tables.ESTIMATES[on]
+    accuracy = [r[accuracy_field] for r in ok]
+    aucs = [r[auc_field] for r in ok if r.get(auc_field) is not None]
+    ratio = tables.test_train_ratio(ok, design, max(int(r.get("folds", len(ok))) for r in ok), on)
     paired = [] if label == DEFAULT_LABEL else [
         (folds[k], baseline[k]) for k in sorted(folds)
         if k in baseline and stats.pairing_key(folds[k]) == stats.pairing_key(baseline[k])]
-    accuracy_diff, accuracy_p, _ = _compare([(a["best_accuracy"], b["best_accuracy"]) for a, b in paired])
-    auc_diff, auc_p, n_paired_auc = _compare([(a["best_auc"], b["best_auc"]) for a, b in paired
-                                             if a.get("best_auc") is not None and b.get("best_auc") is not None])
+    accuracy_diff, accuracy_p, _ = _compare([(a[accuracy_field], b[accuracy_field]) for a, b in paired])
+    auc_diff, auc_p, n_paired_auc = _compare([(a[auc_field], b[auc_field]) for a, b in paired
+                                             if a.get(auc_field) is not None and b.get(auc_field) is not None])
     return VariantRow(design, arch, batch, axis, label, value, len(ok), len(paired),
                       _mean(accuracy), *stats.corrected_interval(accuracy, ratio, bounds=(0, 1)),
                       _mean(aucs), *stats.corrected_interval(aucs, ratio, bounds=(0, 1)), len(aucs),
-                      accuracy_diff, accuracy_p, auc_diff, auc_p, n_paired_auc)
+                      accuracy_diff, accuracy_p, auc_diff, auc_p, n_paired_auc, on)
 
 
 def _compare(pairs) -> tuple:
     """(mean of variant - default, Wilcoxon p, pairs) of (variant, default) score pairs."""
-    from octtl.results import stats  # the report's: naming variants needs neither
 
     if not pairs:
         return math.nan, math.nan, 0

@@ -68,9 +68,10 @@ def groups(runs_: Sequence[Run]) -> Dict[tuple, List[Run]]:
     return out
 
 
-def smallest_train_sets(labels, designs: Sequence[str], folds: int, seed: int = 0, groups_=None) -> Dict[str, int]:
+def smallest_train_sets(labels, designs: Sequence[str], folds: int, seed: int = 0, groups_=None,
+                        test: bool = False) -> Dict[str, int]:
     """The smallest training set over the folds of each design (as octtl.train will split the data)."""
-    return {design: min(len(folds_lib.split(labels, design, fold, folds, seed, groups_)[0])
+    return {design: min(len(folds_lib.splits(labels, design, fold, folds, seed, groups_, test).train)
                         for fold in range(folds)) for design in designs}
 
 
@@ -341,7 +342,7 @@ def build(base: Config, archs: Sequence[str], designs: Sequence[str], batches: S
         metadata = records.read_metadata(base.data_dir)
         groups_ = metadata.volume_ids if base.group_by_volume else None
         try:
-            smallest = smallest_train_sets(metadata.labels, designs, base.folds, base.seed, groups_)
+            smallest = smallest_train_sets(metadata.labels, designs, base.folds, base.seed, groups_, base.held_out)
         except ValueError as e:
             raise InputError(f"{base.data_dir}: {e}") from None
         runs_, dropped = runnable(runs_, smallest)

@@ -17,6 +17,8 @@ from octtl.nets import registry
 
 
 STRATEGIES = ("default", "mirrored")  # mirrored: data-parallel over every local GPU
+# auto: a held-out test fold when there are at least 3 folds (octtl.data.folds.splits); none: the paper's split.
+TEST_FOLDS = ("auto", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,8 @@ class Config:
     checks_per_epoch: int = protocol.CHECKS_PER_EPOCH
     patience: int = protocol.PATIENCE
     seed: int = protocol.SEED
-    group_by_volume: bool = False
+    group_by_volume: bool = True  # the paper's split is ungrouped (flags/paper_*.cfg say so)
+    test_fold: str = "auto"  # TEST_FOLDS; the paper scores the checkpoint on the fold that chose it
     image_size: Optional[int] = None
     preprocess: str = "auto"
     crop: str = "center"
@@ -74,6 +77,11 @@ class Config:
         return runs.variant_name(**self.variant) or ""
 
     @property
+    def held_out(self) -> bool:
+        """Whether the run keeps a test fold out of training and of the checkpoint's choice."""
+        return self.test_fold == "auto" and self.folds >= 3
+
+    @property
     def validation_batch(self) -> int:
         """The evaluation batch: eval_batch when set, else twice the training batch, at least 64."""
         return protocol.eval_batch(self.batch, self.eval_batch)
@@ -96,7 +104,8 @@ def planned(config: Config, identity: dict, result: dict) -> dict:
             "max_epochs": config.max_epochs, "checks_per_epoch": config.checks_per_epoch,
             "patience": config.patience, "early_stop": config.early_stop, "max_iterations": config.max_iterations,
             "eval_every": config.eval_every, "seed": config.seed, "group_by_volume": config.group_by_volume,
-            "mixed_precision": config.mixed_precision, **_recorded(config.variant)}
+            "test_fold": "auto" if config.held_out else "none", "mixed_precision": config.mixed_precision,
+            **_recorded(config.variant)}
 
 
 def _recorded(variant: dict) -> dict:

@@ -110,16 +110,26 @@ def fit(session, config: Config, train_idx, val_idx, writer, say: Callable[[str]
     return Fitted(stop, steps_per_epoch, time.perf_counter() - started - timer.seconds)
 
 
-def write_outputs(session, config: Config, fitted: Fitted, val_idx, out: pathlib.Path, writer) -> dict:
-    """The best check's model back in place, predictions.csv, best.keras and the last events; the metrics."""
+def write_outputs(session, config: Config, fitted: Fitted, split, out: pathlib.Path, writer) -> dict:
+    """The best check's model back in place, its predictions, best.keras and the last events; the metrics.
+
+    With a held-out test fold, the chosen checkpoint (chosen on validation alone) is scored once on it:
+    test_predictions.csv and the `test_*` metrics.
+    """
     stop, model = fitted.stop, session.model
     stop.restore_best()
     best = stop.best
-    write_predictions(out / runs.PREDICTIONS, session.metadata, val_idx, best.p_fluid)
+    write_predictions(out / runs.PREDICTIONS, session.metadata, split.validation, best.p_fluid)
+    tested = test(session, split.test, best.iteration)
+    if tested is not None:
+        write_predictions(out / runs.TEST_PREDICTIONS, session.metadata, split.test, tested.p_fluid)
     if config.save_model:
         _save_model(model, out / runs.BEST_MODEL)
-    tensorboard.log_end(writer, best, session.metadata.labels[val_idx])
+    tensorboard.log_end(writer, best, session.metadata.labels[split.validation], tested)
     return {
+        **({} if tested is None else {
+            "test_accuracy": tested.val_accuracy, "test_auc": None if math.isnan(tested.val_auc) else tested.val_auc,
+            "test_loss": tested.val_loss, "test_majority_rate": majority(session.metadata.labels[split.test])}),
         "best_accuracy": best.val_accuracy,
         "best_auc": None if math.isnan(best.val_auc) else best.val_auc,
         "iterations_to_best": best.iteration,
@@ -131,6 +141,14 @@ def write_outputs(session, config: Config, fitted: Fitted, val_idx, out: pathlib
         "train_images_per_second": stop.iteration * config.batch / max(fitted.train_seconds, 1e-9),
         "params": int(model.count_params()),
     }
+
+
+def test(session, test_idx, iteration: int) -> Optional[early_stop.Evaluation]:
+    """The current model scored on the test fold (None without one): loss, accuracy, AUC, probabilities."""
+    if len(test_idx) == 0:
+        return None
+    probabilities = session.predict(session.decoded.crops[test_idx])
+    return early_stop.evaluate_probabilities(probabilities, session.metadata.labels[test_idx], iteration, False)
 
 
 def check_line(e: early_stop.Evaluation, stop: early_stop.HalfEpochEarlyStop, steps_per_epoch: int,

@@ -80,11 +80,11 @@ def validate(config: Config, metadata: records.Metadata):
                          "a classifier needs both classes")
 
 
-def splits(config: Config, metadata: records.Metadata, design: str, fold: int):
-    """(train, validation) indices of one fold of one design, as the config's folds and grouping make them."""
+def splits(config: Config, metadata: records.Metadata, design: str, fold: int) -> folds.Split:
+    """One fold of one design as the config's folds, grouping and test fold make it (octtl.data.folds.splits)."""
     groups = metadata.volume_ids if config.group_by_volume else None
     try:
-        return folds.split(metadata.labels, design, fold, config.folds, config.seed, groups)
+        return folds.splits(metadata.labels, design, fold, config.folds, config.seed, groups, test=config.held_out)
     except ValueError as e:
         raise InputError(f"{config.data_dir}: {e}") from None
 
@@ -167,15 +167,15 @@ class Session:
         out = run.folder(config.logdir)
         self.say(f"train: {run} -> {out}")
         self.prepare()
-        train_idx, val_idx = self._split(config, design, fold)
+        split = self._split(config, design, fold)
         used = self._start_folder(config, out)
         started = time.time()
-        result = self._recorded(used, train_idx, val_idx)
+        result = self._recorded(used, split)
         self._reset(config.seed)
         writer = tf.summary.create_file_writer(str(out))
         try:
-            fitted = fitting.fit(self, used, train_idx, val_idx, writer, self.say, self.progress)
-            result.update(fitting.write_outputs(self, used, fitted, val_idx, out, writer), status="ok")
+            fitted = fitting.fit(self, used, split.train, split.validation, writer, self.say, self.progress)
+            result.update(fitting.write_outputs(self, used, fitted, split, out, writer), status="ok")
         except fitting.RunFailed as e:
             result.update(status="failed", error=str(e))
         finally:
@@ -184,18 +184,20 @@ class Session:
         runs.write_result(out, result)
         return {**result, "run_dir": str(out)}
 
-    def _split(self, config: Config, design: str, fold: int) -> tuple:
-        """(train, validation) indices of the run, refused in one line where they cannot train."""
-        train_idx, val_idx = splits(config, self.metadata, design, fold)
+    def _split(self, config: Config, design: str, fold: int) -> folds.Split:
+        """The run's training, validation and test indices, refused in one line where they cannot train."""
+        split = splits(config, self.metadata, design, fold)
+        train_idx, val_idx = split.train, split.validation
         if config.batch > len(train_idx):
             raise InputError(f"--batch={config.batch}: larger than the training set of fold {fold} "
                              f"({len(train_idx)} B-scans, design {design})")
         if len(np.unique(self.metadata.labels[train_idx])) < 2:
             raise InputError(f"{config.data_dir}: the training set of fold {fold} ({design}) holds one class; "
                              "use fewer --folds or another --seed")
-        if len(np.unique(self.metadata.labels[val_idx])) < 2:
-            self.say(f"train: note: the validation set of fold {fold} holds one class: its AUC is undefined")
-        return train_idx, val_idx
+        for name, indices in (("validation", val_idx), ("test", split.test)):
+            if len(indices) and len(np.unique(self.metadata.labels[indices])) < 2:
+                self.say(f"train: note: the {name} set of fold {fold} holds one class: its AUC is undefined")
+        return split
 
     def _start_folder(self, config: Config, out) -> Config:
         """An empty run folder with flags.txt; returns the settings as used (weights, scaling and size resolved)."""
@@ -212,14 +214,17 @@ class Session:
         outputs.write_text(out / runs.FLAGS_FILE, flags_text(used))
         return used
 
-    def _recorded(self, used: Config, train_idx, val_idx) -> dict:
-        """What result.json says of the run before it trains: its configuration, data and sizes."""
+    def _recorded(self, used: Config, split: folds.Split) -> dict:
+        """What result.json says of the run before it trains: its configuration, data, folds and sizes."""
         return {
             "arch": used.arch, "batch": used.batch, "design": used.design, "fold": used.fold,
             **planned(used, self.identity, {"weights_scaling": self.weights.scaling}),
             "weights_file": self.weights.path, "weights_scaling": self.weights.scaling,
-            "train_size": int(len(train_idx)), "val_size": int(len(val_idx)),
-            "majority_rate": fitting.majority(self.metadata.labels[val_idx]), "data_dir": str(used.data_dir),
+            "train_size": int(len(split.train)), "val_size": int(len(split.validation)),
+            "test_size": int(len(split.test)), "train_folds": split.train_folds,
+            "val_folds": split.validation_folds, "test_folds": split.test_folds,
+            "majority_rate": fitting.majority(self.metadata.labels[split.validation]),
+            "data_dir": str(used.data_dir),
             "decode_seconds": self.decoded.seconds,  # once per session: denoising's cost is here, not per epoch
             # How the data was labelled, so predict labels new reference volumes alike after the data is gone.
             "fluid_labels": self.manifest.get("fluid_labels"),
@@ -231,6 +236,9 @@ class Session:
         if self._ready:
             return
         config = self.config
+        if config.test_fold == "auto" and not config.held_out:
+            self.say(f"train: --test_fold=auto: {config.folds} folds leave none to hold out; the checkpoint is "
+                     "chosen and scored on the validation fold (at least 3 folds give a test fold)")
         self.metadata = records.read_metadata(config.data_dir)
         self.manifest = records.read_manifest(config.data_dir)
         validate(config, self.metadata)

@@ -37,7 +37,7 @@ HPARAMS = {
     "seed": hp.IntInterval(-(1 << 31), 1 << 31),
     "group_by_volume": hp.Discrete([False, True]),
 }
-BEST_METRICS = ("best/accuracy", "best/auc", "best/iterations_to_best")
+BEST_METRICS = ("best/accuracy", "best/auc", "best/iterations_to_best", "test/accuracy", "test/auc")
 # A training loss this many times the first batch's is divergence, as a NaN is: a finite 5e34 is no result.
 DIVERGENCE_FACTOR = 1000.0
 
@@ -106,13 +106,17 @@ def log_check(writer, evaluation):
             tf.summary.scalar("val/auc", evaluation.val_auc)
 
 
-def log_end(writer, best, val_labels):
-    """The best check's metrics and its PR curve, at the best iteration."""
+def log_end(writer, best, val_labels, tested=None):
+    """The best check's metrics and its PR curve, at the best iteration; its test-fold scores, if any."""
     with writer.as_default(step=best.iteration):
         tf.summary.scalar("best/accuracy", best.val_accuracy)
         if np.isfinite(best.val_auc):
             tf.summary.scalar("best/auc", best.val_auc)
         tf.summary.scalar("best/iterations_to_best", best.iteration)
+        if tested is not None:
+            tf.summary.scalar("test/accuracy", tested.val_accuracy)
+            if np.isfinite(tested.val_auc):
+                tf.summary.scalar("test/auc", tested.val_auc)
         pb = pr_summary.pb("val/pr_curve_at_best", labels=np.asarray(val_labels, bool),
                            predictions=np.asarray(best.p_fluid, np.float32), num_thresholds=201)
         tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=best.iteration)

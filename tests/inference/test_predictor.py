@@ -119,7 +119,8 @@ def test_records_input_repeats_training_predictions(run_folder, tmp_path):
     """The run's own validation predictions come back from predict on its records: same preprocessing."""
     result = json.loads((run_folder / runs.RESULT).read_text())
     report = predictor.predict(run_folder / "best.keras", result["data_dir"], tmp_path / "p.csv")
-    assert report.kind == "records" and len(report.rows) == result["train_size"] + result["val_size"]
+    assert report.kind == "records" and len(report.rows) == (result["train_size"] + result["val_size"]
+                                                             + result.get("test_size", 0))
     by_key = {(r["volume_id"], r["slice"]): r for r in read_csv(tmp_path / "p.csv")}
     validation = read_csv(run_folder / runs.PREDICTIONS)
     for row in validation:

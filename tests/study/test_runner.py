@@ -189,7 +189,7 @@ def test_end_to_end_report(killed_and_resumed, tmp_path):
     for arch in ARCHS:
         assert arch in page
     assert "Table II" in page and "0 failed" in page
-    assert "Folds grouped by volume: no." in page and "ROC: no predictions.csv" not in page
+    assert "Folds grouped by volume: yes." in page and "ROC: no predictions.csv" not in page
     assert "no test: 2 folds common to all networks; the paired tests need at least 5" in page
 
 

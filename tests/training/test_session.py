@@ -22,8 +22,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import call_main, REPO, synthetic_records
 from octtl import runs, train
-from octtl.data import pipeline
-from octtl.training import tensorboard
+from octtl.data import folds, pipeline
+from octtl.training import early_stop, tensorboard
 from octtl.data import converter, records
 from octtl.synthetic import render
 from octtl.training import session
@@ -35,6 +35,7 @@ RESULT_KEYS = {"arch", "batch", "design", "fold", "folds", "seed", "weights", "w
                "best_auc", "iterations_to_best", "iterations", "epochs", "early_stopped", "checks", "wall_seconds",
                "train_images_per_second", "status", "data", *runs.CONFIG_KEYS}
 QUIET = dict(say=lambda line: None, progress=False)
+PAPER = dict(group_by_volume=False, test_fold="none")  # the paper's ruler, where the protocol's mechanics are the point
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +84,24 @@ def finished_run(records_dir, tmp_path_factory):
     return logdir / "baseline" / "squeezenet" / "batch8" / "fold0", console.getvalue()
 
 
-def test_outputs_are_complete_and_consistent(finished_run):
+def test_outputs_are_complete_and_consistent(finished_run, records_dir):
     folder, _ = finished_run
     result = json.loads((folder / "result.json").read_text())
     assert RESULT_KEYS <= set(result) and result["status"] == "ok"
-    assert (result["train_size"], result["val_size"]) == (96, 24)
-    assert result["steps_per_epoch"] == 12 and result["iterations"] == 24 and result["epochs"] == 2
-    # Checks at steps 6 and 12 of each epoch, plus --eval_every=5 evaluations in between.
-    assert [(c["iteration"], c["check"]) for c in result["checks"]] == [
-        (5, False), (6, True), (10, False), (12, True), (15, False), (18, True), (20, False), (24, True)]
+    # The defaults: folds grouped by volume, fold 0 held out for test, fold 1 choosing the checkpoint.
+    meta = records.read_metadata(records_dir)
+    split = folds.splits(meta.labels, "baseline", 0, 5, 0, meta.volume_ids, test=True)
+    assert (result["group_by_volume"], result["test_fold"]) == (True, "auto")
+    assert (result["train_folds"], result["val_folds"], result["test_folds"]) == ([2, 3, 4], [1], [0])
+    assert (result["train_size"], result["val_size"], result["test_size"]) == (
+        len(split.train), len(split.validation), len(split.test))
+    steps = len(split.train) // 8
+    assert result["steps_per_epoch"] == steps and result["iterations"] == 2 * steps and result["epochs"] == 2
+    # Two checks per epoch, the last at its end, plus --eval_every=5 evaluations in between.
+    checks = {e * steps + c for e in range(2) for c in early_stop.check_steps(steps, 2)}
+    evals = set(range(5, 2 * steps + 1, 5)) - checks
+    assert [(c["iteration"], c["check"]) for c in result["checks"]] == sorted(
+        [(i, True) for i in checks] + [(i, False) for i in evals])
     best = max(result["checks"], key=lambda c: (c["val_accuracy"], -c["iteration"]))
     assert result["iterations_to_best"] == best["iteration"] and result["best_accuracy"] == best["val_accuracy"]
 
@@ -107,6 +117,15 @@ def test_outputs_are_complete_and_consistent(finished_run):
     # The packaged file: a known ImageNet file, so auto resolved to its caffe scaling.
     assert (result["weights"], result["weights_scaling"], result["preprocess"]) == ("imagenet", "caffe", "backbone")
     assert result["data"] == records.identity(result["data_dir"])
+    # The chosen checkpoint scored once on the test fold: test_predictions.csv holds those numbers.
+    with open(folder / "test_predictions.csv", newline="") as f:
+        tested = list(csv.DictReader(f))
+    keys = {(r["volume_id"], int(r["slice"])) for r in tested}
+    assert keys == {(meta.volume_ids[i], int(meta.slices[i])) for i in split.test}
+    labels = np.array([int(r["label"]) for r in tested])
+    p = np.array([float(r["p_fluid"]) for r in tested])
+    assert result["test_accuracy"] == np.mean((p > 0.5) == labels)
+    assert result["test_auc"] == metrics.roc_auc_score(labels, p)
 
 
 def test_console_tells_the_story(finished_run):
@@ -117,7 +136,10 @@ def test_console_tells_the_story(finished_run):
     assert "train: input scaling: backbone (caffe" in console
     checks = [line for line in lines if line.startswith(("check at iteration", "eval at iteration"))]
     assert len(checks) == len(result["checks"])
-    assert checks[1].startswith("check at iteration 6 (epoch 1): val loss ") and "early stop after" in checks[1]
+    first = next(c["iteration"] for c in result["checks"] if c["check"])
+    check_lines = [line for line in checks if line.startswith("check at")]
+    assert check_lines[0].startswith(f"check at iteration {first} (epoch 1): val loss ")
+    assert "early stop after" in check_lines[0]
     assert lines[-1] == runs.summary_line({**result, "run_dir": str(folder)})
     assert f"(majority class {result['majority_rate']:.4f})" in lines[-1] and str(folder) in lines[-1]
     assert "\r" not in console and "\x1b" not in console  # no progress bar off a terminal
@@ -239,27 +261,32 @@ def test_interrupted_run_restarts_cleanly(records_dir, tmp_path):
     (run_dir / "events.out.tfevents.0.stale").write_text("stale")
     session.train(tiny(records_dir, tmp_path, max_epochs=1), 1, **QUIET)
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events")) == [
-        "best.keras", "flags.txt", "predictions.csv", "result.json"]
+        "best.keras", "flags.txt", "predictions.csv", "result.json", "test_predictions.csv"]
     assert not (run_dir / "events.out.tfevents.0.stale").exists()
     keras.saving.load_model(run_dir / "best.keras")
 
 
 def test_fixed_iterations_and_no_model_saved(records_dir, tmp_path):
     config = tiny(records_dir, tmp_path, early_stop=False, max_iterations=7, max_epochs=1, seed=4,
-                  save_model=False)
+                  save_model=False, **PAPER)
     result = session.train(config, 0, **QUIET)
     assert result["iterations"] == 7 and not result["early_stopped"]
     assert [c["iteration"] for c in result["checks"]] == [6, 7]
     assert not (tmp_path / "baseline/tiny/batch8/fold0/best.keras").exists()
 
 
-def test_limited_design_and_grouping(records_dir, tmp_path):
-    result = session.train(tiny(records_dir, tmp_path, design="limited", group_by_volume=True, max_epochs=1), 0,
-                            **QUIET)
-    assert result["train_size"] + result["val_size"] == 120 and result["train_size"] < result["val_size"]
-    with open(tmp_path / "limited/tiny/batch8/fold0/predictions.csv", newline="") as f:
-        val_volumes = {r["volume_id"] for r in csv.DictReader(f)}
-    assert len(val_volumes) == 12 - result["train_size"] // 10  # whole volumes of 10 B-scans
+def test_limited_design_trains_on_one_fold_and_keeps_volumes_whole(records_dir, tmp_path):
+    result = session.train(tiny(records_dir, tmp_path, design="limited", max_epochs=1), 0, **QUIET)
+    assert (result["train_folds"], result["val_folds"], result["test_folds"]) == ([0], [1], [2, 3, 4])
+    assert result["train_size"] + result["val_size"] + result["test_size"] == 120
+    folder = tmp_path / "limited/tiny/batch8/fold0"
+    sides = []
+    for name in ("predictions.csv", "test_predictions.csv"):
+        with open(folder / name, newline="") as f:
+            sides.append({r["volume_id"] for r in csv.DictReader(f)})
+    assert not sides[0] & sides[1]  # no volume both validates and tests
+    # Whole volumes of 10 B-scans: 12 volumes in all, the training fold's among them.
+    assert len(sides[0]) + len(sides[1]) == 12 - result["train_size"] // 10
 
 
 def test_divergence_is_a_failed_run():
@@ -282,7 +309,7 @@ def test_nan_loss_fails_the_run_and_exits_1(records_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--batch=200"], "--batch=200: larger than the training set of fold 0 (96 B-scans"),
+    (["--batch=200"], "--batch=200: larger than the training set of fold 0 ("),
     (["--data_dir=/nonexistent/records"], "/nonexistent/records: records directory does not exist"),
     (["--weights=/nonexistent/w.h5"], "--weights=/nonexistent/w.h5: no such file"),
     (["--image_size=16"], "--image_size=16: squeezenet needs at least 32 px"),
