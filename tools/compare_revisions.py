@@ -5,8 +5,8 @@ r"""Runs one small synthetic study with two revisions of octtl and compares what
 Each revision is checked out into its own folder (`git worktree`; WORKTREE means this checkout as it is, edits
 included) and runs, through its own command line, the same study on the same synthetic volumes: convert them,
 train one run, sweep two networks over both designs and five folds, report, predict held-out volumes and export
-the model. Then every metric of every result.json, every predictions.csv, every CSV of the report (timing
-columns aside), predict's CSVs, the records (as parsed examples: protobuf writes map fields in no fixed order)
+the model. Then every metric of every result.json, every predictions.csv, every CSV of the report (the columns
+both revisions write, timings aside; columns the later one adds are named), predict's CSVs, the records (as parsed examples: protobuf writes map fields in no fixed order)
 and the exported SavedModel's outputs are compared; the differences are listed and the exit status is 1 when
 there is one. A restructuring that changes no behaviour shows none. Both revisions run on
 this machine, one after the other (a few minutes each on 2 cores).
@@ -26,6 +26,9 @@ from absl import app, flags
 _BEFORE = flags.DEFINE_string("before", None, "The revision to compare against (a commit, branch or tag).")
 _AFTER = flags.DEFINE_string("after", "WORKTREE", "The other revision; WORKTREE: this checkout with its edits.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/octtl-compare", "Scratch folder (emptied first).")
+_AFTER_FLAGS = flags.DEFINE_list("after_flags", [], "Flags only the later revision's train and sweep take, e.g. "
+                                 "--after_flags=--test_fold=none to check that a new setting's old value "
+                                 "reproduces the earlier revision.")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # What a run's result.json says about its training; timings and paths differ between any two runs.
 METRICS = ("status", "best_accuracy", "best_auc", "iterations_to_best", "iterations", "epochs", "early_stopped",
@@ -54,7 +57,8 @@ def checkout(revision: str, folder: pathlib.Path) -> pathlib.Path:
     return folder
 
 
-def run_study(source: pathlib.Path, volumes: pathlib.Path, heldout: pathlib.Path, out: pathlib.Path):
+def run_study(source: pathlib.Path, volumes: pathlib.Path, heldout: pathlib.Path, out: pathlib.Path,
+              extra=()):
     """The study, every command started from `source` (so its octtl, not the installed one, runs)."""
     env = dict(os.environ, PYTHONPATH=str(source), OCTTL_VERBOSE="0", TF_CPP_MIN_LOG_LEVEL="2")
 
@@ -68,8 +72,8 @@ def run_study(source: pathlib.Path, volumes: pathlib.Path, heldout: pathlib.Path
             raise SystemExit(f"{source}: octtl.{command} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
     octtl("to_tfrecord", f"--input_dir={volumes}", f"--output_dir={out / 'records'}")
-    octtl("train", f"--data_dir={out / 'records'}", f"--logdir={out / 'runs'}", *TRAIN)
-    octtl("sweep", f"--data_dir={out / 'records'}", f"--logdir={out / 'study'}", *SWEEP)
+    octtl("train", f"--data_dir={out / 'records'}", f"--logdir={out / 'runs'}", *TRAIN, *extra)
+    octtl("sweep", f"--data_dir={out / 'records'}", f"--logdir={out / 'study'}", *SWEEP, *extra)
     octtl("report", f"--logdir={out / 'study'}", f"--out_dir={out / 'report'}")
     model = next((out / "runs").rglob("best.keras"))
     octtl("predict", f"--model={model}", f"--input={heldout}", f"--output={out / 'predictions.csv'}")
@@ -103,10 +107,17 @@ def compare(a: pathlib.Path, b: pathlib.Path) -> list:
             elif pattern == "*.tfrecord":
                 if _examples(a / path) != _examples(other):
                     differences.append(f"{path}: its examples differ")
-            elif pattern == "*.csv" and _timed(a / path):
-                if _untimed(a / path) != _untimed(other):
-                    differences.append(f"{path}: differs beyond its timings")
-            elif not filecmp.cmp(a / path, other, shallow=False):
+            elif filecmp.cmp(a / path, other, shallow=False):
+                continue
+            elif pattern == "*.csv":
+                old, new = _rows(a / path), _rows(other)
+                common = [c for c in (old[0] if old else {}) if c in (new[0] if new else {})]
+                added = sorted(set(new[0] if new else {}) - set(old[0] if old else {}))
+                if added:
+                    print(f"compare: {path}: the later revision adds columns {', '.join(added)}")
+                if [{c: r[c] for c in common} for r in old] != [{c: r[c] for c in common} for r in new]:
+                    differences.append(f"{path}: its common columns differ (timings aside)")
+            else:
                 differences.append(f"{path}: bytes differ")
     differences += _compare_exports(a / "export", b / "export")
     print(f"compare: {len(results_a)} results, {compared} CSV/Markdown/TFRecord files, the SavedModels' outputs")
@@ -124,11 +135,7 @@ def _examples(path) -> list:
     return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
 
 
-def _timed(path) -> bool:
-    return "seconds" in path.read_text().split("\n", 1)[0]
-
-
-def _untimed(path) -> list:
+def _rows(path) -> list:
     """A CSV's rows without its timing columns (wall seconds differ between any two runs)."""
     with open(path, newline="") as f:
         return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(f)]
@@ -167,7 +174,8 @@ def main(argv):
     for label, revision in (("before", _BEFORE.value), ("after", _AFTER.value)):
         source = checkout(revision, work / f"source-{label}")
         print(f"compare: {label} = {revision}: running the study ...", flush=True)
-        run_study(source, work / "volumes", work / "heldout", work / label)
+        run_study(source, work / "volumes", work / "heldout", work / label,
+                  _AFTER_FLAGS.value if label == "after" else ())
         studies.append(work / label)
     differences = compare(*studies)
     for line in differences:

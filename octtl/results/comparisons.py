@@ -22,7 +22,8 @@ from octtl.results import stats
 from octtl.results import tables
 from octtl.results.tables import Row
 
-METRICS = {"accuracy": 0, "auc": 1}  # position of each compared metric in tables.ESTIMATES' fields
+# The result.json field of each compared metric: the paper's (validation) here, the test fold's in tables.ESTIMATES.
+METRICS = {"accuracy": "best_accuracy", "auc": "best_auc"}
 METRIC_NAMES = {"accuracy": "accuracy", "auc": "AUC"}
 
 
@@ -122,7 +123,7 @@ def comparisons(results: Sequence[dict]) -> List[Comparison]:
 
 def _compare(by_arch: Dict[str, List[dict]], archs: List[str], metric: str) -> MetricComparison:
     on = tables.estimate([r for a in archs for r in by_arch[a]])
-    field = tables.ESTIMATES[on][METRICS[metric]]
+    field = tables.ESTIMATES[on][list(METRICS).index(metric)]
     values = {a: {int(r["fold"]): float(r[field]) for r in by_arch[a] if r.get(field) is not None} for a in archs}
     folds = sorted(set.intersection(*(set(v) for v in values.values()))) if archs else []
     scores = np.array([[values[a][f] for a in archs] for f in folds], float).reshape(len(folds), len(archs))
