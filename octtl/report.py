@@ -24,6 +24,9 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "report", "Folder the tables, figures 
 _RESULTS = flags.DEFINE_string("results", None,
                                f"Results file; default LOGDIR/{runs.RESULTS}, else the run folders.")
 _TOP = flags.DEFINE_integer("top", 3, "Networks per batch size in the top table (Table II shows 3).", lower_bound=1)
+_TARGET_AUC = flags.DEFINE_float("target_auc", 0.95, "Learning curves: the AUC whose volumes needed are estimated.")
+_TARGET_ACCURACY = flags.DEFINE_float("target_accuracy", 0.90,
+                                      "Learning curves: the accuracy whose volumes needed are estimated.")
 
 # The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
 flags.declare_key_flag("logdir")
@@ -63,9 +66,11 @@ def main(argv):
         if missing:
             print(f"report: note: {console.count(len(missing), 'finished run')} in {cli.LOGDIR.value} are not in {source}; "
                   f"python -m octtl.sweep --logdir={cli.LOGDIR.value} --collect adds them", file=sys.stderr)
-    from octtl.results import page  # matplotlib, scipy: after --help, which answers without them
+    from octtl.results import annotation_budget, page  # matplotlib, scipy: after --help, which answers without them
 
-    written = page.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value)
+    targets = {"auc": _TARGET_AUC.value, "accuracy": _TARGET_ACCURACY.value}
+    annotation_budget.check_targets(targets)
+    written = page.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value, targets)
     failed = sum(r.get("status") != "ok" for r in results)
     print(f"report: {console.count(len(results), 'run')} ({failed} failed) from {source} -> {len(written)} files in "
           f"{_OUT_DIR.value}; open {pathlib.Path(_OUT_DIR.value) / 'index.html'}")

@@ -60,33 +60,44 @@ MAX_BATCH = "max_batch.json"
 CONFIG_KEYS = ("data", "folds", "image_size", "crop", "weights", "preprocess", "lr", "momentum", "max_epochs",
                "checks_per_epoch", "patience", "early_stop", "max_iterations", "eval_every", "seed",
                "group_by_volume", "test_fold", "mixed_precision", "augment", "augment_strength", "denoise",
-               "denoise_strength")
+               "denoise_strength", "trainable", "train_volumes", "repeat")
 # A result written before a setting existed ran as this value of it: read so, a finished run is neither stale
 # nor lost (a plan that asks for another value finds it stale, as any other difference).
 LEGACY = {"test_fold": "none", "group_by_volume": False, "preprocess": "paper", "early_stop": True,
           "max_iterations": None, "eval_every": None, "mixed_precision": False, "augment": [],
-          "augment_strength": 1.0, "denoise": "none", "denoise_strength": None}
+          "augment_strength": 1.0, "denoise": "none", "denoise_strength": None, "trainable": "all",
+          "train_volumes": "all", "repeat": 0}
 
 
-# The settings a run has without --lr, --augment and --denoise; a denoising strength defaults to its method's.
-VARIANT_DEFAULTS = {"lr": protocol.LR, "augment": (), "augment_strength": 1.0, "denoise": "none"}
+# The settings a run has without --lr, --augment, --denoise, --trainable and --train_volumes; a denoising
+# strength defaults to its method's.
+VARIANT_DEFAULTS = {"lr": protocol.LR, "augment": (), "augment_strength": 1.0, "denoise": "none",
+                    "trainable": "all", "train_volumes": "all", "repeat": 0}
 VARIANT_SEPARATOR = "-"
+# What a learning-curve point adds: runs of one session that differ only by these share the session's work.
+PER_RUN = ("train_volumes", "repeat")
 _NUMBER = r"(\d+(?:\.\d+)?)"
 # (setting, pattern) in the order components are written.
 _COMPONENTS = (("lr", re.compile(rf"lr{_NUMBER}")),
                ("augment", re.compile(r"aug_([a-z]+(?:\+[a-z]+)*)")),
                ("augment_strength", re.compile(rf"augs{_NUMBER}")),
                ("denoise", re.compile(r"dn_([a-z]+)")),
-               ("denoise_strength", re.compile(rf"dns{_NUMBER}")))
+               ("denoise_strength", re.compile(rf"dns{_NUMBER}")),
+               ("trainable", re.compile(r"train_([a-z_]+)")),
+               ("train_volumes", re.compile(r"vol([1-9]\d*)")),
+               ("repeat", re.compile(r"rep(0|[1-9]\d*)")))
 _WIDTH = {"lr": 1, "augment_strength": 1, "denoise_strength": 3}  # digits of the whole part
 
 
 def variant_name(lr: float, augment: Sequence[str], augment_strength: float, denoise: str,
-                 denoise_strength: Optional[float], defaults: Mapping = VARIANT_DEFAULTS) -> Optional[str]:
-    """The folder component of a variant (`lr0.0003-aug_flip+shift`); None for the defaults, which have none.
+                 denoise_strength: Optional[float], trainable: str = "all", train_volumes="all", repeat: int = 0,
+                 defaults: Mapping = VARIANT_DEFAULTS) -> Optional[str]:
+    """The folder component of a variant (`lr0.0003-aug_flip+shift`, `train_head-vol4-rep1`); None for the
+    defaults, which have none.
 
     The settings are taken in their one spelling (octtl.training.config.normalize): a denoising strength that
-    changes nothing is None there.
+    changes nothing is None there. A learning-curve point (train_volumes other than 'all') always names its
+    repeat.
 
     Raises:
         ValueError: A number that is not finite and positive.
@@ -103,6 +114,10 @@ def variant_name(lr: float, augment: Sequence[str], augment_strength: float, den
         parts.append("dn_" + denoise)
     if denoise != "none" and denoise_strength is not None:
         parts.append("dns" + _number(float(denoise_strength), _WIDTH["denoise_strength"]))
+    if trainable != defaults.get("trainable", "all"):
+        parts.append("train_" + trainable)
+    if str(train_volumes) != "all":
+        parts += [f"vol{int(train_volumes)}", f"rep{int(repeat)}"]
     return VARIANT_SEPARATOR.join(parts) or None
 
 
@@ -116,8 +131,9 @@ def _number(value: float, width: int) -> str:
 def parse_variant(name: str, defaults: Mapping = VARIANT_DEFAULTS) -> dict:
     """The settings a variant folder name stands for; `variant_name`'s inverse.
 
-    Names are checked for their form and their one spelling; whether an augmentation or a denoising method
-    exists is for octtl.data.augment and octtl.data.denoise to say.
+    Names are checked for their form and their one spelling; whether an augmentation, a denoising method or a
+    trainable setting exists is for their owners (octtl.data.augment, octtl.data.denoise, octtl.training.config)
+    to say.
 
     Raises:
         InputError: A name that is not a variant's one spelling (one line naming it).
@@ -129,7 +145,7 @@ def parse_variant(name: str, defaults: Mapping = VARIANT_DEFAULTS) -> dict:
         for position in range(position, len(_COMPONENTS) + 1):
             if position == len(_COMPONENTS):
                 raise InputError(f"{name}: not a variant folder name ({part!r} is not one of lr, aug_, augs, "
-                                 "dn_, dns, in that order)")
+                                 "dn_, dns, train_, vol, rep, in that order)")
             key, pattern = _COMPONENTS[position]
             match = pattern.fullmatch(part)
             if match:
@@ -146,6 +162,9 @@ def parse_variant(name: str, defaults: Mapping = VARIANT_DEFAULTS) -> dict:
         "augment_strength": float(values.get("augment_strength", defaults["augment_strength"])),
         "denoise": values.get("denoise", defaults["denoise"]),
         "denoise_strength": float(values["denoise_strength"]) if "denoise_strength" in values else None,
+        "trainable": values.get("trainable", defaults.get("trainable", "all")),
+        "train_volumes": int(values["train_volumes"]) if "train_volumes" in values else "all",
+        "repeat": int(values.get("repeat", 0)),
     }
     if not settings["augment"]:
         settings["augment_strength"] = float(defaults["augment_strength"])
@@ -162,20 +181,30 @@ def parse_variant(name: str, defaults: Mapping = VARIANT_DEFAULTS) -> dict:
 def variant_of(result: Mapping, defaults: Mapping = VARIANT_DEFAULTS) -> dict:
     """A result's variant settings; those a result does not record (older runs) are the defaults.
 
-    Reads result.json's `lr`, `augment` (a list of names, or a comma string), `augment_strength`, `denoise` and
-    `denoise_strength`, which a result records in their one spelling.
+    Reads result.json's `lr`, `augment` (a list of names, or a comma string), `augment_strength`, `denoise`,
+    `denoise_strength`, `trainable`, `train_volumes` and `repeat`, which a result records in their one spelling.
     """
     augment = result.get("augment", defaults["augment"]) or ()
     if isinstance(augment, str):
         augment = [a.strip() for a in augment.split(",") if a.strip() and a.strip() != "none"]
     augment = tuple(sorted(set(augment)))
     denoise = result.get("denoise", defaults["denoise"])
+    volumes = result.get("train_volumes", "all")
     return {"lr": float(result.get("lr", defaults["lr"])), "augment": augment,
             "augment_strength": float(result.get("augment_strength", defaults["augment_strength"]))
             if augment else float(defaults["augment_strength"]),
             "denoise": denoise,
             "denoise_strength": None if denoise == "none" or result.get("denoise_strength") is None
-            else float(result["denoise_strength"])}
+            else float(result["denoise_strength"]),
+            "trainable": result.get("trainable", "all"),
+            "train_volumes": "all" if str(volumes) == "all" else int(volumes),
+            "repeat": int(result.get("repeat", 0)) if str(volumes) != "all" else 0}
+
+
+def session_variant(name: str) -> str:
+    """A variant's folder component without its learning-curve point (vol, rep): what one session shares."""
+    return VARIANT_SEPARATOR.join(part for part in name.split(VARIANT_SEPARATOR)
+                                  if part and not re.fullmatch(r"(vol|rep)\d+", part))
 
 
 @dataclasses.dataclass(frozen=True, order=True)

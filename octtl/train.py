@@ -64,6 +64,11 @@ flags.DEFINE_string("augment", _DEFAULT["augment"],
 flags.DEFINE_float("augment_strength", _DEFAULT["augment_strength"], "Scales every augmentation's range (0 < s < 5).")
 flags.DEFINE_enum("denoise", _DEFAULT["denoise"], list(denoise.METHODS),
                   "Denoise every B-scan once when the records are decoded, before cropping (OpenCV).")
+flags.DEFINE_string("train_volumes", _DEFAULT["train_volumes"],
+                    "A learning-curve point: train on this many whole volumes (patients) of the fold's training folds, "
+                    "drawn with --seed and --repeat, nested over N, for as many iterations as the whole folds get "
+                    "(baseline design, grouped folds); all: every one.")
+flags.DEFINE_integer("repeat", _DEFAULT["repeat"], "Which draw of --train_volumes volumes.", lower_bound=0)
 flags.DEFINE_float("denoise_strength", _DEFAULT["denoise_strength"],
                    "The method's main parameter: median window side (odd, default 3), nlm h in grey levels (default "
                    "10), bilateral sigma_color in grey levels (default 25).")

@@ -18,7 +18,7 @@ import numpy as np
 
 from octtl import runs
 
-from octtl.results import comparisons
+from octtl.results import annotation_budget, comparisons
 
 from octtl.results import figures
 
@@ -98,7 +98,7 @@ def statistics_files(rows: Sequence[tables.Row], tested: Sequence[comparisons.Co
 
 
 def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
-                 logdir=None) -> List[pathlib.Path]:
+                 logdir=None, targets=None) -> List[pathlib.Path]:
     """Writes every table, figure and index.html of `results` into `out_dir`; returns the paths written.
 
     Args:
@@ -107,6 +107,7 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
         source: Where the results came from, said on the page.
         k: Networks per batch size in the top table and in the ROC figures.
         logdir: Root of the run folders, where each run's predictions.csv is (None: no ROC curves).
+        targets: {'auc': ..., 'accuracy': ...} the learning curves' targets (annotation_budget.TARGETS).
 
     Raises:
         ValueError: a malformed predictions.csv (before anything is written).
@@ -114,6 +115,8 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
     # Tables II-III, their statistics and figures are the paper's settings; other variants get their own tables.
     variant_rows = {axis: variants.variant_table(results, axis) for axis in variants.AXES}
     variant_rows = {axis: rows for axis, rows in variant_rows.items() if any(not r.is_default for r in rows)}
+    curves_written, by_design = [], {}
+    all_results = results
     results = [r for r in results if not runs.run_of(r).variant]
     rows, failed = tables.aggregate(results)
     curves = tables.accuracy_curves(results)
@@ -123,7 +126,8 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
               for design in tables.designs(rows)}
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    curves_written, by_design = annotation_budget.write(all_results, out_dir, targets or annotation_budget.TARGETS)
+    written = list(curves_written)
     for design in tables.designs(rows):
         mine = [r for r in rows if r.design == design]
         tables.write_csv(mine, out_dir / f"table_{design}.csv")
@@ -138,8 +142,11 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
         figures.save(draw(), out_dir / name)
         images[name], captions[name] = (out_dir / name).read_bytes(), caption
         written.append(out_dir / name)
+    for path in curves_written:
+        if path.suffix == ".png":
+            images[path.name] = path.read_bytes()
     (out_dir / "index.html").write_text(page(rows, failed, results, images, captions, source, k, tested,
-                                             pooled, variant_rows))
+                                             pooled, variant_rows, by_design))
     written.append(out_dir / "index.html")
     return written
 
@@ -173,7 +180,7 @@ def _method_notes(rows: Sequence[tables.Row]) -> List[str]:
 
 
 def page(rows, failed, results, images, captions, source: str, k: int, tested=(), pooled=None,
-         variant_rows=None) -> str:
+         variant_rows=None, curves=None) -> str:
     """index.html: per design the top-k and full tables with intervals and notes, the paired statistics, the
     figures; then the variants against the defaults, and the settings.
 
@@ -226,6 +233,7 @@ def page(rows, failed, results, images, captions, source: str, k: int, tested=()
     parts.append(_figure("accuracy_by_design.png", images["accuracy_by_design.png"],
                          captions["accuracy_by_design.png"]))
     parts += variants_section(variant_rows or {})
+    parts += annotation_budget.section(curves or {}, images, _figure)
     settings = tables.settings(results)
     if settings:
         parts.append("<h2>Settings of the runs</h2><ul>" + "".join(

@@ -98,8 +98,8 @@ def variant_table(results: Sequence[Mapping], axis: str, defaults: Mapping = run
     groups: Dict[tuple, Dict[str, Dict[int, Mapping]]] = {}
     described: Dict[str, dict] = {}
     for r in results:
-        if r.get("status") != "ok":
-            continue
+        if r.get("status") != "ok" or runs.variant_of(r)["train_volumes"] != "all":
+            continue  # learning-curve points have their own section (octtl.results.annotation_budget)
         v = _variant(r, defaults)
         if any(v[key] != reference[key] for other in AXES if other != axis for key in others[other]):
             continue

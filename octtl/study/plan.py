@@ -18,7 +18,7 @@ from octtl.data import folds as folds_lib
 from octtl.errors import InputError
 from octtl.nets import registry
 from octtl.runs import Run
-from octtl.training.config import Config, planned
+from octtl.training.config import Config, check_curve_point, planned
 
 
 def auto_batches(largest: int, smallest: int = protocol.SMALLEST_BATCH) -> List[int]:
@@ -59,12 +59,13 @@ def shard(runs_: Sequence[Run], task_index: int, num_tasks: int) -> List[Run]:
 def groups(runs_: Sequence[Run]) -> Dict[tuple, List[Run]]:
     """The runs by (arch, batch, variant), in plan order: what one worker's session trains.
 
-    A variant's learning rate, augmentation and denoising are settings of the session (denoising changes the
-    decoded B-scans), so each variant has its own.
+    A variant's learning rate, augmentation, denoising and trainable layers are settings of the session
+    (denoising changes the decoded B-scans), so each has its own; the points of a learning curve (their volumes
+    and repeat) are not: they share their session's decoded B-scans and network.
     """
     out: Dict[tuple, List[Run]] = {}
     for run in runs_:
-        out.setdefault((run.arch, run.batch, run.variant), []).append(run)
+        out.setdefault((run.arch, run.batch, runs.session_variant(run.variant)), []).append(run)
     return out
 
 
@@ -255,7 +256,8 @@ def batches_from(values: Sequence[str], archs: Sequence[str], probe_path, image_
 
 
 def variants_from(base: Config, lrs: Optional[Sequence[str]], augments: Optional[Sequence[str]],
-                  denoises: Optional[Sequence[str]]) -> Dict[str, dict]:
+                  denoises: Optional[Sequence[str]], train_volume_counts: Optional[Sequence[str]] = None,
+                  repeats: int = 1) -> Dict[str, dict]:
     """{variant folder name: the Config fields it sets} for every combination of the sweep's variant axes.
 
     Args:
@@ -263,6 +265,8 @@ def variants_from(base: Config, lrs: Optional[Sequence[str]], augments: Optional
         lrs: --lrs, learning rates as text.
         augments: --augments, one comma list of augmentations per variant ('none' for none).
         denoises: --denoises, one method per variant, or method:strength.
+        train_volume_counts: --train_volume_counts, learning-curve points: numbers of volumes, or 'all'.
+        repeats: --repeats, draws of each number of volumes.
     """
     from octtl.data import augment  # TensorFlow: the sweep starts it quietly before planning
 
@@ -285,12 +289,31 @@ def variants_from(base: Config, lrs: Optional[Sequence[str]], augments: Optional
             denoise.check(method, strength)
     except InputError as e:
         raise InputError(str(e).replace("--augment=", "--augments=").replace("--denoise=", "--denoises=")) from None
+    points = curve_points(base, train_volume_counts, repeats)
     out = {}
     for lr in rates:
         for augmentation in augmentations:
             for method, strength in methods:
-                fields = dict(lr=lr, augment=augmentation, denoise=method, denoise_strength=strength)
-                out.setdefault(dataclasses.replace(base, **fields).variant_name, fields)
+                for point in points:
+                    fields = dict(lr=lr, augment=augmentation, denoise=method, denoise_strength=strength, **point)
+                    out.setdefault(dataclasses.replace(base, **fields).variant_name, fields)
+    return out
+
+
+def curve_points(base: Config, counts: Optional[Sequence[str]], repeats: int) -> List[dict]:
+    """The learning curve's points as Config fields: each number of volumes x each repeat; 'all' once."""
+    if not counts:
+        return [dict(train_volumes=base.train_volumes, repeat=base.repeat)]
+    if repeats < 1:
+        raise InputError(f"--repeats={repeats}: must be >= 1")
+    out = []
+    for value in dict.fromkeys(counts):
+        if value == "all":
+            out.append(dict(train_volumes="all", repeat=0))
+        elif value.isdigit() and int(value) >= 1:
+            out += [dict(train_volumes=value, repeat=r) for r in range(repeats)]
+        else:
+            raise InputError(f"--train_volume_counts={','.join(counts)}: numbers of volumes >= 1, or all")
     return out
 
 
@@ -324,7 +347,7 @@ class Plan:
 
 
 def build(base: Config, archs: Sequence[str], designs: Sequence[str], batches: Sequence[str],
-          probe_path, lrs=None, augments=None, denoises=None) -> Plan:
+          probe_path, lrs=None, augments=None, denoises=None, train_volume_counts=None, repeats=1) -> Plan:
     """The sweep's plan from its settings: the grid, fitted to the records when `base.data_dir` names them.
 
     Runs whose batch exceeds their design's smallest training set are left out (octtl.train refuses them), said
@@ -334,8 +357,13 @@ def build(base: Config, archs: Sequence[str], designs: Sequence[str], batches: S
     from octtl.data import records
 
     archs, designs = archs_from(archs), designs_from(designs)
+    if train_volume_counts and train_volume_counts != ["all"]:
+        if designs != ["baseline"]:
+            raise InputError(f"--train_volume_counts: learning curves draw volumes from the baseline design's "
+                             f"training folds; --designs={','.join(designs)} asks for others")
+        check_curve_point(dataclasses.replace(base, design="baseline", train_volumes="1"))
     sizes, note = batches_from(batches, archs, probe_path, base.image_size)
-    variants = variants_from(base, lrs, augments, denoises)
+    variants = variants_from(base, lrs, augments, denoises, train_volume_counts, repeats)
     runs_ = grid(designs, archs, sizes, base.folds, list(variants))
     identity = None
     if base.data_dir:

@@ -59,23 +59,26 @@ def run_spec(spec: dict):
 
     session.configure_devices(config.mixed_precision)
     say = lambda line: print(line, flush=True)  # noqa: E731  (into the current run's log)
-    session = session.Session(config, say=say, progress=False, redo_stale=spec["redo_stale"])
+    trainer = session.Session(config, say=say, progress=False, redo_stale=spec["redo_stale"])
+    mine_variant = runs.session_variant(config.variant_name)
     for design, arch, batch, fold, variant in spec["runs"]:
         run = runs.Run(design, arch, batch, fold, variant)
-        if variant != config.variant_name:
-            raise ValueError(f"{run}: not the variant of this worker's settings ({config.variant_name or 'default'})")
+        if runs.session_variant(variant) != mine_variant:
+            raise ValueError(f"{run}: not the variant of this worker's settings ({mine_variant or 'default'})")
+        # A learning-curve point's volumes and repeat are the run's own; everything else is the session's.
+        point = {key: runs.parse_variant(variant)[key] for key in runs.PER_RUN} if variant else {}
         with runner.claimed(config.logdir, run) as mine:
             if not mine:
                 send(run, "busy")
                 continue
             with _output_to(run.log(config.logdir)):
                 # Read again under the lock: another sweep may have finished the run a moment ago.
-                done = session.finished(design, fold)
+                done = trainer.finished(design, fold, **point)
                 if done is None:
                     print(f"=== start {time.strftime('%Y-%m-%dT%H:%M:%S')} host {socket.gethostname()} worker pid "
                           f"{os.getpid()}: {run}", flush=True)
                     try:
-                        result = session.run(design, fold)
+                        result = trainer.run(design, fold, **point)
                     except (InputError, WeightsError) as e:
                         print(f"error: {e}", flush=True)
                         send(run, "error", message=str(e))

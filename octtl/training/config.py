@@ -19,6 +19,9 @@ from octtl.nets import registry
 STRATEGIES = ("default", "mirrored")  # mirrored: data-parallel over every local GPU
 # auto: a held-out test fold when there are at least 3 folds (octtl.data.folds.splits); none: the paper's split.
 TEST_FOLDS = ("auto", "none")
+# all: fine-tune every layer (the paper); head: the backbone frozen, only the new head trains; two_phase: head
+# until its early stop, then every layer at --finetune_lr (the keras-io transfer-learning recipe).
+TRAINABLE = ("all", "head", "two_phase")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,8 @@ class Config:
     augment_strength: float = 1.0
     denoise: str = "none"  # octtl.data.denoise.METHODS
     denoise_strength: Optional[float] = None  # None: the method's default
+    train_volumes: str = "all"  # a learning-curve point: how many whole training volumes (patients) to keep
+    repeat: int = 0  # which draw of those volumes
     overwrite: bool = False
 
     @property
@@ -67,9 +72,15 @@ class Config:
 
     @property
     def variant(self) -> dict:
-        """The run's lr, augmentation and denoising in their one spelling (`normalize`)."""
+        """The run's variant settings in their one spelling (`normalize`): what its folder is named after."""
         return normalize(self.lr, [a for a in self.augment.split(",") if a.strip() and a != "none"],
-                         self.augment_strength, self.denoise, self.denoise_strength)
+                         self.augment_strength, self.denoise, self.denoise_strength, "all",
+                         self.train_volumes, self.repeat)
+
+    @property
+    def volumes(self) -> Optional[int]:
+        """--train_volumes as a number; None for all of the fold's training volumes."""
+        return None if str(self.train_volumes) == "all" else int(self.train_volumes)
 
     @property
     def variant_name(self) -> str:
@@ -113,6 +124,22 @@ def _recorded(variant: dict) -> dict:
     return {**variant, "augment": list(variant["augment"])}
 
 
+def check_curve_point(config: Config):
+    """Refuses, naming the flag, a learning-curve point that cannot be drawn (octtl.data.folds.training_volumes)."""
+    if str(config.train_volumes) == "all":
+        return
+    if not str(config.train_volumes).isdigit() or int(config.train_volumes) < 1:
+        raise InputError(f"--train_volumes={config.train_volumes}: all, or a whole number of volumes >= 1")
+    if config.repeat < 0:
+        raise InputError(f"--repeat={config.repeat}: must be >= 0")
+    if config.design != "baseline":
+        raise InputError(f"--train_volumes={config.train_volumes}: the {config.design} design trains on one fold "
+                         "already; learning curves draw volumes from the baseline design's training folds")
+    if not config.group_by_volume:
+        raise InputError(f"--train_volumes={config.train_volumes}: needs --group_by_volume (a learning curve counts "
+                         "whole volumes or patients, which grouped folds keep whole)")
+
+
 def flags_text(config: Config) -> str:
     """octtl.train's flags for `config`, one per line: what flags.txt holds, and `--flagfile` reruns."""
     lines = []
@@ -127,12 +154,14 @@ def flags_text(config: Config) -> str:
 
 
 def normalize(lr: float, augment: Sequence[str], augment_strength: float, denoise: str,
-              denoise_strength: Optional[float]) -> dict:
+              denoise_strength: Optional[float], trainable: str = "all", train_volumes="all",
+              repeat: int = 0) -> dict:
     """The one spelling of a variant's settings: augmentations sorted, strengths that change nothing dropped.
 
     An augmentation strength without augmentations becomes the default one; a denoising strength equal to its
     method's default (octtl.data.denoise.DEFAULT_STRENGTH) or with no denoising becomes None. Results record
-    their variant in this spelling, so octtl.runs names a finished run's folder from its result alone.
+    their variant in this spelling, so octtl.runs names a finished run's folder from its result alone. A
+    learning-curve point's volumes are a number ('all' otherwise, when the repeat means nothing and is 0).
     """
     augment = tuple(sorted(set(augment)))
     augment_strength = float(augment_strength) if augment else float(runs.VARIANT_DEFAULTS["augment_strength"])
@@ -142,15 +171,18 @@ def normalize(lr: float, augment: Sequence[str], augment_strength: float, denois
         denoise_strength = None
     else:
         denoise_strength = float(denoise_strength)
+    volumes = "all" if str(train_volumes) == "all" else int(train_volumes)
     return {"lr": float(lr), "augment": augment, "augment_strength": augment_strength,
-            "denoise": denoise, "denoise_strength": denoise_strength}
+            "denoise": denoise, "denoise_strength": denoise_strength, "trainable": trainable,
+            "train_volumes": volumes, "repeat": int(repeat) if volumes != "all" else 0}
 
 
 def variant_name(lr: float, augment: Sequence[str], augment_strength: float, denoise: str,
-                 denoise_strength: Optional[float], defaults: Mapping = runs.VARIANT_DEFAULTS) -> Optional[str]:
+                 denoise_strength: Optional[float], trainable: str = "all", train_volumes="all", repeat: int = 0,
+                 defaults: Mapping = runs.VARIANT_DEFAULTS) -> Optional[str]:
     """The variant folder component of settings as given (`normalize`d, then octtl.runs.variant_name)."""
-    return runs.variant_name(**normalize(lr, augment, augment_strength, denoise, denoise_strength),
-                             defaults=defaults)
+    return runs.variant_name(**normalize(lr, augment, augment_strength, denoise, denoise_strength, trainable,
+                                         train_volumes, repeat), defaults=defaults)
 
 
 def parse_variant(name: str, defaults: Mapping = runs.VARIANT_DEFAULTS) -> dict:
@@ -163,6 +195,8 @@ def parse_variant(name: str, defaults: Mapping = runs.VARIANT_DEFAULTS) -> dict:
         InputError: A name that is not a variant's one spelling (one line naming it).
     """
     settings = runs.parse_variant(name, defaults)
+    if settings["trainable"] not in TRAINABLE:
+        raise InputError(f"{name}: not a variant folder name (unknown trainable setting {settings['trainable']!r})")
     if settings["denoise"] not in denoising.METHODS:
         raise InputError(f"{name}: not a variant folder name (unknown denoising method {settings['denoise']!r})")
     try:

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from octtl import runs
+from octtl import console, runs
 from octtl.data import augment, pipeline
 from octtl.training import early_stop, tensorboard
 from octtl.training.config import Config
@@ -33,36 +33,91 @@ class Fitted:
     stop: early_stop.HalfEpochEarlyStop
     steps_per_epoch: int
     train_seconds: float
+    batch: int
 
 
-def schedule(config: Config, train_size: int) -> tuple:
-    """(iterations per epoch, epochs): MATLAB drops the last partial mini-batch; a fixed-iteration run
-    (--max_iterations without the early stop, the paper's extra experiment) takes as many epochs as it needs."""
-    steps_per_epoch = train_size // config.batch
-    epochs = config.max_epochs
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """What one run trains on and for how long.
+
+    Attributes:
+        train_idx: The training examples.
+        batch: The batch trained at: --batch, or a learning-curve point's images where they are fewer.
+        steps_per_epoch: Iterations per epoch (MATLAB drops the last partial mini-batch).
+        epochs: Epochs at most.
+        cycle: Whether the training examples are cycled within an epoch: a learning-curve point trains for the
+            iterations the whole training folds get, however few its images, so that a small N does not also
+            mean a handful of updates.
+        volume_ids: A learning-curve point's volumes (None for the whole training folds).
+        full_train_size: The whole training folds' examples, whose iterations a point trains for.
+    """
+
+    train_idx: np.ndarray
+    batch: int
+    steps_per_epoch: int
+    epochs: int
+    cycle: bool = False
+    volume_ids: Optional[list] = None
+    full_train_size: Optional[int] = None
+
+    @classmethod
+    def whole(cls, config: Config, train_idx) -> "Schedule":
+        """The fold's whole training data, the paper's epochs."""
+        steps = len(train_idx) // config.batch
+        return cls(np.asarray(train_idx), config.batch, steps, _epochs(config, steps))
+
+    @classmethod
+    def point(cls, config: Config, subset, full_train_size: int, volume_ids: list) -> "Schedule":
+        """A learning-curve point: its volumes' examples for the iterations the whole training folds get."""
+        steps = full_train_size // config.batch
+        return cls(np.asarray(subset), min(config.batch, len(subset)), steps, _epochs(config, steps), True,
+                   volume_ids, full_train_size)
+
+    @property
+    def budget(self) -> int:
+        """The iterations the run may take (fewer if the early stop ends it)."""
+        return self.steps_per_epoch * self.epochs
+
+    def record(self) -> dict:
+        """What result.json says of a learning-curve point's data and budget (nothing for the whole folds)."""
+        if not self.cycle:
+            return {}
+        return {"train_size": int(len(self.train_idx)), "full_train_size": int(self.full_train_size),
+                "train_volume_count": len(self.volume_ids),
+                "train_volume_ids": self.volume_ids, "train_batch": int(self.batch),
+                "iteration_budget": int(self.budget)}
+
+
+def _epochs(config: Config, steps_per_epoch: int) -> int:
+    # The paper's fixed-iteration experiment (--max_iterations without the early stop): as many epochs as the
+    # iterations need.
     if config.max_iterations and not config.early_stop:
-        epochs = math.ceil(config.max_iterations / steps_per_epoch)
-    return steps_per_epoch, epochs
+        return math.ceil(config.max_iterations / steps_per_epoch)
+    return config.max_epochs
 
 
-def batches(session, config: Config, train_idx):
-    """The run's training batches, reshuffled every epoch with its seed; augmented views where asked for."""
+def batches(session, config: Config, schedule: Schedule):
+    """The run's training batches, reshuffled every epoch with its seed; augmented views where asked for; a
+    learning-curve point's cycled so that every epoch has the whole folds' iterations."""
     decoded = session.decoded
     if session.augmentations:
-        return augment.training_batches(decoded.images, decoded.labels, train_idx, config.batch, config.seed,
-                                        config.size, session.margin, session.augmentations,
-                                        config.augment_strength)
-    return pipeline.training_batches(decoded, train_idx, config.batch, config.seed)
+        ds = augment.training_batches(decoded.images, decoded.labels, schedule.train_idx, schedule.batch,
+                                      config.seed, config.size, session.margin, session.augmentations,
+                                      config.augment_strength)
+    else:
+        ds = pipeline.training_batches(decoded, schedule.train_idx, schedule.batch, config.seed)
+    return ds.repeat() if schedule.cycle else ds
 
 
-def fit(session, config: Config, train_idx, val_idx, writer, say: Callable[[str], None],
+def fit(session, config: Config, schedule: Schedule, val_idx, writer, say: Callable[[str], None],
         progress: bool) -> Fitted:
     """Trains one run: `model.fit` over the epochs, the half-epoch early stop checking the validation loss.
 
     Args:
         session: The prepared training session (its model, decoded B-scans and `predict`).
         config: The run's settings.
-        train_idx, val_idx: The run's training and validation indices.
+        schedule: What the run trains on and for how long.
+        val_idx: The run's validation indices.
         writer: The run's TensorBoard writer.
         say: Where the console lines go.
         progress: Keras' progress bar during training.
@@ -73,9 +128,12 @@ def fit(session, config: Config, train_idx, val_idx, writer, say: Callable[[str]
     model = session.model
     # Validation never sees an augmentation: the views' central windows are the plain crops.
     val_images, val_labels = session.decoded.crops[val_idx], session.metadata.labels[val_idx]
-    steps_per_epoch, epochs = schedule(config, len(train_idx))
+    steps_per_epoch, epochs = schedule.steps_per_epoch, schedule.epochs
     checks = early_stop.check_steps(steps_per_epoch, config.checks_per_epoch)
-    say(f"train: {len(train_idx)} training, {len(val_idx)} validation B-scans (majority class "
+    point = (f" B-scans of {console.count(len(schedule.volume_ids), 'volume')} (a learning-curve point, repeat "
+             f"{config.repeat}), batch {schedule.batch}, for the iterations of the whole training folds"
+             if schedule.cycle else "")
+    say(f"train: {len(schedule.train_idx)} training{point}, {len(val_idx)} validation B-scans (majority class "
         f"{majority(val_labels):.4f}); {steps_per_epoch} iterations per epoch, up to {epochs} epochs; "
         f"validation checks at iterations {', '.join(map(str, checks))} of each epoch")
     timer = _EvalTimer(lambda: session.predict(val_images))
@@ -98,8 +156,8 @@ def fit(session, config: Config, train_idx, val_idx, writer, say: Callable[[str]
                           val_images)
     started = time.perf_counter()
     try:
-        model.fit(batches(session, config, train_idx), epochs=epochs, verbose=1 if progress else 0, shuffle=False,
-                  callbacks=[step_logger, stop])
+        model.fit(batches(session, config, schedule), epochs=epochs, verbose=1 if progress else 0, shuffle=False,
+                  steps_per_epoch=steps_per_epoch if schedule.cycle else None, callbacks=[step_logger, stop])
     except tf.errors.ResourceExhaustedError as e:
         raise RunFailed(f"out of memory at batch {config.batch}: {e.message.splitlines()[0]}") from None
     if step_logger.diverged:
@@ -107,7 +165,7 @@ def fit(session, config: Config, train_idx, val_idx, writer, say: Callable[[str]
         raise RunFailed(f"training loss is {loss} at iteration {iteration}{why}")
     if stop.best is None:
         raise RunFailed("no validation check ran (fewer iterations than one check interval)")
-    return Fitted(stop, steps_per_epoch, time.perf_counter() - started - timer.seconds)
+    return Fitted(stop, steps_per_epoch, time.perf_counter() - started - timer.seconds, schedule.batch)
 
 
 def write_outputs(session, config: Config, fitted: Fitted, split, out: pathlib.Path, writer) -> dict:
@@ -138,7 +196,7 @@ def write_outputs(session, config: Config, fitted: Fitted, split, out: pathlib.P
         "steps_per_epoch": fitted.steps_per_epoch,
         "early_stopped": stop.early_stopped,
         "checks": [e.record() for e in stop.evaluations],
-        "train_images_per_second": stop.iteration * config.batch / max(fitted.train_seconds, 1e-9),
+        "train_images_per_second": stop.iteration * fitted.batch / max(fitted.train_seconds, 1e-9),
         "params": int(model.count_params()),
     }
 

@@ -30,6 +30,7 @@ from octtl.data import augment, denoise, folds, pipeline, records
 from octtl.errors import InputError, WeightsError
 from octtl.nets import models, pretrained, registry, scaling
 from octtl.training import fitting, tensorboard
+from octtl.training import config as config_lib  # `config` is every function's run settings here
 from octtl.training.config import STRATEGIES, Config, flags_text, planned
 
 
@@ -68,6 +69,7 @@ def check_settings(config: Config):
     augment.parse(config.augment)
     augment.check_strength(config.augment_strength)
     denoise.check(config.denoise, config.denoise_strength)
+    config_lib.check_curve_point(config)
 
 
 def validate(config: Config, metadata: records.Metadata):
@@ -133,17 +135,21 @@ class Session:
             self._identity = records.identity(self.config.data_dir)
         return self._identity
 
-    def finished(self, design: str, fold: int) -> Optional[dict]:
+    def finished(self, design: str, fold: int, **per_run) -> Optional[dict]:
         """The run's result when it is done for this session's configuration; None when it must be trained.
 
         Touches neither weights nor records' images. A stale result is reported in one line; with
         `redo_stale` off it is returned (marked `stale`) rather than trained again.
+
+        Args:
+            per_run: A learning-curve point's settings (octtl.runs.PER_RUN), where it is not the session's.
         """
-        run = runs.Run(design, self.config.arch, self.config.batch, fold, self.config.variant_name)
+        config = dataclasses.replace(self.config, design=design, fold=fold, **per_run)
+        run = runs.Run(design, config.arch, config.batch, fold, config.variant_name)
         previous = runs.result_of(self.config.logdir, run)
         if previous is None or self.config.overwrite:
             return None
-        reason = runs.stale_reason(previous, planned(self.config, self.identity, previous))
+        reason = runs.stale_reason(previous, planned(config, self.identity, previous))
         if reason is None:
             return {**previous, "skipped": True, "run_dir": str(run.folder(self.config.logdir))}
         if self.redo_stale:
@@ -152,29 +158,38 @@ class Session:
         self.say(f"train: {run.folder(self.config.logdir)}: stale ({reason}); left as it is (--overwrite redoes it)")
         return {**previous, "stale": reason, "run_dir": str(run.folder(self.config.logdir))}
 
-    def run(self, design: str, fold: int) -> dict:
+    def run(self, design: str, fold: int, **per_run) -> dict:
         """Trains one (design, fold) run, or reads it back when it is done; returns its result.
 
         Everything the run needs (data, folds, weights, network) is checked before its folder is created, so a
         refusal leaves nothing behind.
+
+        Args:
+            per_run: A learning-curve point's settings (octtl.runs.PER_RUN: train_volumes, repeat), where the
+                run's are not the session's: the session's decoded B-scans and network serve every point.
         """
-        done = self.finished(design, fold)
+        unknown = set(per_run) - set(runs.PER_RUN)
+        if unknown:
+            raise ValueError(f"a session's runs differ only by {runs.PER_RUN}, not {sorted(unknown)}")
+        done = self.finished(design, fold, **per_run)
         if done is not None:
             return done
         outputs.check_target(self.config.logdir, "--logdir", overwrite=True, folder=True)
-        config = dataclasses.replace(self.config, design=design, fold=fold)
+        config = dataclasses.replace(self.config, design=design, fold=fold, **per_run)
+        config_lib.check_curve_point(config)
         run = runs.Run(design, config.arch, config.batch, fold, config.variant_name)
         out = run.folder(config.logdir)
         self.say(f"train: {run} -> {out}")
         self.prepare()
         split = self._split(config, design, fold)
+        point = self._curve_point(config, split, fold)
         used = self._start_folder(config, out)
         started = time.time()
-        result = self._recorded(used, split)
+        result = {**self._recorded(used, split), **point.record()}
         self._reset(config.seed)
         writer = tf.summary.create_file_writer(str(out))
         try:
-            fitted = fitting.fit(self, used, split.train, split.validation, writer, self.say, self.progress)
+            fitted = fitting.fit(self, used, point, split.validation, writer, self.say, self.progress)
             result.update(fitting.write_outputs(self, used, fitted, split, out, writer), status="ok")
         except fitting.RunFailed as e:
             result.update(status="failed", error=str(e))
@@ -199,6 +214,16 @@ class Session:
                 self.say(f"train: note: the {name} set of fold {fold} holds one class: its AUC is undefined")
         return split
 
+    def _curve_point(self, config: Config, split: folds.Split, fold: int) -> fitting.Schedule:
+        """What the run trains on and for how long: all of the fold's training data, or a learning-curve point's
+        volumes for the iterations the whole training folds get (the same number of updates at every N)."""
+        if config.volumes is None:
+            return fitting.Schedule.whole(config, split.train)
+        ids = folds.training_volumes(split.train, self.metadata.volume_ids, self.metadata.labels, config.volumes,
+                                     config.seed, config.repeat, fold)
+        subset = folds.subset_indices(split.train, self.metadata.volume_ids, ids)
+        return fitting.Schedule.point(config, subset, len(split.train), sorted(map(str, ids)))
+
     def _start_folder(self, config: Config, out) -> Config:
         """An empty run folder with flags.txt; returns the settings as used (weights, scaling and size resolved)."""
         if out.exists():
@@ -222,6 +247,7 @@ class Session:
             "weights_file": self.weights.path, "weights_scaling": self.weights.scaling,
             "train_size": int(len(split.train)), "val_size": int(len(split.validation)),
             "test_size": int(len(split.test)), "train_folds": split.train_folds,
+            "train_volume_count": len(set(self.metadata.volume_ids[split.train])),
             "val_folds": split.validation_folds, "test_folds": split.test_folds,
             "majority_rate": fitting.majority(self.metadata.labels[split.validation]),
             "data_dir": str(used.data_dir),

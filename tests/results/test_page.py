@@ -360,11 +360,33 @@ def mini(tmp_path_factory):
         noise = rng.normal(0, 1, labels.size)
         for arch, separation in MINI.items():
             p_fluid = 1 / (1 + np.exp(-(separation * (2 * labels - 1) + noise + rng.normal(0, 0.3, labels.size))))
-            results.append(write_run(root, "baseline", arch, 8, fold, labels, p_fluid))
+            results.append(write_run(root, "baseline", arch, 8, fold, labels, p_fluid, train_volume_count=16))
+    write_curve_points(root, rng)  # the page's learning-curve section, for the browser
     out = root / "report"
     proc = run_report(f"--logdir={root}", f"--out_dir={out}")
     assert proc.returncode == 0, proc.stderr
     return root, out, results
+
+
+CURVE_LAW = {"vgg16": (0.97, 0.25, 0.8), "alexnet": (0.93, 0.3, 0.6), "squeezenet": (0.90, 0.3, 0.5)}  # a, b, c
+
+
+def write_curve_points(root, rng, n_values=(1, 2, 4, 8)):
+    """Learning-curve runs: every network at `n_values` volumes x 5 folds x 2 repeats, AUC drawn from a known law
+    a - b N^-c with noise (accuracy 0.05 below it); returns their results."""
+    out = []
+    for arch, (a, b, c) in CURVE_LAW.items():
+        for n in n_values:
+            for repeat in range(2):
+                for fold in range(5):
+                    folder = root / "baseline" / arch / "batch8" / f"vol{n}-rep{repeat}" / f"fold{fold}"
+                    folder.mkdir(parents=True)
+                    auc = min(1.0, a - b * n ** -c + rng.normal(0, 0.01))
+                    r = dict(result("baseline", 8, arch, fold, auc - 0.05, auc, 6, folds=5), train_volumes=n,
+                             repeat=repeat, train_volume_count=n, val_size=48, train_size=8 * n)
+                    (folder / "result.json").write_text(json.dumps(r))
+                    out.append(r)
+    return out
 
 
 def test_mini_sweep_page_shows_the_statistics(mini):
@@ -452,10 +474,11 @@ def test_page_in_a_real_browser(mini, tmp_path):
     assert parser.verdict, "the page's load event never fired"
     verdict = json.loads(parser.verdict)
     images = {alt: (loaded, width) for alt, loaded, width in verdict["images"]}
-    assert len(images) == page.count("<img ") == 6  # Figs 2-4, accuracy by design, CD, ROC
+    assert len(images) == page.count("<img ") == 8  # Figs 2-4, accuracy by design, CD, ROC, 2 learning curves
     assert all(loaded and width > 300 for loaded, width in images.values()), images
-    # Top table (3 + header), all networks (3 + header), tests (1 + header), pairwise (3 + header).
-    assert verdict["tables"] == [4, 4, 2, 4]
+    # Top table (3 + header), all networks (3 + header), tests (1 + header), pairwise (3 + header), learning
+    # curves (3 networks x 2 metrics + header).
+    assert verdict["tables"] == [4, 4, 2, 4, 7]
     shot = browser.screenshot(out / "index.html", tmp_path / "screenshot.png", 1200, 1600, chromium)
     image = matplotlib.image.imread(shot)
     assert image.shape[:2] == (1600, 1200) and image[..., :3].std() > 0.05

@@ -41,8 +41,8 @@ def test_names_sort_by_value():
 
 def test_defaults_can_be_another_base():
     base = {**runs.VARIANT_DEFAULTS, "lr": 3e-4, "augment": ("flip",)}
-    assert config.variant_name(3e-4, ("flip",), 1.0, "none", None, base) is None
-    assert config.variant_name(1e-4, (), 1.0, "none", None, base) == "lr0.0001-aug_none"
+    assert config.variant_name(3e-4, ("flip",), 1.0, "none", None, defaults=base) is None
+    assert config.variant_name(1e-4, (), 1.0, "none", None, defaults=base) == "lr0.0001-aug_none"
     assert config.parse_variant("lr0.0001-aug_none", base)["augment"] == ()
 
 
