@@ -23,7 +23,8 @@ def inside(folder, name, named_in, key: str) -> pathlib.Path:
     parts = _SEPARATORS.split(text)
     absolute = text.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", text) is not None
     if not text or "\x00" in text or absolute or ".." in parts:
-        shown = repr(name)[:80] if not isinstance(name, str) or "\x00" in text else text[:80]
+        shown = repr(name) if not isinstance(name, str) or "\x00" in text else text
+        shown = shown if len(shown) <= 300 else shown[:300] + "..."
         raise InputError(f"{named_in}: {key} = {shown}: a file named inside the data must be a plain relative name "
                          "(no absolute path, no '..'); octtl reads nothing outside the data's folder")
     return pathlib.Path(folder) / text
