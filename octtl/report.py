@@ -7,6 +7,10 @@ report/table_{design}.md|csv (mean, std and 95% interval), paired_{design}.csv (
 tests across folds), fig2/3/4_{design}.png, accuracy_by_design.png, cd_{design}_batch{B}.png (critical-difference
 diagrams), roc_{design}.png (from the run folders' predictions.csv) and index.html (self-contained: figures
 embedded, opens offline).
+
+--out_dir is replaced whole, built aside and renamed into place: a folder an earlier report wrote (its record,
+.octtl-output.json, lists every file in it) is replaced as it is; any other non-empty folder is refused unless
+--overwrite. A run folder's result.json that cannot be read is named on stderr and on the page, and left out.
 """
 
 import os
@@ -17,7 +21,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 from absl import flags  # noqa: E402
 
-from octtl import cli, console, runs  # noqa: E402
+from octtl import cli, console, outputs, runs  # noqa: E402
 from octtl.errors import InputError  # noqa: E402
 
 _OUT_DIR = flags.DEFINE_string("out_dir", "report", "Folder the tables, figures and index.html are written to.")
@@ -30,11 +34,15 @@ _TARGET_ACCURACY = flags.DEFINE_float("target_accuracy", 0.90,
 
 # The shared flags this command takes (defined in octtl/cli.py), listed in its --help.
 flags.declare_key_flag("logdir")
+flags.declare_key_flag("overwrite")
 
 
 
-def load(logdir, results_path=None):
+def load(logdir, results_path=None, unreadable=None):
     """The results and a phrase saying where they came from.
+
+    Args:
+        unreadable: Where given, gets a line for each run folder's result.json that could not be read.
 
     Raises:
         InputError: no results at all, or a malformed or unreadable results file.
@@ -43,26 +51,31 @@ def load(logdir, results_path=None):
     if path.is_file():
         try:
             results = runs.read_results(path)
-        except OSError as e:
-            raise InputError(f"{path}: cannot be read ({e.strerror or e})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
         source = str(path)
     elif results_path:
         raise InputError(f"--results={results_path}: no such file")
     else:
-        results = runs.collect(logdir)
+        results = runs.collect(logdir, unreadable)
         source = f"{logdir}/*/*/batch*/fold*/{runs.RESULT}"
     if not results:
-        raise InputError(f"no results in {source} (run python -m octtl.sweep first)")
+        named = f"; {unreadable[0]}" if unreadable else ""
+        raise InputError(f"no results in {source} (run python -m octtl.sweep first){named}")
     return results, source
 
 
 def main(argv):
     """The report command: writes the tables, figures and index.html of LOGDIR's results into --out_dir."""
     cli.no_arguments(argv)
-    results, source = load(cli.LOGDIR.value, _RESULTS.value)
+    from octtl.results import page  # matplotlib, scipy: after --help, which answers without them
+
+    outputs.check_folder(_OUT_DIR.value, "--out_dir", page.COMMAND, cli.OVERWRITE.value)  # before any reading
+    unreadable = []
+    results, source = load(cli.LOGDIR.value, _RESULTS.value, unreadable)
     if source.endswith(runs.RESULTS) and pathlib.Path(cli.LOGDIR.value).is_dir():
         listed = {runs.run_of(r) for r in results}
-        missing = [r for r in runs.collect(cli.LOGDIR.value) if runs.run_of(r) not in listed]
+        missing = [r for r in runs.collect(cli.LOGDIR.value, unreadable) if runs.run_of(r) not in listed]
         if missing:
             print(f"report: note: {console.count(len(missing), 'finished run')} in {cli.LOGDIR.value} are not in {source}; "
                   f"python -m octtl.sweep --logdir={cli.LOGDIR.value} --collect adds them", file=sys.stderr)
@@ -70,7 +83,10 @@ def main(argv):
 
     targets = {"auc": _TARGET_AUC.value, "accuracy": _TARGET_ACCURACY.value}
     annotation_budget.check_targets(targets)
-    written = page.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value, targets)
+    for line in unreadable:
+        print(f"report: note: {line}; left out", file=sys.stderr)
+    written = page.write_report(results, _OUT_DIR.value, source, _TOP.value, cli.LOGDIR.value,
+                                overwrite=cli.OVERWRITE.value, left_out=unreadable, targets=targets)
     failed = sum(r.get("status") != "ok" for r in results)
     print(f"report: {console.count(len(results), 'run')} ({failed} failed) from {source} -> {len(written)} files in "
           f"{_OUT_DIR.value}; open {pathlib.Path(_OUT_DIR.value) / 'index.html'}")

@@ -302,14 +302,29 @@ def _show(value) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def collect(logdir) -> List[dict]:
-    """Every finished run's result.json under `logdir`, in run order."""
+def collect(logdir, unreadable: Optional[list] = None) -> List[dict]:
+    """Every finished run's result.json under `logdir`, in run order.
+
+    Args:
+        unreadable: Where given, gets "<path>: <why>" for each result.json that is not a run's result (not valid
+            JSON, not an object, or without design, arch, batch and fold), which is left out.
+    """
     results = []
     root = pathlib.Path(logdir)
-    for path in [*root.glob(f"*/*/batch*/fold*/{RESULT}"), *root.glob(f"*/*/batch*/*/fold*/{RESULT}")]:
-        result = read_result(path)
-        if result is not None and {"design", "arch", "batch", "fold"} <= set(result):
+    for path in sorted([*root.glob(f"*/*/batch*/fold*/{RESULT}"), *root.glob(f"*/*/batch*/*/fold*/{RESULT}")]):
+        try:
+            result = json.loads(path.read_text())
+            if not isinstance(result, dict) or not {"design", "arch", "batch", "fold"} <= set(result):
+                raise ValueError("no design, arch, batch and fold")
+            run_of(result)
             results.append(result)
+        except FileNotFoundError:
+            continue  # Gone since it was listed (a run restarting), or a dangling link: no result.
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:  # InputError and JSONDecodeError included
+            why = e.strerror if isinstance(e, OSError) else f"not valid JSON ({e})" if isinstance(
+                e, json.JSONDecodeError) else f"not a run's result ({e})"
+            if unreadable is not None:
+                unreadable.append(f"{path}: {why}")
     return sorted(results, key=run_of)
 
 

@@ -147,3 +147,29 @@ def run_main(module, *args):
         except SystemExit as e:
             code = e.code
     return code, out.getvalue(), err.getvalue()
+
+
+def refusal(module, *args) -> str:
+    """The one line a command must fail with (`<command>: error: <message>`, exit status 1), without the prefix."""
+    code, out, err = run_main(module, *args)
+    name = module.__name__.rsplit(".", 1)[-1]
+    assert isinstance(code, str) and code.startswith(f"{name}: error: "), (code, out[-2000:], err[-2000:])
+    assert "\n" not in code and "Traceback" not in err, code
+    return code[len(f"{name}: error: "):]
+
+
+def small_dataset(root, volumes: int = 4):
+    """Small uint8 volumes (6 B-scans of 40 x 48, fluid in B-scans 2-3) under root/volumes, converted to
+    root/records in-process; returns (volumes folder, records folder)."""
+    from octtl import to_tfrecord
+
+    root = pathlib.Path(root)
+    rng = np.random.default_rng(5)
+    for i in range(volumes):
+        volume = rng.integers(0, 255, (6, 40, 48), dtype=np.uint8)
+        reference = np.zeros(volume.shape, np.uint8)
+        reference[2:4, 10:20, 10:20] = 1
+        write_volume(root / "volumes" / f"V{i}", volume, reference)
+    code, _, err = run_main(to_tfrecord, f"--input_dir={root / 'volumes'}", f"--output_dir={root / 'records'}")
+    assert code == 0, err
+    return root / "volumes", root / "records"

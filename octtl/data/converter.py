@@ -11,7 +11,6 @@ import datetime
 import functools
 import os
 import pathlib
-import shutil
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -68,8 +67,7 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
         shown = ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
         print(f"{output_dir.parent}: removed {len(removed)} staging folder(s) of killed runs ({shown})",
               file=sys.stderr)
-    staging = outputs.staging_dir(output_dir, "--output_dir")
-    try:
+    with outputs.staged(output_dir, "--output_dir") as staging:
         try:
             manifest = _write(items, staging, class_names, fluid_codes, min_fluid_voxels,
                               num_shards, workers, allow_unlabeled, skip_bad, max_volume_bytes, progress)
@@ -87,9 +85,6 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
             reason = (e.strerror if isinstance(e, OSError) else e.message) or str(e)
             raise InputError(
                 f"--output_dir={output_dir}: cannot write ({reason.strip().splitlines()[0][:200]})") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 

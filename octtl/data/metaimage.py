@@ -12,6 +12,7 @@ import zlib
 
 import SimpleITK as sitk
 
+from octtl.data import names
 from octtl.errors import InputError
 
 # MetaImage ElementType -> bytes per element, to check a .raw's size ourselves:
@@ -25,6 +26,14 @@ _ELEMENT_BYTES = {
 # lying header could make SimpleITK allocate.
 MAX_VOLUME_BYTES = 8 * 1024 ** 3
 _CHUNK = 1 << 20  # Bytes read (and at most 16x this inflated) per step when checking a compressed stream.
+
+
+class TooLarge(InputError):
+    """A header that promises more data bytes than the reader's limit; the message names --max_volume_bytes."""
+
+    def __init__(self, path, promised: int, what: str, limit: int):
+        self.path, self.promised, self.what, self.limit = path, promised, what, limit
+        super().__init__(f"{path}: header promises {promised} bytes ({what}), more than --max_volume_bytes={limit}")
 
 
 def _parse_header(path):
@@ -94,8 +103,7 @@ def header_geometry(path, header, max_volume_bytes: int = MAX_VOLUME_BYTES):
         raise InputError(f"{path}: expected one value per voxel, got ElementNumberOfChannels = {channels}")
     promised = math.prod(dims) * _ELEMENT_BYTES[element]
     if promised > max_volume_bytes:
-        raise InputError(f"{path}: header promises {promised} bytes (DimSize {' '.join(map(str, dims))} "
-                         f"{element}), more than --max_volume_bytes={max_volume_bytes}")
+        raise TooLarge(path, promised, f"DimSize {' '.join(map(str, dims))} {element}", max_volume_bytes)
     return tuple(reversed(dims)), promised
 
 
@@ -108,7 +116,7 @@ def _check_data(path, header, header_end, promised):
     if header.get("BinaryData", "True").lower() != "true":
         raise InputError(f"{path}: BinaryData = {header['BinaryData'][:20]}: text voxel data is not supported")
     local = data_file.upper() == "LOCAL"
-    data = pathlib.Path(path) if local else pathlib.Path(path).parent / data_file
+    data = pathlib.Path(path) if local else names.inside(pathlib.Path(path).parent, data_file, path, "ElementDataFile")
     if not data.is_file():
         raise InputError(f"{path}: data file {data.name} is missing")
     header_size = _integer(path, header, "HeaderSize", "0")

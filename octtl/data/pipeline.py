@@ -95,8 +95,9 @@ def decode(records_dir, metadata: "Metadata", image_size: int, crop_mode: str = 
         prefilter: Maps a whole (rows, cols, 1) uint8 B-scan (numpy) to another, before the crop: --denoise.
 
     Raises:
-        InputError: A shard that is missing, truncated or damaged (named, with the remedy), or records whose
-            count, labels, volume ids or slices disagree with index.csv or the manifest.
+        InputError: A shard that is missing, truncated, damaged or not octtl's (named, with the remedy), records
+            whose count, labels, volume ids or slices disagree with index.csv or the manifest, or crops that do
+            not fit in memory (checked first against what the host has available; naming --image_size).
     """
     import tensorflow as tf
 
@@ -106,16 +107,19 @@ def decode(records_dir, metadata: "Metadata", image_size: int, crop_mode: str = 
         raise ValueError(f"crop mode must be one of {CROPS}, got {crop_mode!r}")
     records_dir = pathlib.Path(records_dir)
     manifest = records.read_manifest(records_dir)
-    expected = int(manifest.get("num_examples", -1))
+    try:
+        expected = int(manifest.get("num_examples", -1))
+    except (TypeError, ValueError):
+        raise InputError(f"{records_dir / records.MANIFEST}: num_examples is not a number; {_AGAIN}") from None
     if expected != len(metadata):
         raise InputError(f"{records_dir / records.INDEX}: {len(metadata)} rows, but {records.MANIFEST} says "
                          f"{expected} examples; {_AGAIN}")
-    listed = [shard["file"] for shard in manifest.get("shards", [])]
-    missing = [name for name in listed if not (records_dir / name).is_file()]
-    if missing:
-        raise InputError(f"{records_dir / missing[0]}: shard listed in {records.MANIFEST} is missing; {_AGAIN}")
-    paths = [records_dir / name for name in listed] if listed else [pathlib.Path(p) for p in
-                                                                     records.shard_paths(records_dir)]
+    paths = records.listed_shards(records_dir, manifest)
+    side = image_size + 2 * margin
+    needed = len(metadata) * side * side
+    available = host_available_bytes()
+    if available is not None and needed > available:
+        raise InputError(_memory_message(len(metadata), side, image_size, needed, f"{available} bytes available"))
     features = {key: records.FEATURES[key] for key in (records.IMAGE, records.LABEL, records.VOLUME_ID,
                                                        records.SLICE)}
 
@@ -131,8 +135,10 @@ def decode(records_dir, metadata: "Metadata", image_size: int, crop_mode: str = 
         return cut(image), example[records.LABEL], example[records.VOLUME_ID], example[records.SLICE]
 
     started = time.perf_counter()
-    side = image_size + 2 * margin
-    images = np.zeros((len(metadata), side, side, 1), np.uint8)
+    try:
+        images = np.zeros((len(metadata), side, side, 1), np.uint8)
+    except MemoryError:
+        raise InputError(_memory_message(len(metadata), side, image_size, needed, "out of memory")) from None
     start = 0
     for path in paths:
         ds = tf.data.TFRecordDataset(str(path)).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
@@ -146,9 +152,10 @@ def decode(records_dir, metadata: "Metadata", image_size: int, crop_mode: str = 
                 _check_rows(records_dir, metadata, start, labels, volume_ids, slices)
                 images[start:stop] = batch_images
                 start = stop
+        except (tf.errors.ResourceExhaustedError, MemoryError):
+            raise InputError(_memory_message(len(metadata), side, image_size, needed, "out of memory")) from None
         except tf.errors.OpError as e:
-            reason = e.message.strip().splitlines()[0][:160] if e.message.strip() else type(e).__name__
-            raise InputError(f"{path}: damaged or truncated TFRecord shard ({reason}); {_AGAIN}") from None
+            raise records.read_error(path, e) from None
     if start != len(metadata):
         raise InputError(f"{records_dir}: the shards hold {start} records, but {records.INDEX} has "
                          f"{len(metadata)} rows; {_AGAIN}")
@@ -157,6 +164,23 @@ def decode(records_dir, metadata: "Metadata", image_size: int, crop_mode: str = 
 
 
 _AGAIN = "convert the data again with tools/to_tfrecord.py"
+
+
+def _memory_message(count: int, side: int, image_size: int, needed: int, why: str) -> str:
+    return (f"--image_size={image_size}: decoding {count} B-scans of {side} x {side} pixels needs {needed} bytes of "
+            f"memory ({why}); use a smaller --image_size")
+
+
+def host_available_bytes() -> Optional[int]:
+    """MemAvailable from /proc/meminfo, None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _check_rows(records_dir, metadata: "Metadata", start, labels, volume_ids, slices):

@@ -15,10 +15,13 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import re
 
 import numpy as np
 import tensorflow as tf
 
+from octtl import outputs
+from octtl.data import names
 from octtl.errors import InputError
 
 IMAGE = "image/encoded"
@@ -53,6 +56,7 @@ MANIFEST = "manifest.json"
 INDEX = "index.csv"
 INDEX_COLUMNS = ("index", "shard", "volume_id", "slice", "label", "vendor", "irf", "srf", "ped", "source")
 SHARD_PATTERN = "bscans-*-of-*.tfrecord"
+AGAIN = "convert the data again with tools/to_tfrecord.py"  # the remedy for records that cannot be read
 
 
 def shard_name(shard: int, num_shards: int) -> str:
@@ -93,16 +97,65 @@ def decode_image(png):
 
 
 def shard_paths(records_dir) -> list:
-    """The shard files of a converted dataset in index order."""
+    """The files of a folder named like shards (SHARD_PATTERN), in name order: what marks a folder as records."""
     return sorted(str(p) for p in pathlib.Path(records_dir).glob(SHARD_PATTERN))
 
 
+def listed_shards(records_dir, manifest: dict) -> list:
+    """The shards a dataset's manifest lists, in index order (every file named like a shard where it lists none).
+
+    Raises:
+        InputError: A listed shard that is missing, or named outside the folder (names.inside), naming it.
+    """
+    records_dir = pathlib.Path(records_dir)
+    entries = manifest.get("shards") or []
+    if not isinstance(entries, list):
+        raise InputError(f"{records_dir / MANIFEST}: shards is not a list; {AGAIN}")
+    if not entries:
+        return [pathlib.Path(p) for p in shard_paths(records_dir)]
+    paths = []
+    for entry in entries:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        path = names.inside(records_dir, name, records_dir / MANIFEST, "shards[].file")
+        if not path.is_file():
+            raise InputError(f"{path}: shard listed in {MANIFEST} is missing; {AGAIN}")
+        paths.append(path)
+    return paths
+
+
+def unlisted_shards(records_dir, manifest: dict) -> list:
+    """Files named like shards that the manifest does not list (a copy left there, another conversion's shard):
+    nothing reads them."""
+    records_dir = pathlib.Path(records_dir)
+    listed = {path.resolve() for path in listed_shards(records_dir, manifest)}
+    return [pathlib.Path(p) for p in shard_paths(records_dir) if pathlib.Path(p).resolve() not in listed]
+
+
+def unlisted_note(records_dir, manifest: dict):
+    """One line naming the unlisted shards (`unlisted_shards`), or None when there are none."""
+    extra = unlisted_shards(records_dir, manifest)
+    if not extra:
+        return None
+    shown = ", ".join(p.name for p in extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+    return f"{records_dir}: {shown} not listed in {MANIFEST}, not read (only the manifest's shards are)"
+
+
+def read_error(path, error) -> InputError:
+    """A tf.errors.OpError met reading records as one line: records of another schema, or a damaged shard."""
+    message = (error.message or "").strip()
+    missing = re.search(r"Feature: (\S+) .*is required but could not be found", message)
+    if missing:
+        return InputError(f"{path}: not octtl records (no {missing.group(1)} in its examples); {AGAIN}")
+    typed = re.search(r"Key: ([^,\s]+?)[,.]? .*Data types don't match", message)
+    if typed:
+        return InputError(f"{path}: not octtl records ({typed.group(1)} is of another type); {AGAIN}")
+    reason = message.splitlines()[0][:160] if message else type(error).__name__
+    return InputError(f"{path}: damaged or truncated TFRecord shard ({reason}); {AGAIN}")
+
+
 def write_index(path, rows):
-    """index.csv: one row per example, INDEX_COLUMNS in order."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    """index.csv: one row per example, INDEX_COLUMNS in order (text cells as octtl.outputs writes them)."""
+    outputs.write_csv(path, INDEX_COLUMNS, rows)
 
 
 def manifest_counts(rows, volume_rows, shard_files, skipped, class_names) -> dict:
@@ -155,19 +208,39 @@ def read_metadata(records_dir) -> Metadata:
     path = records_dir / INDEX
     if not path.is_file():
         return scan_metadata(records_dir)
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        header, rows = outputs.read_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     # Datasets converted before image/source existed lack its column.
-    if not rows or list(rows[0]) not in (list(INDEX_COLUMNS), list(INDEX_COLUMNS[:-1])):
+    if not rows or header not in (list(INDEX_COLUMNS), list(INDEX_COLUMNS[:-1])):
         raise InputError(f"{path}: expected columns {','.join(INDEX_COLUMNS)}")
-    if [int(r["index"]) for r in rows] != list(range(len(rows))):
+    integers = {name: _integers(path, rows, name) for name in ("index", "slice", "label", "irf", "srf", "ped")}
+    if list(integers["index"]) != list(range(len(rows))):
         raise InputError(f"{path}: index column is not 0..{len(rows) - 1} in order")
-    column = lambda name, dtype: np.array([r[name] for r in rows], dtype=dtype)  # noqa: E731
-    volume_ids, slices = column("volume_id", object), column("slice", np.int64)
-    sources = column("source", object) if "source" in rows[0] else np.array([""] * len(rows), dtype=object)
-    return Metadata(labels=column("label", np.int64), volume_ids=volume_ids, slices=slices,
-                    vendors=column("vendor", object), irf=column("irf", np.int64), srf=column("srf", np.int64),
-                    ped=column("ped", np.int64), sources=_named_sources(sources, volume_ids, slices))
+    column = lambda name: np.array([r[name] for r in rows], dtype=object)  # noqa: E731
+    volume_ids, slices = column("volume_id"), integers["slice"]
+    sources = column("source") if "source" in header else np.array([""] * len(rows), dtype=object)
+    return Metadata(labels=integers["label"], volume_ids=volume_ids, slices=slices, vendors=column("vendor"),
+                    irf=integers["irf"], srf=integers["srf"], ped=integers["ped"],
+                    sources=_named_sources(sources, volume_ids, slices))
+
+
+def _integers(path, rows, name) -> np.ndarray:
+    """A column of index.csv as int64; one line naming the first row whose cell is not an integer."""
+    try:
+        return np.array([int(r[name]) for r in rows], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        number = next(k for k, r in enumerate(rows) if not _is_integer(r[name]))
+        raise InputError(f"{path}: row {number + 2}: {name} = {str(rows[number][name])[:40]!r} is not an integer; "
+                         f"{AGAIN}") from None
+
+
+def _is_integer(text) -> bool:
+    try:
+        return -2 ** 63 <= int(text) < 2 ** 63
+    except (TypeError, ValueError):
+        return False
 
 
 def _named_sources(sources, volume_ids, slices) -> np.ndarray:
@@ -176,13 +249,21 @@ def _named_sources(sources, volume_ids, slices) -> np.ndarray:
 
 
 def scan_metadata(records_dir) -> Metadata:
-    """Per-example metadata read from the records themselves (the image bytes are not decoded)."""
-    ds = tf.data.TFRecordDataset(shard_paths(records_dir)).batch(1024)
-    ds = ds.map(lambda s: parse(s, METADATA_FEATURES))
+    """Per-example metadata read from the records themselves (the image bytes are not decoded).
+
+    The shards are the manifest's where there is one (`listed_shards`), else every file named like a shard.
+    """
+    records_dir = pathlib.Path(records_dir)
+    manifest = read_manifest(records_dir) if (records_dir / MANIFEST).is_file() else {}
     columns = {k: [] for k in METADATA_FEATURES}
-    for batch in ds.as_numpy_iterator():
-        for key, values in batch.items():
-            columns[key].append(values)
+    for path in listed_shards(records_dir, manifest):
+        ds = tf.data.TFRecordDataset(str(path)).batch(1024).map(lambda s: parse(s, METADATA_FEATURES))
+        try:
+            for batch in ds.as_numpy_iterator():
+                for key, values in batch.items():
+                    columns[key].append(values)
+        except tf.errors.OpError as e:
+            raise read_error(path, e) from None
     get = lambda key: np.concatenate(columns[key]) if columns[key] else np.array([])  # noqa: E731
     decode = lambda key: np.array([v.decode() for v in get(key)], dtype=object)  # noqa: E731
     volume_ids, slices = decode(VOLUME_ID), get(SLICE).astype(np.int64)
@@ -211,6 +292,9 @@ def read_manifest(records_dir) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: missing; is {records_dir} a directory written by to_tfrecord?")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: not a manifest (expected a JSON object)")
+    return manifest

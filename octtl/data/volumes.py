@@ -18,6 +18,7 @@ y along its rows (depth) and z across B-scans.
 """
 
 import dataclasses
+import errno
 import io
 import math
 import os
@@ -82,47 +83,80 @@ def find_volumes(input_dir) -> list:
 
     Folder links are followed (a loop is walked once); a folder reached by several paths counts once, under a
     path without links where there is one. A dangling `oct.mhd` link is an error, not a folder without volume;
-    a subfolder that cannot be listed (say a root-only `lost+found`) is skipped with a line on stderr.
+    so is a link that loops onto itself (ELOOP); a subfolder that cannot be listed (say a root-only
+    `lost+found`) is skipped with a line on stderr.
     """
-    root = pathlib.Path(input_dir)
-    if not root.is_dir():
-        raise InputError(f"{root}: input directory does not exist")
-    found, seen, links = [], set(), []
-
-    def walk(top):
-        stack = [top]
-        while stack:
-            folder = stack.pop()
-            try:
-                status = os.stat(folder)
-                if (status.st_dev, status.st_ino) in seen:
-                    continue  # A loop, or a folder already reached by another path.
-                seen.add((status.st_dev, status.st_ino))
-                entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-            except OSError as e:
-                if folder == root:
-                    raise InputError(f"{root}: input directory cannot be read ({e.strerror or e})") from None
-                print(f"{folder}: cannot be read, skipped ({e.strerror or e})", file=sys.stderr)
-                continue
-            for entry in entries:
+    found = []
+    for folder, entries in walk(input_dir, "input directory"):
+        for entry in entries:
+            if entry.name == "oct.mhd":
                 path = pathlib.Path(entry.path)
-                if entry.name == "oct.mhd":
-                    if entry.is_symlink() and not path.exists():
-                        raise InputError(f"{path}: broken link to {os.readlink(path)}")
-                    if path.is_dir():
-                        raise InputError(f"{path}: is a folder; expected a MetaImage header")
-                    found.append(folder)
-                elif entry.is_dir():
-                    (links if entry.is_symlink() else stack).append(path)
-
-    walk(root)
-    # Linked folders only after every real one, so a volume reachable both ways keeps its real path;
-    # of several link paths, the first in path order.
-    while links:
-        links.sort()
-        walk(links.pop(0))
+                if entry.is_symlink() and not path.exists():
+                    raise InputError(f"{path}: broken link to {os.readlink(path)}")
+                if _is_dir(entry):
+                    raise InputError(f"{path}: is a folder; expected a MetaImage header")
+                found.append(folder)
     return sorted(found)
 
+
+def find_files(root, suffixes: Sequence[str], what: str = "input directory") -> list:
+    """Every file under `root` (subfolders and folder links included, as `walk` goes) whose suffix is among
+    `suffixes` (any case), sorted by path."""
+    return sorted(pathlib.Path(entry.path) for _, entries in walk(root, what) for entry in entries
+                  if pathlib.PurePath(entry.name).suffix.lower() in suffixes and _is_file(entry))
+
+
+def walk(root, what: str = "input directory"):
+    """(folder, its entries sorted by name) for every folder under `root`, itself included, each reached once.
+
+    Folder links are followed after every real folder (a loop is walked once), so a folder reachable both ways
+    keeps its real path; of several link paths, the first in path order.
+
+    Raises:
+        InputError: `root` missing or unreadable (naming `what`), or an entry that is a link loop (ELOOP).
+    """
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: {what} does not exist")
+    seen, links, stack = set(), [], [root]
+    while stack or links:
+        if not stack:
+            links.sort()
+            stack.append(links.pop(0))
+        folder = stack.pop()
+        try:
+            status = os.stat(folder)
+            if (status.st_dev, status.st_ino) in seen:
+                continue  # A loop, or a folder already reached by another path.
+            seen.add((status.st_dev, status.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as e:
+            if folder == root:
+                raise InputError(f"{root}: {what} cannot be read ({e.strerror or e})") from None
+            print(f"{folder}: cannot be read, skipped ({e.strerror or e})", file=sys.stderr)
+            continue
+        yield folder, entries
+        for entry in entries:
+            if _is_dir(entry):
+                (links if entry.is_symlink() else stack).append(pathlib.Path(entry.path))
+
+
+def _is_dir(entry) -> bool:
+    return _entry_is(entry, entry.is_dir)
+
+
+def _is_file(entry) -> bool:
+    return _entry_is(entry, entry.is_file)
+
+
+def _entry_is(entry, test) -> bool:
+    """`test()` of a directory entry; a link that loops (ELOOP) is an error naming it, not a silent False."""
+    try:
+        return test()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{entry.path}: link loop ({e.strerror}); remove or fix the link") from None
+        return False
 
 
 def find_vendor_volumes(input_dir, vendors: Sequence[str] = ("all",), skip_bad: bool = False) -> list:
@@ -290,7 +324,7 @@ def promised_bscans(folder) -> int:
 
 
 def find_images(input_dir, classes: Sequence[str], group_regex: Optional[str] = None) -> list:
-    """An ImageItem for each image in `input_dir/<class>/`, label = position in `classes`.
+    """An ImageItem for each image under `input_dir/<class>/`, subfolders included, label = position in `classes`.
 
     Without `group_regex` each image is its own group (`volume_id` = its file stem, slice 0). With it, the
     first capture group of the pattern applied to the stem names the group (e.g. Kermany's patient id in
@@ -313,11 +347,7 @@ def find_images(input_dir, classes: Sequence[str], group_regex: Optional[str] = 
         folder = root / name
         if not folder.is_dir():
             raise InputError(f"{folder}: class folder is missing")
-        try:
-            files = sorted(p for p in folder.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        except OSError as e:
-            raise InputError(f"{folder}: cannot be read ({e.strerror or e})") from None
+        files = find_files(folder, IMAGE_SUFFIXES, "class folder")
         if not files:
             # Converting anyway would give a dataset without this class, which training cannot use.
             raise InputError(f"{folder}: class folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -359,15 +389,18 @@ def _group_of(path: pathlib.Path, pattern) -> str:
 
 def read_image_file(item: ImageItem) -> BScans:
     """One image file as a single 8-bit gray B-scan with its class label, group and place in the group."""
-    from PIL import Image, UnidentifiedImageError  # Only image folders need Pillow.
+    from PIL import Image  # Only image folders need Pillow.
 
     path = pathlib.Path(item.path)
     try:
         with Image.open(path) as image:
             image.load()
             array = _gray(image)
-    except (OSError, UnidentifiedImageError) as e:
-        raise InputError(f"{path}: unreadable image ({e})") from None
+    except Image.DecompressionBombError as e:
+        # Refused from the header alone, before its pixels are allocated.
+        raise InputError(f"{path}: image too large to read ({e})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:  # OSError covers UnidentifiedImageError
+        raise InputError(f"{path}: unreadable image ({str(e)[:200] or type(e).__name__})") from None
     unknown = np.array([-1], np.int64)  # Image folders carry no voxel annotation.
     return BScans(volume_id=item.volume_id, vendor="unknown", images=array[None],
                   labels=np.array([item.label], np.int64), irf=unknown, srf=unknown, ped=unknown,

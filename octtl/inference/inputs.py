@@ -3,8 +3,9 @@
 Inputs (`read_input`), detected from the path (`input_kind`):
   * `volume`: one `.mhd` file; an `oct.mhd` with `reference.mhd` beside it is labelled;
   * `volumes`: a folder searched for `oct.mhd` files (RETOUCH layout), each reference optional;
-  * `records`: a folder of TFRecord shards written by tools/to_tfrecord.py (always labelled); examples of one
-    volume/id (a volume, or a patient with --group_regex) form one Scans, whatever their order and sizes;
+  * `records`: a folder of TFRecord shards written by tools/to_tfrecord.py (always labelled), read as its
+    manifest lists them (`check_records` refuses classes other than the model's); examples of one volume/id (a
+    volume, or a patient with --group_regex) form one Scans, whatever their order and sizes;
   * `images`: one image file or a folder searched for them; each image is a one-B-scan volume named by its
     path under the folder without suffix, unlabelled (convert class folders to records for labels).
 Every B-scan carries a source naming it: "<volume id>:<slice>" for volumes, the image/source of records (the
@@ -49,7 +50,7 @@ class Scans:
 
 
 def _image_files(folder: pathlib.Path) -> list:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in volumes.IMAGE_SUFFIXES)
+    return volumes.find_files(folder, volumes.IMAGE_SUFFIXES)
 
 
 def input_kind(path) -> str:
@@ -86,17 +87,48 @@ def read_input(path, fluid_codes: Sequence[int] = volumes.ALL_FLUID, min_fluid_v
     kind = input_kind(path)
     codes = tuple(fluid_codes)
     if kind == "volume":
-        return iter([_read_mhd_input(path, codes, min_fluid_voxels)])
+        return _within_limits(_read_mhd_input(path, codes, min_fluid_voxels) for _ in (path,))
     if kind == "volumes":
         folders = volumes.find_volumes(path)
         ids = _unique_ids(folders, path)
-        return (_read_volume(folder, vid, codes, min_fluid_voxels) for folder, vid in zip(folders, ids))
+        return _within_limits(_read_volume(folder, vid, codes, min_fluid_voxels) for folder, vid in zip(folders, ids))
     if kind == "records":
         return _read_records(path)
     files = [path] if path.is_file() else _image_files(path)
     ids = [p.stem for p in files] if path.is_file() else [p.relative_to(path).with_suffix("").as_posix()
                                                           for p in files]
     return (_read_image(p, vid) for p, vid in zip(files, ids))
+
+
+def check_records(records_dir, classes: Sequence[str]) -> List[str]:
+    """Refuses records whose classes are not `classes` (the model's); returns notes: the shards nothing reads.
+
+    Predict reads exactly the shards the manifest lists, as training does; a file named like a shard that it does
+    not list (a copy, another conversion's shard) is named in a note and left unread.
+    """
+    from octtl.data import records
+
+    records_dir = pathlib.Path(records_dir)
+    manifest = records.read_manifest(records_dir)
+    theirs = manifest.get("classes", list(records.CLASSES))
+    if not isinstance(theirs, list) or [str(c) for c in theirs] != list(classes):
+        shown = ", ".join(map(str, theirs)) if isinstance(theirs, list) else repr(theirs)[:60]
+        raise InputError(f"{records_dir / records.MANIFEST}: classes {shown} are not the model's "
+                         f"({', '.join(classes)}), whose labels predict would misread; predict on the images or "
+                         f"volumes themselves, or convert them with the model's classes")
+    records.listed_shards(records_dir, manifest)
+    note = records.unlisted_note(records_dir, manifest)
+    return [note] if note else []
+
+
+def _within_limits(scans: Iterator[Scans]) -> Iterator[Scans]:
+    """`scans`, with a volume larger than predict reads refused in words predict's user can act on."""
+    try:
+        yield from scans
+    except metaimage.TooLarge as e:
+        raise InputError(f"{e.path}: header promises {e.promised} bytes ({e.what}), more than the {e.limit} bytes "
+                         "predict reads from one volume; predict on its B-scans as image files, or on records "
+                         f"converted with python tools/to_tfrecord.py --max_volume_bytes={e.promised}") from None
 
 
 def _unique_ids(folders, root) -> list:
@@ -160,17 +192,19 @@ def _read_records(records_dir) -> Iterator[Scans]:
 
     features = {key: records.FEATURES[key] for key in (records.IMAGE, records.LABEL, records.VOLUME_ID,
                                                        records.SLICE, records.SOURCE)}
-    ds = tf.data.TFRecordDataset(records.shard_paths(records_dir)).map(lambda s: records.parse(s, features))
     groups = {}
-    try:
-        for example in ds.as_numpy_iterator():
-            volume_id = example[records.VOLUME_ID].decode()
-            slice_index = int(example[records.SLICE])
-            groups.setdefault(volume_id, []).append((
-                records.decode_image(example[records.IMAGE]).numpy()[..., 0], slice_index,
-                example[records.SOURCE].decode() or f"{volume_id}:{slice_index}", int(example[records.LABEL] != 0)))
-    except tf.errors.OpError as e:
-        raise InputError(f"{records_dir}: unreadable TFRecords ({e.message.splitlines()[0]})") from None
+    for path in records.listed_shards(records_dir, records.read_manifest(records_dir)):
+        ds = tf.data.TFRecordDataset(str(path)).map(lambda s: records.parse(s, features))
+        try:
+            for example in ds.as_numpy_iterator():
+                volume_id = example[records.VOLUME_ID].decode()
+                slice_index = int(example[records.SLICE])
+                groups.setdefault(volume_id, []).append((
+                    records.decode_image(example[records.IMAGE]).numpy()[..., 0], slice_index,
+                    example[records.SOURCE].decode() or f"{volume_id}:{slice_index}",
+                    int(example[records.LABEL] != 0)))
+        except tf.errors.OpError as e:
+            raise records.read_error(path, e) from None
     for volume_id, members in groups.items():
         yield Scans(volume_id=volume_id, source=f"{records_dir} (volume {volume_id})",
                     images=[m[0] for m in members], slices=np.array([m[1] for m in members], np.int64),

@@ -11,11 +11,9 @@ A B-scan is predicted fluid when p_fluid > threshold, the rule octtl.train's acc
 imported only by the functions that need it, so a command can check its outputs first.
 """
 
-import csv
 import dataclasses
 import json
 import pathlib
-import shutil
 from typing import Optional
 
 import numpy as np
@@ -23,7 +21,7 @@ import numpy as np
 from octtl import outputs
 from octtl.runs import RESULT
 from octtl.errors import InputError, ModelError  # noqa: F401  (ModelError: raised here)
-from octtl.inference.inputs import Scans, input_kind, read_input
+from octtl.inference.inputs import Scans, check_records, input_kind, read_input
 
 PREDICTION_COLUMNS = ("volume_id", "slice", "p_fluid", "prediction", "source")
 LABEL_COLUMN = "label"
@@ -49,6 +47,7 @@ class RunConfig:
     label_note: Optional[str] = None  # how the label rule was found, when it had to be guessed
     denoise: str = "none"  # the training run's --denoise, applied to new scans alike
     denoise_strength: Optional[float] = None
+    classes: tuple = ("normal", "fluid")  # its training data's classes (result.json; runs before it: these)
 
 
 def read_run_config(model_path) -> RunConfig:
@@ -72,10 +71,13 @@ def read_run_config(model_path) -> RunConfig:
     if result["preprocess"] not in ("paper", "backbone") or result["crop"] not in ("center", "resize"):
         raise ModelError(f"{path}: unknown preprocess {result['preprocess']!r} or crop {result['crop']!r}")
     codes, min_voxels, note = _label_rule(result)
+    classes = result.get("classes") or ["normal", "fluid"]
+    if not isinstance(classes, list) or len(classes) < 2:
+        raise ModelError(f"{path}: classes {str(classes)[:60]} is not a list of at least two class names")
     return RunConfig(arch=str(result["arch"]), image_size=int(result["image_size"]),
                      preprocess=result["preprocess"], crop=result["crop"], fluid_codes=codes,
                      min_fluid_voxels=min_voxels, label_note=note, denoise=result.get("denoise", "none"),
-                     denoise_strength=result.get("denoise_strength"))
+                     denoise_strength=result.get("denoise_strength"), classes=tuple(str(c) for c in classes))
 
 
 def _label_rule(result: dict):
@@ -246,6 +248,7 @@ class Report:
     summary_path: pathlib.Path
     explained: Optional[Explained] = None
     note: Optional[str] = None
+    input_notes: tuple = ()  # what of the input was not read, and why
 
     def lines(self) -> list:
         """The console report: counts, one line per volume, metrics where labels were known, Grad-CAM, files."""
@@ -253,6 +256,7 @@ class Report:
         volumes = len(self.summaries)
         out = [f"{len(self.rows)} B-scan{'s' * (len(self.rows) != 1)} of {volumes} volume{'s' * (volumes != 1)} "
                f"({self.kind}); {n_fluid} predicted fluid (p_fluid > {self.threshold:g})"]
+        out += [f"note: {note}" for note in self.input_notes]
         width = max([len("volume_id")] + [len(s["volume_id"]) for s in self.summaries])
         out.append(f"{'volume_id':<{width}}  n_bscans  n_fluid_predicted  max_p_fluid  fluid_slices")
         for s in self.summaries:
@@ -306,13 +310,6 @@ def _rows(scans: Scans, p_fluid: np.ndarray, predicted: np.ndarray) -> list:
     return rows
 
 
-def _write_csv(path: pathlib.Path, columns, rows):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def predict(model_path, input_path, output, gradcam_dir=None, threshold: float = 0.5, batch_size: int = 32,
             overwrite: bool = False) -> Report:
     """Predicts fluid on every B-scan under `input_path` and writes the CSVs (and Grad-CAM PNGs).
@@ -339,11 +336,11 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
     check_outputs(output, gradcam_dir, overwrite)
     kind = input_kind(input_path)
     model, config = load_model(model_path)
+    input_notes = check_records(input_path, config.classes) if kind == "records" else []
     predictor = Predictor(model, config, batch_size)
     explainer = _Explainer(model, config, batch_size) if gradcam_dir is not None else None
 
-    staging = outputs.staging_dir(output, "--output")
-    try:
+    with outputs.staged(output, "--output") as staging:
         rows, summaries, seen = [], [], set()
         for scans in read_input(input_path, config.fluid_codes, config.min_fluid_voxels):
             if scans.volume_id in seen:
@@ -364,18 +361,17 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
         scores = metrics([r[LABEL_COLUMN] for r in labelled], [float(r["p_fluid"]) for r in labelled],
                          threshold) if labelled else None
         columns = PREDICTION_COLUMNS + ((LABEL_COLUMN,) if labelled else ())
-        _write_csv(staging / "predictions.csv", columns, rows)
-        _write_csv(staging / "summary.csv", SUMMARY_COLUMNS,
-                   [{**s, "max_p_fluid": repr(s["max_p_fluid"])} for s in summaries])
+        outputs.write_csv(staging / "predictions.csv", columns, rows)
+        outputs.write_csv(staging / "summary.csv", SUMMARY_COLUMNS,
+                          [{**s, "max_p_fluid": repr(s["max_p_fluid"])} for s in summaries])
         explained = explainer.finish(staging / "gradcam", gradcam_dir) if explainer is not None else None
         if explainer is not None:
             outputs.publish(staging / "gradcam", gradcam_dir, overwrite)
         outputs.publish(staging / "summary.csv", summary_path(output), overwrite)
         outputs.publish(staging / "predictions.csv", output, overwrite)
         return Report(kind=kind, threshold=threshold, rows=rows, summaries=summaries, metrics=scores,
-                      output=output, summary_path=summary_path(output), explained=explained, note=config.label_note)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                      output=output, summary_path=summary_path(output), explained=explained, note=config.label_note,
+                      input_notes=tuple(input_notes))
 
 
 class _Explainer:
@@ -428,7 +424,7 @@ class _Explainer:
     def finish(self, folder: pathlib.Path, final: pathlib.Path) -> Explained:
         """Writes gradcam.csv into the staging `folder`; says what the folder will hold once it is `final`."""
         folder.mkdir(exist_ok=True)
-        _write_csv(folder / GRADCAM_TABLE, GRADCAM_COLUMNS, self.rows)
+        outputs.write_csv(folder / GRADCAM_TABLE, GRADCAM_COLUMNS, self.rows)
         return Explained(folder=final, layer=self.cam.layer.name, heatmaps=sum(1 for r in self.rows if r["png"]),
                          pointing_game=float(np.mean(self.hits)) if self.hits else None,
                          pointing_chance=float(np.mean(self.chances)) if self.hits else None,

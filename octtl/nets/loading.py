@@ -11,6 +11,7 @@ auto-names layers per process), matched by order as Keras loads its own ImageNet
 import re
 import tempfile
 import zipfile
+import zlib
 from typing import Optional
 
 import h5py
@@ -64,12 +65,25 @@ def _read_keras3(f):
 
 
 def _read_weights(path):
-    """Returns ('legacy', [(name, arrays)]) or ('keras3', {key: arrays}) for a weights or model file."""
+    """Returns ('legacy', [(name, arrays)]) or ('keras3', {key: arrays}) for a weights or model file.
+
+    Raises:
+        WeightsError: A file that is none of these, or one that cannot be read to its end (truncated, damaged).
+    """
+    try:
+        return _read_file(path)
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # h5py reports a truncated file as OSError, a missing group or attribute as KeyError; zip its own errors.
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path} cannot be read: truncated or damaged? ({reason})") from None
+
+
+def _read_file(path):
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as tmp:
             if "model.weights.h5" not in archive.namelist():
                 raise WeightsError(f"{path} is a zip file but not a .keras model (no model.weights.h5)")
-            return _read_weights(archive.extract("model.weights.h5", tmp))
+            return _read_file(archive.extract("model.weights.h5", tmp))
     if not h5py.is_hdf5(path):
         raise WeightsError(f"{path} is neither an HDF5 weights file nor a .keras model")
     with h5py.File(path, "r") as f:

@@ -8,13 +8,12 @@ writes `learning_curve_{design}.csv`, a figure per design and metric with every 
 section, through octtl.results.learning_curve (fits, intervals, verdicts).
 """
 
-import csv
 import html
 import pathlib
 import statistics
 from typing import Dict, List, Sequence, Tuple
 
-from octtl import runs
+from octtl import outputs, runs
 from octtl.errors import InputError
 from octtl.results import figures, learning_curve, tables
 
@@ -96,12 +95,9 @@ def write(results: Sequence[dict], out_dir, targets: Dict[str, float]) -> Tuple[
             continue
         by_design[design] = (done, on)
         path = out_dir / f"learning_curve_{design}.csv"
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=(*learning_curve.COLUMNS, "on"))
-            writer.writeheader()
-            for (arch, setting, metric), summary in done.items():
-                for row in learning_curve.rows(summary, design, arch, setting):
-                    writer.writerow({**row, "on": on[(arch, setting, metric)]})
+        outputs.write_csv(path, (*learning_curve.COLUMNS, "on"), [
+            {**row, "on": on[(arch, setting, metric)]} for (arch, setting, metric), summary in done.items()
+            for row in learning_curve.rows(summary, design, arch, setting)])
         written.append(path)
         for metric in learning_curve.METRICS:
             curves = {f"{arch} ({setting})": s for (arch, setting, m), s in done.items() if m == metric}

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from octtl import runs
+from octtl import outputs, runs
 from octtl.errors import InputError
 
 from octtl.results import stats
@@ -197,23 +197,22 @@ PAIRED_COLUMNS = ("design", "batch", "metric", "test", "n_networks", "n_folds", 
 
 def write_paired_csv(tested: Sequence[Comparison], path):
     """One line per (batch, metric, pair of networks) tested, with the omnibus test of its batch repeated."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(PAIRED_COLUMNS)
-        for comp in tested:
-            for c in (comp.accuracy, comp.auc):
-                if not c.test:
-                    continue
-                fr = c.friedman
-                omnibus = ([fr.statistic, fr.pvalue, fr.iman_davenport, fr.iman_davenport_pvalue, c.cd] if fr
-                           else [math.nan] * 5)
-                means = c.scores.mean(axis=0)
-                for i in range(len(c.archs)):
-                    for j in range(i + 1, len(c.archs)):
-                        writer.writerow([tables.csv_number(v) for v in (
-                            comp.design, comp.batch, c.metric, c.test, len(c.archs), len(c.folds), *map(float, omnibus),
-                            c.archs[i], c.archs[j], float(means[i]), float(means[j]), float(c.ranks[i]),
-                            float(c.ranks[j]), float(c.pairwise[i, j]), c.on)])
+    rows = []
+    for comp in tested:
+        for c in (comp.accuracy, comp.auc):
+            if not c.test:
+                continue
+            fr = c.friedman
+            omnibus = ([fr.statistic, fr.pvalue, fr.iman_davenport, fr.iman_davenport_pvalue, c.cd] if fr
+                       else [math.nan] * 5)
+            means = c.scores.mean(axis=0)
+            for i in range(len(c.archs)):
+                for j in range(i + 1, len(c.archs)):
+                    rows.append([tables.csv_number(v) for v in (
+                        comp.design, comp.batch, c.metric, c.test, len(c.archs), len(c.folds), *map(float, omnibus),
+                        c.archs[i], c.archs[j], float(means[i]), float(means[j]), float(c.ranks[i]),
+                        float(c.ranks[j]), float(c.pairwise[i, j]), c.on)])
+    outputs.write_csv(path, PAIRED_COLUMNS, rows)
 
 
 @dataclasses.dataclass
@@ -265,17 +264,19 @@ def pooled_predictions(results: Sequence[dict], logdir, rows: Sequence[Row]) -> 
 def read_predictions(path) -> Tuple[List[int], List[float]]:
     """(labels, p_fluid) of a run's predictions.csv."""
     path = pathlib.Path(path)
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not {"label", "p_fluid"} <= set(reader.fieldnames or ()):
-            raise InputError(f"{path}: not a predictions file (needs the columns label and p_fluid, has "
-                             f"{', '.join(reader.fieldnames or ()) or 'none'})")
-        labels, scores = [], []
-        for number, line in enumerate(reader, 2):
-            try:
-                labels.append(int(line["label"]))
-                scores.append(float(line["p_fluid"]))
-            except (TypeError, ValueError):
-                raise InputError(f"{path}:{number}: bad label or p_fluid ({line['label']!r}, "
-                                 f"{line['p_fluid']!r})") from None
+    try:
+        columns, lines = outputs.read_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if not {"label", "p_fluid"} <= set(columns):
+        raise InputError(f"{path}: not a predictions file (needs the columns label and p_fluid, has "
+                         f"{', '.join(columns) or 'none'})")
+    labels, scores = [], []
+    for number, line in enumerate(lines, 2):
+        try:
+            labels.append(int(line["label"]))
+            scores.append(float(line["p_fluid"]))
+        except (TypeError, ValueError, KeyError):
+            raise InputError(f"{path}:{number}: bad label or p_fluid ({line.get('label')!r}, "
+                             f"{line.get('p_fluid')!r})") from None
     return labels, scores

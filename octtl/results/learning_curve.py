@@ -315,7 +315,7 @@ def rows(summary: Summary, design: str, arch: str, setting: str) -> List[dict]:
     horizon, verdict) repeat on every row, so any one row reads alone. needed* are whole volumes rounded up,
     given only where the verdict gives a figure; an empty needed_high with a figure is the verdict's BEYOND.
     Empty cells: no value (no fit, no figure). Writes nothing: the caller picks the file
-    (learning_curve_{design}.csv) and writes the rows of every network and setting with csv.DictWriter.
+    (learning_curve_{design}.csv) and writes the rows of every network and setting with octtl.outputs.write_csv.
     """
     a, b, c = summary.fit if summary.fit is not None else (None, None, None)
     figure = np.isfinite(summary.needed)

@@ -7,7 +7,6 @@ markdown files beside it are the same content for other tools.
 """
 
 import base64
-import csv
 import functools
 import html
 import pathlib
@@ -16,7 +15,7 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from octtl import runs
+from octtl import outputs, runs
 
 from octtl.results import annotation_budget, comparisons
 
@@ -97,26 +96,36 @@ def statistics_files(rows: Sequence[tables.Row], tested: Sequence[comparisons.Co
     return out
 
 
-def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
-                 logdir=None, targets=None) -> List[pathlib.Path]:
+COMMAND = "octtl.report"  # what the report folder's record (octtl.outputs.RECORD) names as its writer
+
+
+def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3, logdir=None, overwrite: bool = False,
+                 left_out: Sequence[str] = (), targets=None) -> List[pathlib.Path]:
     """Writes every table, figure and index.html of `results` into `out_dir`; returns the paths written.
+
+    The report is built in a staging folder and renamed into place whole, replacing `out_dir` only where an earlier
+    report wrote it (its record says so, octtl.outputs.check_folder) or `overwrite` is given.
 
     Args:
         results: result.json dicts (ok and failed).
-        out_dir: Folder to write into (created).
+        out_dir: Folder to write (replaced whole).
         source: Where the results came from, said on the page.
         k: Networks per batch size in the top table and in the ROC figures.
         logdir: Root of the run folders, where each run's predictions.csv is (None: no ROC curves).
+        overwrite: Replace `out_dir` even when it holds what the report did not write.
+        left_out: One line per result file that could not be read (said on the page).
         targets: {'auc': ..., 'accuracy': ...} the learning curves' targets (annotation_budget.TARGETS).
 
     Raises:
-        ValueError: a malformed predictions.csv (before anything is written).
+        InputError: a malformed predictions.csv, or an `out_dir` the report may not replace (before anything is
+            written).
     """
+    out_dir = pathlib.Path(out_dir)
+    outputs.check_folder(out_dir, "--out_dir", COMMAND, overwrite)
     # Tables II-III, their statistics and figures are the paper's settings; other variants get their own tables.
     variant_rows = {axis: variants.variant_table(results, axis) for axis in variants.AXES}
     variant_rows = {axis: rows for axis, rows in variant_rows.items() if any(not r.is_default for r in rows)}
-    curves_written, by_design = [], {}
-    all_results = results
+    everything = list(results)
     results = [r for r in results if not runs.run_of(r).variant]
     rows, failed = tables.aggregate(results)
     curves = tables.accuracy_curves(results)
@@ -124,31 +133,33 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3,
     # Read every input before writing anything, so bad input leaves no half-written report.
     pooled = {design: comparisons.pooled_predictions(results, logdir, tables.roc_rows(rows, design, k))
               for design in tables.designs(rows)}
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    curves_written, by_design = annotation_budget.write(all_results, out_dir, targets or annotation_budget.TARGETS)
-    written = list(curves_written)
-    for design in tables.designs(rows):
-        mine = [r for r in rows if r.design == design]
-        tables.write_csv(mine, out_dir / f"table_{design}.csv")
-        (out_dir / f"table_{design}.md").write_text(markdown(design, rows, failed, k, tested))
-        comparisons.write_paired_csv([c for c in tested if c.design == design], out_dir / f"paired_{design}.csv")
-        written += [out_dir / f"table_{design}.csv", out_dir / f"table_{design}.md", out_dir / f"paired_{design}.csv"]
-    for axis, axis_rows in variant_rows.items():
-        write_variant_csv(axis_rows, out_dir / f"variants_{axis}.csv")
-        written.append(out_dir / f"variants_{axis}.csv")
-    images, captions = {}, {}
-    for name, caption, draw in figure_files(rows, curves) + statistics_files(rows, tested, pooled):
-        figures.save(draw(), out_dir / name)
-        images[name], captions[name] = (out_dir / name).read_bytes(), caption
-        written.append(out_dir / name)
-    for path in curves_written:
-        if path.suffix == ".png":
-            images[path.name] = path.read_bytes()
-    (out_dir / "index.html").write_text(page(rows, failed, results, images, captions, source, k, tested,
-                                             pooled, variant_rows, by_design))
-    written.append(out_dir / "index.html")
-    return written
+    with outputs.staged(out_dir, "--out_dir") as staging:
+        curve_paths, by_design = annotation_budget.write(everything, staging, targets or annotation_budget.TARGETS)
+        names = [path.name for path in curve_paths]
+        for design in tables.designs(rows):
+            mine = [r for r in rows if r.design == design]
+            tables.write_csv(mine, staging / f"table_{design}.csv")
+            (staging / f"table_{design}.md").write_text(markdown(design, rows, failed, k, tested))
+            comparisons.write_paired_csv([c for c in tested if c.design == design], staging / f"paired_{design}.csv")
+            names += [f"table_{design}.csv", f"table_{design}.md", f"paired_{design}.csv"]
+        for axis, axis_rows in variant_rows.items():
+            write_variant_csv(axis_rows, staging / f"variants_{axis}.csv")
+            names.append(f"variants_{axis}.csv")
+        images, captions = {}, {}
+        for name, caption, draw in figure_files(rows, curves) + statistics_files(rows, tested, pooled):
+            figures.save(draw(), staging / name)
+            images[name], captions[name] = (staging / name).read_bytes(), caption
+            names.append(name)
+        for path in curve_paths:
+            if path.suffix == ".png":
+                images[path.name] = path.read_bytes()
+        (staging / "index.html").write_text(page(rows, failed, results, images, captions, source, k, tested,
+                                                 pooled, variant_rows, everything, left_out, by_design))
+        names.append("index.html")
+        outputs.write_record(staging, COMMAND, names)
+        outputs.check_folder(out_dir, "--out_dir", COMMAND, overwrite)  # again: nothing of someone else's is lost
+        outputs.publish(staging, out_dir, overwrite=True)
+    return [out_dir / name for name in names]
 
 
 def markdown(design: str, rows: Sequence[tables.Row], failed: Sequence[dict], k: int = 3,
@@ -180,20 +191,23 @@ def _method_notes(rows: Sequence[tables.Row]) -> List[str]:
 
 
 def page(rows, failed, results, images, captions, source: str, k: int, tested=(), pooled=None,
-         variant_rows=None, curves=None) -> str:
+         variant_rows=None, everything=None, left_out=(), curves=None) -> str:
     """index.html: per design the top-k and full tables with intervals and notes, the paired statistics, the
-    figures; then the variants against the defaults, and the settings.
+    figures; then the variants against the defaults, the failed runs of variants, what could not be read, and the
+    settings. `results` are the runs of the default settings; `everything` (default: those) every run counted.
 
     One piece: the page is one HTML document written top to bottom, each section a few lines of markup.
     """
     pooled = pooled or {}
     esc = html.escape
-    ok = sum(r.get("status") == "ok" for r in results)
+    everything = results if everything is None else everything
+    ok = sum(r.get("status") == "ok" for r in everything)
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         "<title>octtl report: Tables II-III, Figs 2-4</title>", f"<style>{_STYLE}</style></head><body>",
         "<h1>Transfer learning for macular fluid detection: results</h1>",
-        f"<p>{console.count(len(results), 'run')} ({ok} ok, {len(results) - ok} failed) from <code>{esc(source)}</code>, "
+        f"<p>{console.count(len(everything), 'run')} ({ok} ok, {len(everything) - ok} failed) from "
+        f"<code>{esc(source)}</code>, "
         f"{time.strftime('%Y-%m-%d %H:%M')}. Mean (sample standard deviation, ddof=1) over folds of each run's "
         "best validation accuracy and its AUC, as in the paper, and, where runs held a test fold out, of that "
         "checkpoint's test accuracy and AUC, with a 95% confidence interval; networks of a batch size compared "
@@ -233,6 +247,14 @@ def page(rows, failed, results, images, captions, source: str, k: int, tested=()
     parts.append(_figure("accuracy_by_design.png", images["accuracy_by_design.png"],
                          captions["accuracy_by_design.png"]))
     parts += variants_section(variant_rows or {})
+    broken = [r for r in everything if r.get("status") != "ok" and runs.run_of(r).variant]
+    if broken:
+        parts.append("<h2>Failed runs of variants</h2><ul>" + "".join(
+            f"<li>{esc(str(runs.run_of(r)))}: {esc(str(r.get('error', 'failed')))}</li>"
+            for r in sorted(broken, key=runs.run_of)) + "</ul>")
+    if left_out:
+        parts.append("<h2>Results that could not be read (left out)</h2><ul>"
+                     + "".join(f"<li>{esc(line)}</li>" for line in left_out) + "</ul>")
     parts += annotation_budget.section(curves or {}, images, _figure)
     settings = tables.settings(results)
     if settings:
@@ -258,11 +280,8 @@ VARIANT_NOTE = (
 
 def write_variant_csv(rows, path):
     """One line per variant row (octtl.results.variants.variant_table), numbers at full precision."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(VARIANT_COLUMNS)
-        for row in rows:
-            writer.writerow([tables.csv_number(getattr(row, c)) for c in VARIANT_COLUMNS])
+    outputs.write_csv(path, VARIANT_COLUMNS,
+                      ([tables.csv_number(getattr(row, c)) for c in VARIANT_COLUMNS] for row in rows))
 
 
 def variants_section(variant_rows) -> List[str]:

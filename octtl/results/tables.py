@@ -14,13 +14,13 @@ on the same fold is optimistic, by an amount no interval accounts for.
 """
 
 import collections
-import csv
 import dataclasses
 import html
 import math
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from octtl import outputs
 from octtl.results import stats
 
 DESIGNS = ("baseline", "limited")  # the paper's order
@@ -281,11 +281,7 @@ def csv_number(value) -> str:
 
 def write_csv(rows: Sequence[Row], path):
     """One line per (batch, arch) of the rows, columns `COLUMNS`, numbers at full precision."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        for row in rows:
-            writer.writerow([csv_number(getattr(row, c)) for c in COLUMNS])
+    outputs.write_csv(path, COLUMNS, ([csv_number(getattr(row, c)) for c in COLUMNS] for row in rows))
 
 
 def markdown_table(rows: Sequence[Row], columns: Sequence[str], group_batches: bool) -> List[str]:

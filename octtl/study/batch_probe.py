@@ -15,9 +15,10 @@ import gc
 import json
 import pathlib
 import resource
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Tuple
 
 from octtl import outputs, protocol
+from octtl.data.pipeline import host_available_bytes  # noqa: F401  (the probe's guard; owned by the pipeline)
 
 
 FITS = "fits"
@@ -73,18 +74,6 @@ def is_out_of_memory(error: BaseException) -> bool:
 def peak_host_bytes() -> int:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def host_available_bytes() -> Optional[int]:
-    """MemAvailable from /proc/meminfo, None where there is no such file."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def predicted_peak(base: int, previous_batch: int, previous_peak: int, batch: int) -> int:

@@ -121,17 +121,17 @@ class HalfEpochEarlyStop(keras.callbacks.Callback):
         if self.best is None or result.val_accuracy > self.best.val_accuracy:
             self.best = result
             self.best_weights = [w.copy() for w in self.model.get_weights()]
+        if is_check:
+            # Counted before on_evaluation, so what it reports (the countdown) is this check's.
+            if result.val_loss < self.best_loss:
+                self.best_loss, self.wait = result.val_loss, 0
+            else:
+                self.wait += 1
+                if self._early_stop and self.wait > self._patience:
+                    self.early_stopped = True
+                    self.model.stop_training = True
         if self._on_evaluation:
             self._on_evaluation(result, self)
-        if not is_check:
-            return
-        if result.val_loss < self.best_loss:
-            self.best_loss, self.wait = result.val_loss, 0
-        else:
-            self.wait += 1
-            if self._early_stop and self.wait > self._patience:
-                self.early_stopped = True
-                self.model.stop_training = True
 
     def restore_best(self):
         """Puts the best-accuracy weights back into the model."""

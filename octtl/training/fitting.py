@@ -6,7 +6,6 @@ folder holds besides result.json (predictions.csv, best.keras, the last TensorBo
 result's metrics. A run that diverges or runs out of memory raises `RunFailed`, which the session records.
 """
 
-import csv
 import dataclasses
 import math
 import pathlib
@@ -16,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from octtl import console, runs
+from octtl import console, outputs, runs
 from octtl.data import augment, pipeline
 from octtl.training import early_stop, tensorboard
 from octtl.training.config import Config
@@ -233,14 +232,9 @@ def majority(labels) -> float:
 
 def write_predictions(path, metadata, val_idx, p_fluid):
     """predictions.csv: one row per validation B-scan, written under a temporary name, then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(runs.PREDICTION_COLUMNS)
-        for i, p in zip(val_idx, p_fluid):
-            writer.writerow([metadata.volume_ids[i], int(metadata.slices[i]), int(metadata.labels[i]),
-                             repr(float(p)), metadata.sources[i]])
-    tmp.replace(path)
+    outputs.write_csv(path, runs.PREDICTION_COLUMNS, (
+        [metadata.volume_ids[i], int(metadata.slices[i]), int(metadata.labels[i]), repr(float(p)),
+         metadata.sources[i]] for i, p in zip(val_idx, p_fluid)))
 
 
 class _EvalTimer:

@@ -255,6 +255,8 @@ class Session:
             # How the data was labelled, so predict labels new reference volumes alike after the data is gone.
             "fluid_labels": self.manifest.get("fluid_labels"),
             "min_fluid_voxels": self.manifest.get("min_fluid_voxels"),
+            # Which classes its labels are, so predict refuses records of other classes.
+            "classes": self.manifest.get("classes", list(records.CLASSES)),
         }
 
     def prepare(self):
@@ -339,6 +341,9 @@ def decode(config: Config, metadata: records.Metadata, margin: int, say: Callabl
     strength = denoise.check(config.denoise, config.denoise_strength)
     prefilter = (functools.partial(denoise.denoise, method=config.denoise, strength=strength)
                  if config.denoise != "none" else None)
+    unread = records.unlisted_note(config.data_dir, records.read_manifest(config.data_dir))
+    if unread:
+        say(f"train: note: {unread}")
     decoded = pipeline.decode(config.data_dir, metadata, config.size, config.crop, margin=margin, view=view,
                               prefilter=prefilter)
     denoised = f", denoised ({config.denoise} {strength:g})" if prefilter else ""

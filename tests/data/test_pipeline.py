@@ -1,8 +1,11 @@
 """Tests of octtl/data/pipeline.py: metadata, crops, rescaling, ordering and per-epoch shuffling."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
+from conftest import fake_run, run_main
 from octtl.data import pipeline
 
 from octtl.data import converter, records
@@ -160,3 +163,26 @@ def test_damaged_records_are_named_with_the_remedy(converted, damage, tmp_path):
     assert text.startswith(str(culprit)) and message in text and "convert the data again" in text
     assert "\n" not in text and len(text) < 400
     assert not (tmp_path / "runs").exists()  # nothing of the run was created
+
+
+def test_a_shard_the_manifest_does_not_list_is_named_and_read_neither_by_training_nor_by_predict(converted, tmp_path):
+    """A copy named like a shard (left there, or another conversion's): both read exactly what the manifest lists."""
+    from octtl import outputs, predict
+    from octtl.training import session
+
+    out, eight_bit, _ = converted
+    extra = out / records.shard_name(3, 4)
+    extra.write_bytes(pathlib.Path(records.shard_paths(out)[0]).read_bytes())
+    lines = []
+    config = Config(data_dir=str(out), logdir=str(tmp_path / "runs"), arch="tiny", batch=4, folds=3, image_size=16,
+                    weights="none")
+    decoded = session.decode(config, records.read_metadata(out), 0, lines.append)
+    assert len(decoded.images) == len(eight_bit)
+    note = f"{out}: {extra.name} not listed in manifest.json, not read"
+    assert any(line.startswith(f"train: note: {note}") for line in lines), lines
+
+    model = fake_run(tmp_path / "run", arch="tiny", image_size=32)
+    code, printed, err = run_main(predict, f"--model={model}", f"--input={out}", f"--output={tmp_path / 'p.csv'}")
+    assert code == 0, err
+    assert printed.startswith(f"{len(eight_bit)} B-scans of 3 volumes (records)") and f"note: {note}" in printed
+    assert len(outputs.read_csv(tmp_path / "p.csv")[1]) == len(eight_bit)

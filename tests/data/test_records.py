@@ -492,7 +492,7 @@ def test_output_dir_that_cannot_be_created(small_volumes, tmp_path, where, messa
 
 
 @pytest.mark.parametrize("owner, name, error", [
-    (csv, "DictWriter", OSError(28, "No space left on device")),
+    (csv, "writer", OSError(28, "No space left on device")),
     (tf.io, "TFRecordWriter", tf.errors.ResourceExhaustedError(None, None, "No space left on device\nat shard 0")),
 ])
 def test_write_failure_is_one_line_and_leaves_nothing(small_volumes, tmp_path, monkeypatch, owner, name, error):

@@ -273,3 +273,16 @@ def test_max_volume_bytes_checked_before_reading(tmp_path, name):
     assert str(error.value) == (f"{folder / name}: header promises {512 * 496 * 6000 * bytes_per_voxel} bytes "
                                 f"(DimSize 512 496 6000 {'MET_USHORT' if name == 'oct.mhd' else 'MET_UCHAR'}), "
                                 "more than --max_volume_bytes=1073741824")
+
+
+def test_images_in_subfolders_of_a_class_folder_are_taken_as_predict_takes_them(tmp_path):
+    """A class folder kept by patient (NORMAL/patient7/a.png): every image under it counts, none is left out."""
+    files = ["NORMAL/n1.png", "NORMAL/patient7/n2.png", "NORMAL/patient7/visit2/n3.tif", "DME/d1.png",
+             "DME/patient9/d2.jpeg", "DME/patient9/notes.txt"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    items = volumes.find_images(tmp_path, ["NORMAL", "DME"])
+    assert [(item.path.relative_to(tmp_path).as_posix(), item.label) for item in items] == [
+        ("NORMAL/n1.png", 0), ("NORMAL/patient7/n2.png", 0), ("NORMAL/patient7/visit2/n3.tif", 0),
+        ("DME/d1.png", 1), ("DME/patient9/d2.jpeg", 1)]

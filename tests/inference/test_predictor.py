@@ -18,8 +18,8 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import BSCANS, HELDOUT_VOLUMES, REPO, SIDE, fake_run, run_main
-from octtl import predict, runs
+from conftest import BSCANS, HELDOUT_VOLUMES, REPO, SIDE, fake_run, refusal, run_main, write_volume
+from octtl import predict, runs, to_tfrecord
 from octtl.data import pipeline
 from octtl.inference import predictor
 from octtl.data import volumes
@@ -118,6 +118,7 @@ def test_gradcam_pngs_and_pointing_game(cli_run):
 def test_records_input_repeats_training_predictions(run_folder, tmp_path):
     """The run's own validation predictions come back from predict on its records: same preprocessing."""
     result = json.loads((run_folder / runs.RESULT).read_text())
+    assert result["classes"] == ["normal", "fluid"]  # its data's, which predict checks records against
     report = predictor.predict(run_folder / "best.keras", result["data_dir"], tmp_path / "p.csv")
     assert report.kind == "records" and len(report.rows) == (result["train_size"] + result["val_size"]
                                                              + result.get("test_size", 0))
@@ -135,9 +136,10 @@ def test_every_input_kind_gives_the_same_probabilities(run_folder, heldout, tmp_
     whole = read_csv(_run(model, volume / "oct.mhd", tmp_path / "one"))
     assert [r["volume_id"] for r in whole] == [volume.name] * BSCANS and "label" in whole[0]
 
-    # An .mhd of another name is an unlabelled volume named after the file.
+    # An .mhd of another name is an unlabelled volume named after the file (its data a link, as git-annex keeps it).
     named = tmp_path / "scan.mhd"
-    named.write_text((volume / "oct.mhd").read_text().replace("oct.raw", str(volume / "oct.raw")))
+    named.write_text((volume / "oct.mhd").read_text().replace("oct.raw", "scan.raw"))
+    os.symlink(volume / "oct.raw", tmp_path / "scan.raw")
     alone = read_csv(_run(model, named, tmp_path / "named"))
     assert {r["volume_id"] for r in alone} == {"scan"} and "label" not in alone[0]
     assert [r["p_fluid"] for r in alone] == [r["p_fluid"] for r in whole]
@@ -230,7 +232,7 @@ def test_failure_midway_leaves_no_partial_output(small_center_model, tiny_volume
     out = tmp_path / "out"
     with pytest.raises(InputError, match="smaller than the 64x64 centre crop"):
         predictor.predict(small_center_model, mixed, out / "p.csv", gradcam_dir=out / "cam")
-    assert sorted(p.name for p in out.iterdir()) == []
+    assert not out.exists()  # not even the folder it would have written into
 
 
 def test_cli_error_is_one_line(small_center_model, tmp_path):
@@ -311,3 +313,36 @@ def test_existing_outputs_are_refused_before_tensorflow_and_replaced_with_overwr
     predictor.predict(small_center_model, tmp_path / "in", out, gradcam_dir=tmp_path / "cam", overwrite=True)
     assert not (tmp_path / "cam" / "stale.png").exists() and (tmp_path / "cam" / "gradcam.csv").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cam", "in", "p.csv", "p_volumes.csv"]
+
+
+def test_predict_refuses_what_it_would_misread_and_says_what_it_can_do_instead(tmp_path):
+    """Records of other classes than the model's (OCT2017's four for a normal/fluid model, whose CNV and DRUSEN
+    would count as fluid), and a volume larger than predict reads: one line each, nothing written."""
+    rng = np.random.default_rng(1)
+    four = ["NORMAL", "DME", "CNV", "DRUSEN"]
+    for name in four:
+        (tmp_path / "oct2017" / name).mkdir(parents=True)
+        image = Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8))
+        image.save(tmp_path / "oct2017" / name / f"{name}-1.png")
+    for classes in (four, four[:2]):
+        code, _, err = run_main(to_tfrecord, "--input_format=image_folders", f"--classes={','.join(classes)}",
+                                f"--input_dir={tmp_path / 'oct2017'}", f"--output_dir={tmp_path / str(len(classes))}")
+        assert code == 0, err
+    model = fake_run(tmp_path / "run", arch="tiny", image_size=32)  # its result.json has no classes: normal, fluid
+    out = tmp_path / "out"
+    text = refusal(predict, f"--model={model}", f"--input={tmp_path / '4'}", f"--output={out / 'p.csv'}")
+    assert text.startswith(f"{tmp_path / '4' / 'manifest.json'}: classes NORMAL, DME, CNV, DRUSEN are not the "
+                           "model's (normal, fluid)")
+    result = json.loads((model.parent / runs.RESULT).read_text())
+    (model.parent / runs.RESULT).write_text(json.dumps({**result, "classes": four[:2]}))
+    assert refusal(predict, f"--model={model}", f"--input={tmp_path / '4'}", f"--output={out / 'p.csv'}")
+    assert run_main(predict, f"--model={model}", f"--input={tmp_path / '2'}", f"--output={tmp_path / 'p.csv'}")[0] == 0
+
+    big = write_volume(tmp_path / "big" / "V1", np.zeros((2, 40, 48), np.uint8)) / "oct.mhd"
+    big.write_text(big.read_text().replace("DimSize = 48 40 2", "DimSize = 100000 100000 1000"))
+    text = refusal(predict, f"--model={model}", f"--input={big}", f"--output={out / 'p.csv'}")
+    assert text.startswith(f"{big}: header promises 10000000000000 bytes (DimSize 100000 100000 1000 MET_UCHAR), "
+                           "more than the 8589934592 bytes predict reads from one volume; predict on its B-scans as "
+                           "image files, or on records converted with python tools/to_tfrecord.py "
+                           "--max_volume_bytes=10000000000000"), text
+    assert not out.exists()

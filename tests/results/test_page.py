@@ -539,3 +539,42 @@ def test_variant_tables_against_the_default(tmp_path):
     assert [(r["arch"], float(r["accuracy_mean"])) for r in table] == [("vgg16", pytest.approx(np.mean(default)))]
     page = (out / "index.html").read_text()
     assert "Variants against the defaults" in page and "is optimistic" in page and "variants_lr.csv" in page
+
+
+def test_the_report_names_what_it_leaves_out_and_replaces_no_folder_but_its_own(tmp_path):
+    """Failed runs of a variant only, and a result.json that is not JSON: both named; --out_dir is replaced only
+    where an earlier report wrote it, or with --overwrite."""
+    from conftest import refusal, run_main
+    from octtl import report
+
+    logdir = tmp_path / "runs"
+    for fold in range(2):
+        folder = logdir / "baseline" / "vgg16" / "batch8" / "lr0.001" / f"fold{fold}"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({**result("baseline", 8, "vgg16", fold, 0, 0, 0, status="failed",
+                                                                 folds=2), "lr": 0.001}))
+    broken = logdir / "baseline" / "vgg16" / "batch8" / "fold0" / "result.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"design": "baseline", "arch"')
+    out = tmp_path / "report"
+    for _ in range(2):  # README's repeated report command: the second replaces what the first wrote
+        code, _, err = run_main(report, f"--logdir={logdir}", f"--out_dir={out}")
+        assert code == 0, err
+        assert f"report: note: {broken}: not valid JSON" in err
+    page = (out / "index.html").read_text()
+    assert "2 runs (0 ok, 2 failed)" in page
+    assert page.count("vgg16 batch 8 lr0.001 fold") == 2 and "out of memory at batch 64" in page
+    assert str(broken) in page
+
+    (out / "notes.txt").write_text("mine")
+    assert refusal(report, f"--logdir={logdir}", f"--out_dir={out}").startswith(
+        f"--out_dir={out}: folder holds notes.txt, which octtl.report did not write there")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "index.html").is_file()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "figure.png").write_text("someone's")
+    assert refusal(report, f"--logdir={logdir}", f"--out_dir={other}").startswith(f"--out_dir={other}: folder holds "
+                                                                                  "figure.png")
+    assert (other / "figure.png").read_text() == "someone's" and not list(tmp_path.glob(".other.partial-*"))
+    assert run_main(report, f"--logdir={logdir}", f"--out_dir={other}", "--overwrite")[0] == 0
+    assert sorted(p.name for p in other.iterdir()) == sorted(p.name for p in out.iterdir() if p.name != "notes.txt")

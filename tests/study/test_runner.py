@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_main, synthetic_records
-from octtl import runs, sweep
+from octtl import outputs, runs, sweep
 from octtl.nets import registry
 from octtl.study import plan as planning
 from octtl.study import runner
@@ -164,8 +164,9 @@ def test_end_to_end_report(killed_and_resumed, tmp_path):
     # ROC curves from the runs' predictions.csv; no critical-difference diagram: 2 folds are too few to test.
     figures = ["fig2_baseline.png", "fig3_baseline.png", "fig4_baseline.png", "accuracy_by_design.png",
                "roc_baseline.png"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["table_baseline.csv", "table_baseline.md", "paired_baseline.csv", "index.html", *figures])
+    written = ["table_baseline.csv", "table_baseline.md", "paired_baseline.csv", "index.html", *figures]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*written, outputs.RECORD])
+    assert json.loads((out / outputs.RECORD).read_text()) == {"command": "octtl.report", "files": sorted(written)}
 
     with open(out / "table_baseline.csv", newline="") as f:
         rows = list(csv.DictReader(f))

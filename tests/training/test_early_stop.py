@@ -122,3 +122,21 @@ def test_undefined_auc_is_null_in_records():
     assert math.isnan(e.val_auc)
     assert e.record() == {"iteration": 3, "val_loss": pytest.approx(-np.log([0.7, 0.4]).mean()),
                           "val_accuracy": 0.5, "val_auc": None, "check": True}
+
+
+def test_the_console_counts_down_the_checks_left_from_patience_plus_one_at_a_new_lowest_loss():
+    """What each check's line says is that check's state: the countdown restarts at a new lowest loss."""
+    from octtl.training import fitting
+
+    patience = 2
+    losses = [1.0, 0.9, 0.95, 0.8, 0.85, 0.85, 0.85]
+    predict, _ = scripted(losses=losses)
+    lines = []
+    cb = early_stop.HalfEpochEarlyStop(
+        predict, LABELS, steps_per_epoch=4, checks_per_epoch=2, patience=patience,
+        on_evaluation=lambda e, stop: lines.append(fitting.check_line(e, stop, 4, patience).split("; ")[-1]))
+    fit(cb, epochs=10)
+    assert lines == ["early stop after 3 more checks without a lower loss"] * 2 + [
+        "early stop after 2 more checks without a lower loss", "early stop after 3 more checks without a lower loss",
+        "early stop after 2 more checks without a lower loss", "early stop after 1 more check without a lower loss",
+        "early stop: loss did not improve"]
