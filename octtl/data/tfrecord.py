@@ -197,6 +197,10 @@ class Writer:
                          + masked_crc32c(payload).to_bytes(4, "little"))
         self.records += 1
 
+    def flush(self) -> None:
+        """Hands what was written to the operating system, so that readers (TensorBoard) see it."""
+        self._file.flush()
+
     def close(self) -> None:
         """Flushes and closes the file; closing twice is harmless."""
         if self._file is not None:
