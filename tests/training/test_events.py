@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
+import hide_tensorflow
 from conftest import REPO
 from octtl.training import events
 
@@ -187,14 +188,9 @@ def test_the_hparams_config_is_written_once_per_logdir(tmp_path):
 
 
 def test_events_are_written_and_read_with_tensorflow_not_importable(tmp_path):
-    # The process boundary is the point: TensorFlow refused at import, then the whole run written and read back.
-    script = f"""
-import importlib.abc, pathlib, sys
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] == "tensorflow":
-            raise ImportError("refused: " + name)
-sys.meta_path.insert(0, Refuse())
+    # The process boundary is the point: TensorFlow not importable, the whole run written and read back.
+    script = hide_tensorflow.PRELUDE + f"""
+import pathlib
 sys.path[:0] = [{str(REPO / "tests")!r}, {str(REPO / "tests" / "training")!r}]
 import test_events
 logdir = pathlib.Path({str(tmp_path)!r})
