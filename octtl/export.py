@@ -31,7 +31,7 @@ def main(argv):
     metadata = savedmodel.export(cli.MODEL.value, cli.OUTPUT.value, overwrite=cli.OVERWRITE.value)
     print(f"export: {metadata['arch']} ({metadata['image_size']} px, crop {metadata['crop']}, preprocess "
           f"{metadata['preprocess']}) -> {cli.OUTPUT.value}: serving_default takes uint8 bscans (batch, rows, "
-          "columns), returns p_fluid", flush=True)
+          f"columns), returns {metadata['output']}", flush=True)
 
 
 run = cli.command(main, context={ModelError: "--model"})

@@ -60,19 +60,19 @@ MAX_BATCH = "max_batch.json"
 CONFIG_KEYS = ("data", "folds", "image_size", "crop", "weights", "preprocess", "lr", "momentum", "max_epochs",
                "checks_per_epoch", "patience", "early_stop", "max_iterations", "eval_every", "seed",
                "group_by_volume", "test_fold", "mixed_precision", "augment", "augment_strength", "denoise",
-               "denoise_strength", "trainable", "train_volumes", "repeat")
+               "denoise_strength", "trainable", "task", "train_volumes", "repeat")
 # A result written before a setting existed ran as this value of it: read so, a finished run is neither stale
 # nor lost (a plan that asks for another value finds it stale, as any other difference).
 LEGACY = {"test_fold": "none", "group_by_volume": False, "preprocess": "paper", "early_stop": True,
           "max_iterations": None, "eval_every": None, "mixed_precision": False, "augment": [],
           "augment_strength": 1.0, "denoise": "none", "denoise_strength": None, "trainable": "all",
-          "train_volumes": "all", "repeat": 0}
+          "task": "fluid", "train_volumes": "all", "repeat": 0}
 
 
 # The settings a run has without --lr, --augment, --denoise, --trainable and --train_volumes; a denoising
 # strength defaults to its method's.
 VARIANT_DEFAULTS = {"lr": protocol.LR, "augment": (), "augment_strength": 1.0, "denoise": "none",
-                    "trainable": "all", "train_volumes": "all", "repeat": 0}
+                    "trainable": "all", "task": "fluid", "train_volumes": "all", "repeat": 0}
 VARIANT_SEPARATOR = "-"
 # What a learning-curve point adds: runs of one session that differ only by these share the session's work.
 PER_RUN = ("train_volumes", "repeat")
@@ -84,6 +84,7 @@ _COMPONENTS = (("lr", re.compile(rf"lr{_NUMBER}")),
                ("denoise", re.compile(r"dn_([a-z]+)")),
                ("denoise_strength", re.compile(rf"dns{_NUMBER}")),
                ("trainable", re.compile(r"train_([a-z_]+)")),
+               ("task", re.compile(r"(types)")),  # --task=fluid_types: another problem, its own folder
                ("train_volumes", re.compile(r"vol([1-9]\d*)")),
                ("repeat", re.compile(r"rep(0|[1-9]\d*)")))
 _WIDTH = {"lr": 1, "augment_strength": 1, "denoise_strength": 3}  # digits of the whole part
@@ -91,7 +92,7 @@ _WIDTH = {"lr": 1, "augment_strength": 1, "denoise_strength": 3}  # digits of th
 
 def variant_name(lr: float, augment: Sequence[str], augment_strength: float, denoise: str,
                  denoise_strength: Optional[float], trainable: str = "all", train_volumes="all", repeat: int = 0,
-                 defaults: Mapping = VARIANT_DEFAULTS) -> Optional[str]:
+                 task: str = "fluid", defaults: Mapping = VARIANT_DEFAULTS) -> Optional[str]:
     """The folder component of a variant (`lr0.0003-aug_flip+shift`, `train_head-vol4-rep1`); None for the
     defaults, which have none.
 
@@ -116,6 +117,8 @@ def variant_name(lr: float, augment: Sequence[str], augment_strength: float, den
         parts.append("dns" + _number(float(denoise_strength), _WIDTH["denoise_strength"]))
     if trainable != defaults.get("trainable", "all"):
         parts.append("train_" + trainable)
+    if task == "fluid_types":
+        parts.append("types")
     if str(train_volumes) != "all":
         parts += [f"vol{int(train_volumes)}", f"rep{int(repeat)}"]
     return VARIANT_SEPARATOR.join(parts) or None
@@ -145,7 +148,7 @@ def parse_variant(name: str, defaults: Mapping = VARIANT_DEFAULTS) -> dict:
         for position in range(position, len(_COMPONENTS) + 1):
             if position == len(_COMPONENTS):
                 raise InputError(f"{name}: not a variant folder name ({part!r} is not one of lr, aug_, augs, "
-                                 "dn_, dns, train_, vol, rep, in that order)")
+                                 "dn_, dns, train_, types, vol, rep, in that order)")
             key, pattern = _COMPONENTS[position]
             match = pattern.fullmatch(part)
             if match:
@@ -163,6 +166,7 @@ def parse_variant(name: str, defaults: Mapping = VARIANT_DEFAULTS) -> dict:
         "denoise": values.get("denoise", defaults["denoise"]),
         "denoise_strength": float(values["denoise_strength"]) if "denoise_strength" in values else None,
         "trainable": values.get("trainable", defaults.get("trainable", "all")),
+        "task": "fluid_types" if "task" in values else "fluid",
         "train_volumes": int(values["train_volumes"]) if "train_volumes" in values else "all",
         "repeat": int(values.get("repeat", 0)),
     }
@@ -197,6 +201,7 @@ def variant_of(result: Mapping, defaults: Mapping = VARIANT_DEFAULTS) -> dict:
             "denoise_strength": None if denoise == "none" or result.get("denoise_strength") is None
             else float(result["denoise_strength"]),
             "trainable": result.get("trainable", "all"),
+            "task": result.get("task", "fluid"),
             "train_volumes": "all" if str(volumes) == "all" else int(volumes),
             "repeat": int(result.get("repeat", 0)) if str(volumes) != "all" else 0}
 

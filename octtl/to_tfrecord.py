@@ -4,6 +4,7 @@
 """
 
 import os
+import pathlib
 import sys
 
 from absl import flags
@@ -69,8 +70,11 @@ def progress(done, total, bscans, item):
     if bscans is None:
         print(f"[{done}/{total}] {item}: no reference, skipped", file=sys.stderr)
     elif total <= 200 or done % max(1, total // 100) == 0 or done == total:
+        # A volume's B-scans are fluid or normal; an image is of its class folder.
+        what = (f"{int(bscans.labels.sum())} fluid" if not hasattr(item, "label")
+                else f"{pathlib.Path(item.path).parent.name} ({item.path.name})")
         print(f"[{done}/{total}] {bscans.volume_id} ({bscans.vendor}): {console.count(len(bscans), 'B-scan')}, "
-              f"{int(bscans.labels.sum())} fluid", file=sys.stderr, flush=True)
+              f"{what}", file=sys.stderr, flush=True)
 
 
 def summary(manifest, output_dir) -> str:

@@ -17,7 +17,7 @@ from octtl import cli, console, protocol, runs
 from octtl.data import denoise, pipeline
 from octtl.errors import InputError
 from octtl.nets import scaling
-from octtl.training.config import STRATEGIES, TEST_FOLDS, Config
+from octtl.training.config import STRATEGIES, TASKS, TEST_FOLDS, Config
 
 # Flag defaults are Config's (whose protocol values come from octtl.protocol): one list of a run's settings.
 _DEFAULT = {field.name: field.default for field in dataclasses.fields(Config)}
@@ -64,6 +64,9 @@ flags.DEFINE_string("augment", _DEFAULT["augment"],
 flags.DEFINE_float("augment_strength", _DEFAULT["augment_strength"], "Scales every augmentation's range (0 < s < 5).")
 flags.DEFINE_enum("denoise", _DEFAULT["denoise"], list(denoise.METHODS),
                   "Denoise every B-scan once when the records are decoded, before cropping (OpenCV).")
+flags.DEFINE_enum("task", _DEFAULT["task"], list(TASKS),
+                  "fluid: the records' label (the paper's fluid/normal, or K classes of image folders, a K-way "
+                  "softmax); fluid_types: RETOUCH's IRF, SRF and PED, three sigmoid outputs (grouped folds).")
 flags.DEFINE_string("train_volumes", _DEFAULT["train_volumes"],
                     "A learning-curve point: train on this many whole volumes (patients) of the fold's training folds, "
                     "drawn with --seed and --repeat, nested over N, for as many iterations as the whole folds get "

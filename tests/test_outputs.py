@@ -2,6 +2,7 @@
 writes, read back as they were, and kept as they are in the records."""
 
 import csv
+import types
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def _raw_rows(path):
 
 def test_formula_names_are_neutralised_in_every_csv_and_kept_in_the_records(tmp_path):
     from octtl.results import comparisons
-    from octtl.training import fitting
+    from octtl.training import fitting, tasks
 
     rng = np.random.default_rng(0)
     stems = {"normal": ["n1", FORMULAS[0], FORMULAS[1]], "fluid": ["f1", FORMULAS[2]]}
@@ -56,8 +57,11 @@ def test_formula_names_are_neutralised_in_every_csv_and_kept_in_the_records(tmp_
     assert set(metadata.irf) == {-1}
 
     # A training run's predictions.csv, and the report's reading of it.
-    fitting.write_predictions(tmp_path / "predictions.csv", metadata, np.arange(len(metadata)),
-                              np.linspace(0, 1, len(metadata)))
+    p_fluid = np.linspace(0, 1, len(metadata))
+    run = types.SimpleNamespace(task=tasks.Task("fluid", ("normal", "fluid")), metadata=metadata,
+                                targets=metadata.labels)
+    fitting.write_predictions(tmp_path / "predictions.csv", run, np.arange(len(metadata)),
+                              np.stack([1 - p_fluid, p_fluid], axis=1))
     assert {"'" + name for name in formulas} <= {row["source"] for row in _raw_rows(tmp_path / "predictions.csv")}
     assert formulas <= {row["source"] for row in outputs.read_csv(tmp_path / "predictions.csv")[1]}
     assert comparisons.read_predictions(tmp_path / "predictions.csv")[0] == list(metadata.labels)

@@ -201,18 +201,21 @@ def _check_rows(records_dir, metadata: "Metadata", start, labels, volume_ids, sl
             f"{volume_ids[k].decode()} slice {int(slices[k])} label {int(labels[k])}; {_AGAIN}")
 
 
-def training_batches(decoded: Decoded, indices: Sequence[int], batch_size: int, seed: int) -> "tf.data.Dataset":
+def training_batches(decoded: Decoded, indices: Sequence[int], batch_size: int, seed: int,
+                     targets: Optional[np.ndarray] = None) -> "tf.data.Dataset":
     """(images, labels) batches of the examples at `indices`, reshuffled every epoch, the last partial one dropped.
 
     The shuffle is tf.data's, seeded: the same seed gives the same batches, run after run and process after
-    process. Dropping the last partial batch is MATLAB's training default, which the paper used.
+    process. Dropping the last partial batch is MATLAB's training default, which the paper used. `targets`
+    (default the labels) are what the network learns per example: the label, or one 0/1 per fluid type.
     """
     import tensorflow as tf
 
     indices = np.unique(np.asarray(indices, dtype=np.int64))
     if indices.size == 0:
         raise ValueError("no examples selected")
-    ds = tf.data.Dataset.from_tensor_slices((decoded.images[indices], decoded.labels[indices]))
+    targets = decoded.labels if targets is None else targets
+    ds = tf.data.Dataset.from_tensor_slices((decoded.images[indices], targets[indices]))
     ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

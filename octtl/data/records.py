@@ -162,11 +162,11 @@ def manifest_counts(rows, volume_rows, shard_files, skipped, class_names) -> dic
     """The manifest's counts of examples, classes, volumes and shards, and what was skipped."""
     labels = np.array([r["label"] for r in rows])
     counts = {name: int(np.count_nonzero(labels == k)) for k, name in enumerate(class_names)}
+    fluid_task = list(class_names) == list(CLASSES)  # fluid and normal counts only where those are the classes
     return {
         "num_examples": len(rows),
-        # Label 0 is the negative class ("normal"); every other label counts as fluid.
-        "num_normal": int(np.count_nonzero(labels == 0)),
-        "num_fluid": int(np.count_nonzero(labels != 0)),
+        **({"num_normal": int(np.count_nonzero(labels == 0)), "num_fluid": int(np.count_nonzero(labels != 0))}
+           if fluid_task else {}),
         "classes": class_names,
         "class_counts": counts,
         "volumes": volume_rows,

@@ -36,8 +36,9 @@ class Scans:
         images: uint8 (rows, columns) B-scans; of one size for a volume, possibly of several for records.
         slices: int64 B-scan numbers within the volume.
         sources: The name of each B-scan (see the module docstring).
-        labels: int64 0/1 per B-scan, when a reference exists.
+        labels: int64 per B-scan, when known: 0/1 (normal, fluid) from a reference volume, the class from records.
         masks: bool fluid voxels per B-scan, for reference volumes (the pointing game needs them).
+        type_counts: (n, 3) int64 voxels of IRF, SRF and PED per B-scan, where the reference or records tell.
     """
 
     volume_id: str
@@ -47,6 +48,7 @@ class Scans:
     sources: np.ndarray
     labels: Optional[np.ndarray] = None
     masks: Optional[np.ndarray] = None
+    type_counts: Optional[np.ndarray] = None
 
 
 def _image_files(folder: pathlib.Path) -> list:
@@ -164,7 +166,8 @@ def _read_volume(folder, volume_id, codes, min_voxels) -> Scans:
     # read_volume has validated the reference; its voxels are read again for the masks it does not return.
     reference = sitk.GetArrayFromImage(metaimage.read_image(reference_path))
     return _volume_scans(volume_id, str(folder / "oct.mhd"), bscans.images, labels=bscans.labels,
-                         masks=np.isin(reference, codes))
+                         masks=np.isin(reference, codes),
+                         type_counts=np.stack([bscans.irf, bscans.srf, bscans.ped], axis=1).astype(np.int64))
 
 
 def _read_unlabelled(path, volume_id) -> Scans:
@@ -185,13 +188,15 @@ def _read_image(path, volume_id) -> Scans:
 
 
 def _read_records(records_dir) -> Iterator[Scans]:
-    """The examples of each volume/id as one Scans, in order of first appearance; label != 0 is fluid."""
+    """The examples of each volume/id as one Scans, in order of first appearance, with their labels (classes)
+    and voxel counts per fluid type."""
     import tensorflow as tf
 
     from octtl.data import records
 
     features = {key: records.FEATURES[key] for key in (records.IMAGE, records.LABEL, records.VOLUME_ID,
-                                                       records.SLICE, records.SOURCE)}
+                                                       records.SLICE, records.SOURCE, records.IRF, records.SRF,
+                                                       records.PED)}
     groups = {}
     for path in records.listed_shards(records_dir, records.read_manifest(records_dir)):
         ds = tf.data.TFRecordDataset(str(path)).map(lambda s: records.parse(s, features))
@@ -202,11 +207,13 @@ def _read_records(records_dir) -> Iterator[Scans]:
                 groups.setdefault(volume_id, []).append((
                     records.decode_image(example[records.IMAGE]).numpy()[..., 0], slice_index,
                     example[records.SOURCE].decode() or f"{volume_id}:{slice_index}",
-                    int(example[records.LABEL] != 0)))
+                    int(example[records.LABEL]),
+                    [int(example[key]) for key in (records.IRF, records.SRF, records.PED)]))
         except tf.errors.OpError as e:
             raise records.read_error(path, e) from None
     for volume_id, members in groups.items():
         yield Scans(volume_id=volume_id, source=f"{records_dir} (volume {volume_id})",
                     images=[m[0] for m in members], slices=np.array([m[1] for m in members], np.int64),
                     sources=np.array([m[2] for m in members], dtype=object),
-                    labels=np.array([m[3] for m in members], np.int64))
+                    labels=np.array([m[3] for m in members], np.int64),
+                    type_counts=np.array([m[4] for m in members], np.int64))

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from octtl import outputs
+from octtl.inference import explain
 from octtl.runs import RESULT
 from octtl.errors import InputError, ModelError  # noqa: F401  (ModelError: raised here)
 from octtl.inference.inputs import Scans, check_records, input_kind, read_input
@@ -26,11 +27,6 @@ from octtl.inference.inputs import Scans, check_records, input_kind, read_input
 PREDICTION_COLUMNS = ("volume_id", "slice", "p_fluid", "prediction", "source")
 LABEL_COLUMN = "label"
 SUMMARY_COLUMNS = ("volume_id", "n_bscans", "n_fluid_predicted", "max_p_fluid", "fluid_slices")
-# peak_*: the B-scan box of the heatmap's maximum cell (bottom/right exclusive); chance_hit: the probability
-# that a random heatmap's maximum lands on fluid in that B-scan (see octtl.inference.gradcam).
-GRADCAM_COLUMNS = ("volume_id", "slice", "p_fluid", "label", "peak_top", "peak_bottom", "peak_left", "peak_right",
-                   "peak_in_fluid", "chance_hit", "png")
-GRADCAM_TABLE = "gradcam.csv"
 _RUN_KEYS = ("arch", "image_size", "preprocess", "crop")
 
 
@@ -48,6 +44,7 @@ class RunConfig:
     denoise: str = "none"  # the training run's --denoise, applied to new scans alike
     denoise_strength: Optional[float] = None
     classes: tuple = ("normal", "fluid")  # its training data's classes (result.json; runs before it: these)
+    task: str = "fluid"  # octtl.training.tasks: the records' classes, or the three fluid types
 
 
 def read_run_config(model_path) -> RunConfig:
@@ -77,7 +74,8 @@ def read_run_config(model_path) -> RunConfig:
     return RunConfig(arch=str(result["arch"]), image_size=int(result["image_size"]),
                      preprocess=result["preprocess"], crop=result["crop"], fluid_codes=codes,
                      min_fluid_voxels=min_voxels, label_note=note, denoise=result.get("denoise", "none"),
-                     denoise_strength=result.get("denoise_strength"), classes=tuple(str(c) for c in classes))
+                     denoise_strength=result.get("denoise_strength"), classes=tuple(str(c) for c in classes),
+                     task=str(result.get("task", "fluid")))
 
 
 def _label_rule(result: dict):
@@ -121,7 +119,7 @@ def load_model(model_path):
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelError(f"{model_path}: not an octtl model: Keras cannot load it ({reason})") from None
     size = config.image_size
-    want_in, want_out = (None, size, size, 1), (None, 2)
+    want_in, want_out = (None, size, size, 1), (None, len(config.classes))
     if not isinstance(model, keras.Model) or model.input_shape != want_in or model.output_shape != want_out:
         raise ModelError(
             f"{model_path}: not an octtl model for its {RESULT}: expected input {want_in} and output "
@@ -184,11 +182,16 @@ class Predictor:
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         """p_fluid (float64) of model inputs as `inputs` makes them."""
+        return self.probabilities(inputs)[:, 1]
+
+    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """Every output (float64, (n, outputs)) of model inputs as `inputs` makes them."""
         import tensorflow as tf
 
-        out = [self._forward(tf.constant(inputs[start:start + self.batch_size])).numpy()[:, 1]
+        out = [self._forward(tf.constant(inputs[start:start + self.batch_size])).numpy()
                for start in range(0, len(inputs), self.batch_size)]
-        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+        return (np.concatenate(out).astype(np.float64) if out
+                else np.zeros((0, len(self.config.classes)), np.float64))
 
 
 def format_slices(slices) -> str:
@@ -224,18 +227,6 @@ def metrics(labels, p_fluid, threshold: float) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class Explained:
-    """What Grad-CAM produced over a whole input."""
-
-    folder: pathlib.Path
-    layer: str
-    heatmaps: int
-    pointing_game: Optional[float]
-    pointing_chance: Optional[float]
-    pointing_n: int
-
-
-@dataclasses.dataclass(frozen=True)
 class Report:
     """What one prediction run produced; `lines` renders it for the console."""
 
@@ -246,7 +237,7 @@ class Report:
     metrics: Optional[dict]
     output: pathlib.Path
     summary_path: pathlib.Path
-    explained: Optional[Explained] = None
+    explained: Optional[explain.Explained] = None
     note: Optional[str] = None
     input_notes: tuple = ()  # what of the input was not read, and why
 
@@ -336,9 +327,19 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
     check_outputs(output, gradcam_dir, overwrite)
     kind = input_kind(input_path)
     model, config = load_model(model_path)
-    input_notes = check_records(input_path, config.classes) if kind == "records" else []
+    # A fluid-types model learned from the fluid task's records (normal, fluid, with voxel counts per type).
+    expected = ("normal", "fluid") if config.task == "fluid_types" else config.classes
+    input_notes = check_records(input_path, expected) if kind == "records" else []
     predictor = Predictor(model, config, batch_size)
-    explainer = _Explainer(model, config, batch_size) if gradcam_dir is not None else None
+    if config.task != "fluid" or len(config.classes) > 2:
+        if gradcam_dir is not None:
+            raise InputError(f"--gradcam_dir: Grad-CAM explains a two-class model's p_fluid; {model_path} gives "
+                             f"{', '.join(config.classes)}")
+        from octtl.inference import classes
+
+        return classes.predict(model, config, predictor, input_path, output, kind, threshold, overwrite,
+                               input_notes, summary_path(output))
+    explainer = explain.Explainer(model, config, batch_size) if gradcam_dir is not None else None
 
     with outputs.staged(output, "--output") as staging:
         rows, summaries, seen = [], [], set()
@@ -372,66 +373,3 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
         return Report(kind=kind, threshold=threshold, rows=rows, summaries=summaries, metrics=scores,
                       output=output, summary_path=summary_path(output), explained=explained, note=config.label_note,
                       input_notes=tuple(input_notes))
-
-
-class _Explainer:
-    """Grad-CAM over the volumes of one input: PNGs of predicted-fluid B-scans, pointing game on reference fluid.
-
-    The pointing game takes every B-scan the reference calls fluid, predicted fluid or not, so the score
-    describes the heatmaps rather than the threshold.
-    """
-
-    def __init__(self, model, config: RunConfig, batch_size: int):
-        from octtl.inference import gradcam
-
-        self.cam, self.config, self.batch_size = gradcam.GradCam(model), config, batch_size
-        self.rows, self.hits, self.chances = [], [], []
-
-    def explain(self, scans: Scans, inputs, p_fluid, predicted, folder: pathlib.Path):
-        from PIL import Image
-
-        from octtl.inference import gradcam
-
-        folder.mkdir(exist_ok=True)
-        # Reference-fluid B-scans are scored only where a mask says where the fluid is (not in records).
-        scored = scans.labels == 1 if scans.masks is not None else np.zeros(len(p_fluid), bool)
-        chosen = np.nonzero(predicted | scored)[0]
-        size, crop = self.config.image_size, self.config.crop
-        for start in range(0, len(chosen), self.batch_size):
-            batch = chosen[start:start + self.batch_size]
-            for k, heatmap in zip(batch, self.cam(inputs[batch])):
-                shape = scans.images[k].shape
-                cell = gradcam.peak_cell(heatmap)
-                box = gradcam.cell_box(cell, heatmap.shape, size, shape, crop)
-                mask = scans.masks[k] if scans.masks is not None else None
-                row = {"volume_id": scans.volume_id, "slice": int(scans.slices[k]),
-                       "p_fluid": repr(float(p_fluid[k])), "label": "" if scans.labels is None else int(scans.labels[k]),
-                       **dict(zip(("peak_top", "peak_bottom", "peak_left", "peak_right"), box or ("",) * 4)),
-                       "peak_in_fluid": "", "chance_hit": "", "png": ""}
-                if scored[k]:
-                    cells = gradcam.cell_hits(mask, heatmap.shape, size, crop)
-                    row["peak_in_fluid"] = int(cells[cell])
-                    row["chance_hit"] = repr(float(cells.mean()))
-                    self.hits.append(bool(cells[cell]))
-                    self.chances.append(float(cells.mean()))
-                if predicted[k]:
-                    row["png"] = _png_name(scans.volume_id, int(scans.slices[k]))
-                    smooth = gradcam.to_bscan(gradcam.upsample(heatmap[None], size)[0], shape, crop)
-                    picture = gradcam.overlay(scans.images[k], smooth, box, mask, gradcam.crop_box(shape, size, crop))
-                    Image.fromarray(picture).save(folder / row["png"], compress_level=1)
-                self.rows.append(row)
-
-    def finish(self, folder: pathlib.Path, final: pathlib.Path) -> Explained:
-        """Writes gradcam.csv into the staging `folder`; says what the folder will hold once it is `final`."""
-        folder.mkdir(exist_ok=True)
-        outputs.write_csv(folder / GRADCAM_TABLE, GRADCAM_COLUMNS, self.rows)
-        return Explained(folder=final, layer=self.cam.layer.name, heatmaps=sum(1 for r in self.rows if r["png"]),
-                         pointing_game=float(np.mean(self.hits)) if self.hits else None,
-                         pointing_chance=float(np.mean(self.chances)) if self.hits else None,
-                         pointing_n=len(self.hits))
-
-
-def _png_name(volume_id: str, slice_index: int) -> str:
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in volume_id)
-    return f"{safe}_{slice_index:03d}.png"
-

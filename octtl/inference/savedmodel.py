@@ -4,7 +4,9 @@ The denoising (--denoise=median; nlm and bilateral have no TensorFlow form, and 
 one line) and the crop of the model's training run are traced into the graph (its scaling is inside the model already, or, for
 paper-mode models saved before it moved there, traced in too), so `tf.saved_model.load` or TF Serving can use
 it with TensorFlow alone, without octtl. Signature `serving_default`: input `bscans`, uint8 (batch, rows,
-columns), one size per call; output `p_fluid`, float32 (batch,). With a centre crop, B-scans smaller than the
+columns), one size per call; output `p_fluid`, float32 (batch,), for the paper's two-class models;
+`probabilities`, float32 (batch, K), for K classes (their names in octtl_export.json); `p_irf`, `p_srf` and
+`p_ped`, float32 (batch,) each, for fluid-types models. With a centre crop, B-scans smaller than the
 crop fail (as predict refuses them). `octtl_export.json` beside `saved_model.pb` records the run config. For TF
 Serving, pass a version folder (`.../octtl/1`).
 """
@@ -22,6 +24,16 @@ from octtl.errors import InputError
 EXPORT_METADATA = "octtl_export.json"
 SERVING_INPUT = "bscans"
 SERVING_OUTPUT = "p_fluid"
+PROBABILITIES = "probabilities"  # a K-class model's output
+
+
+def _described(config) -> str:
+    """The serving signature's outputs in words, for octtl_export.json."""
+    if config.task == "fluid_types":
+        return ", ".join(f"p_{name}: float32 (batch,), the sigmoid probability of {name}" for name in config.classes)
+    if len(config.classes) == 2:
+        return f"{SERVING_OUTPUT}: float32 (batch,), the softmax probability of fluid"
+    return f"{PROBABILITIES}: float32 (batch, {len(config.classes)}), the softmax over {', '.join(config.classes)}"
 
 
 def check_output(output_dir, overwrite: bool = False):
@@ -69,7 +81,12 @@ def export(model_path, output_dir, overwrite: bool = False) -> dict:
         bscans = denoise.tf_denoise(bscans, config.denoise, config.denoise_strength)  # as training decoded them
         cropped = pipeline.crop(bscans[..., None], size, config.crop)
         inputs = tf.cast(pipeline.rescale(cropped, rescale), tf.float32)
-        return {SERVING_OUTPUT: tf.cast(model(inputs, training=False)[:, 1], tf.float32)}
+        probabilities = tf.cast(model(inputs, training=False), tf.float32)
+        if config.task == "fluid_types":
+            return {f"p_{name}": probabilities[:, k] for k, name in enumerate(config.classes)}
+        if len(config.classes) == 2:
+            return {SERVING_OUTPUT: probabilities[:, 1]}
+        return {PROBABILITIES: probabilities}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -79,7 +96,7 @@ def export(model_path, output_dir, overwrite: bool = False) -> dict:
     metadata = {**dataclasses.asdict(config), "fluid_codes": list(config.fluid_codes), "model": str(model_path),
                 "signature": "serving_default",
                 "input": f"{SERVING_INPUT}: uint8 (batch, rows, columns)",
-                "output": f"{SERVING_OUTPUT}: float32 (batch,), the softmax probability of fluid"}
+                "output": _described(config)}
     staging = outputs.staging_dir(output_dir, "--output")
     try:
         try:

@@ -24,6 +24,7 @@ from octtl.nets.pretrained import IMAGENET_CLASSES
 
 HEAD = "head"
 HEAD_SOFTMAX = "head_softmax"
+HEAD_SIGMOID = "head_sigmoid"  # the head's activation where each output is its own yes/no (fluid types)
 
 
 def build(
@@ -35,6 +36,7 @@ def build(
     trainable_from=None,
     freeze_batchnorm=None,
     preprocess="auto",
+    activation="softmax",
 ):
     """Builds a Table I network, head-swapped to `num_classes` unless that is ImageNet's 1000.
 
@@ -52,10 +54,12 @@ def build(
         preprocess: 'auto', 'paper' or 'backbone' (octtl.nets.scaling.resolve_preprocess), or an `InputScaling`. The model
             always takes 0..255 gray and its first layer, `input_scaling`, maps it: to [-1, 1] ('paper') or to
             what the weights were trained on ('backbone').
+        activation: The new head's: 'softmax' over the classes (the paper), or 'sigmoid', one independent
+            probability per output (several answers per B-scan, such as the three fluid types).
 
     Returns:
         A keras.Model named `arch` mapping (batch, size, size, 1) images, uint8 gray or float 0..255, to
-        (batch, num_classes) softmax probabilities.
+        (batch, num_classes) probabilities.
 
     Raises:
         ValueError: Unknown architecture, layer name, preprocess, or an input size the network cannot take.
@@ -81,7 +85,7 @@ def build(
     rgb = layers.Rescaling(scale.tolist(), offset.tolist(), name=input_scaling.INPUT_SCALING)(rgb)
     model = keras.Model(image, entry.builder(rgb), name=entry.name)
     if swapped:
-        model = swap_head(model, entry.classifier, num_classes)
+        model = swap_head(model, entry.classifier, num_classes, activation)
     if weights.path is not None:
         loading.load(model, weights.path, entry.name, entry.classifier, HEAD if swapped else None)
 
@@ -103,8 +107,9 @@ def _activation_name(layer):
     return layer.get_config().get("activation")
 
 
-def swap_head(full, classifier, num_classes):
-    """The paper's head swap on a built 1000-class network: a new Glorot `classifier` of `num_classes`, float32 softmax.
+def swap_head(full, classifier, num_classes, activation="softmax"):
+    """The paper's head swap on a built 1000-class network: a new Glorot `classifier` of `num_classes`, float32
+    softmax (or sigmoid, `activation`).
 
     The backbone's layers are reused as they are (not copied), so the result shares their weights with `full`.
     """
@@ -140,7 +145,10 @@ def swap_head(full, classifier, num_classes):
     if not found_softmax:
         raise ValueError(f"{full.name}: no softmax follows {classifier!r}")
     # float32 so that mixed-precision training still computes probabilities and loss in full precision.
-    outputs = layers.Activation("softmax", dtype="float32", name=HEAD_SOFTMAX)(x)
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(f"activation must be softmax or sigmoid; got {activation!r}")
+    outputs = layers.Activation(activation, dtype="float32",
+                                name=HEAD_SOFTMAX if activation == "softmax" else HEAD_SIGMOID)(x)
     return keras.Model(full.input, outputs, name=full.name)
 
 

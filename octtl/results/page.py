@@ -17,7 +17,7 @@ import numpy as np
 
 from octtl import outputs, runs
 
-from octtl.results import annotation_budget, comparisons
+from octtl.results import annotation_budget, classes, comparisons, fluid_types
 
 from octtl.results import figures
 
@@ -136,10 +136,14 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3, logd
     with outputs.staged(out_dir, "--out_dir") as staging:
         curve_paths, by_design = annotation_budget.write(everything, staging, targets or annotation_budget.TARGETS)
         names = [path.name for path in curve_paths]
+        class_names, class_designs = classes.write(everything, staging)
+        type_names, type_designs = fluid_types.write(everything, staging, logdir)
+        names += class_names + type_names
         for design in tables.designs(rows):
             mine = [r for r in rows if r.design == design]
             tables.write_csv(mine, staging / f"table_{design}.csv")
-            (staging / f"table_{design}.md").write_text(markdown(design, rows, failed, k, tested))
+            (staging / f"table_{design}.md").write_text(
+                markdown(design, rows, failed, k, tested, _macro([r for r in results if r["design"] == design])))
             comparisons.write_paired_csv([c for c in tested if c.design == design], staging / f"paired_{design}.csv")
             names += [f"table_{design}.csv", f"table_{design}.md", f"paired_{design}.csv"]
         for axis, axis_rows in variant_rows.items():
@@ -150,11 +154,12 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3, logd
             figures.save(draw(), staging / name)
             images[name], captions[name] = (staging / name).read_bytes(), caption
             names.append(name)
-        for path in curve_paths:
+        for path in [*curve_paths, *(staging / name for name in class_names)]:
             if path.suffix == ".png":
                 images[path.name] = path.read_bytes()
         (staging / "index.html").write_text(page(rows, failed, results, images, captions, source, k, tested,
-                                                 pooled, variant_rows, everything, left_out, by_design))
+                                                 pooled, variant_rows, everything, left_out, by_design,
+                                                 (class_designs, type_designs)))
         names.append("index.html")
         outputs.write_record(staging, COMMAND, names)
         outputs.check_folder(out_dir, "--out_dir", COMMAND, overwrite)  # again: nothing of someone else's is lost
@@ -163,14 +168,14 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3, logd
 
 
 def markdown(design: str, rows: Sequence[tables.Row], failed: Sequence[dict], k: int = 3,
-             tested: Sequence[comparisons.Comparison] = ()) -> str:
+             tested: Sequence[comparisons.Comparison] = (), macro: bool = False) -> str:
     """table_{design}.md: the top-k per batch size (Table II/III), every network, then the paired tests of each
     batch size (`tested`, from `comparisons.comparisons`)."""
     mine = [r for r in rows if r.design == design]
     lines = [f"# {tables.title(design, mine, f'top {k} performers')}", ""]
-    lines += tables.markdown_table(tables.top(mine, design, k), tables.columns(mine, top=True), True)
+    lines += tables.markdown_table(tables.top(mine, design, k), tables.columns(mine, True, macro), True)
     lines += ["", f"## All networks, {tables.design_label(rows, design)}", ""]
-    lines += tables.markdown_table(mine, tables.columns(mine, top=False), True)
+    lines += tables.markdown_table(mine, tables.columns(mine, False, macro), True)
     extra = _method_notes(mine) + tables.notes(design, rows, failed)
     if extra:
         lines += [""] + [f"- {n}" for n in extra]
@@ -184,6 +189,11 @@ def markdown(design: str, rows: Sequence[tables.Row], failed: Sequence[dict], k:
     return "\n".join(lines) + "\n"
 
 
+def _macro(results) -> bool:
+    """Whether a design's runs are K-class ones, whose AUC is the macro one-vs-rest AUC."""
+    return any(classes.is_multiclass(r) for r in results)
+
+
 def _method_notes(rows: Sequence[tables.Row]) -> List[str]:
     """How the table's intervals were computed, and, with test folds, what validation and test mean."""
     tested = any(r.estimate == "test" for r in rows)
@@ -191,7 +201,7 @@ def _method_notes(rows: Sequence[tables.Row]) -> List[str]:
 
 
 def page(rows, failed, results, images, captions, source: str, k: int, tested=(), pooled=None,
-         variant_rows=None, everything=None, left_out=(), curves=None) -> str:
+         variant_rows=None, everything=None, left_out=(), curves=None, beyond=({}, {})) -> str:
     """index.html: per design the top-k and full tables with intervals and notes, the paired statistics, the
     figures; then the variants against the defaults, the failed runs of variants, what could not be read, and the
     settings. `results` are the runs of the default settings; `everything` (default: those) every run counted.
@@ -221,9 +231,10 @@ def page(rows, failed, results, images, captions, source: str, k: int, tested=()
         parts.append(f"<h2>{esc(tables.design_label(rows, design).capitalize())}</h2>")
         parts.append(f'<p class="grouping">{esc(tables.grouping(results, design))}</p>')
         parts.append(f"<h3>{esc(tables.title(design, mine, f'top {k} performers'))}</h3>")
-        parts.append(tables.html_table(tables.top(mine, design, k), tables.columns(mine, top=True), True))
+        macro = _macro([r for r in results if r["design"] == design])
+        parts.append(tables.html_table(tables.top(mine, design, k), tables.columns(mine, True, macro), True))
         parts.append("<h3>All networks</h3>")
-        parts.append(tables.html_table(mine, tables.columns(mine, top=False), True))
+        parts.append(tables.html_table(mine, tables.columns(mine, False, macro), True))
         for note in _method_notes(mine):
             parts.append(f'<p class="method">{esc(note)}</p>')
         for note in tables.notes(design, rows, failed):
@@ -256,6 +267,7 @@ def page(rows, failed, results, images, captions, source: str, k: int, tested=()
         parts.append("<h2>Results that could not be read (left out)</h2><ul>"
                      + "".join(f"<li>{esc(line)}</li>" for line in left_out) + "</ul>")
     parts += annotation_budget.section(curves or {}, images, _figure)
+    parts += classes.section(beyond[0], images, _figure) + fluid_types.section(beyond[1])
     settings = tables.settings(results)
     if settings:
         parts.append("<h2>Settings of the runs</h2><ul>" + "".join(

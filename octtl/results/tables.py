@@ -234,7 +234,7 @@ def display(row: Row) -> Dict[str, str]:
     auc_ci = interval(row.auc_ci_low, row.auc_ci_high) if (row.n_test_auc if row.estimate == "test" else
                                                            row.n_auc) else "-"
     tested = row.estimate == "test"
-    return {
+    cells = {
         "Batch size": str(row.batch),
         "Architecture": row.arch,
         "Accuracy": cell(row.accuracy_mean, row.accuracy_std) + mark,
@@ -250,14 +250,19 @@ def display(row: Row) -> Dict[str, str]:
         "Iterations to best": cell(row.iterations_to_best_mean, row.iterations_to_best_std, 0),
         "Folds": f"{row.n_folds} of {row.folds}" + (f", {row.n_failed} failed" if row.n_failed else ""),
     }
+    # K-class runs' AUC is the macro one-vs-rest AUC, and is named so (`columns(..., macro=True)`).
+    return {**cells, **{key.replace("AUC", "macro AUC"): value for key, value in cells.items() if "AUC" in key}}
 
 
-def columns(rows: Sequence[Row], top: bool) -> Tuple[str, ...]:
-    """The columns of a design's table: the paper's, or validation beside test where every row has test figures."""
+def columns(rows: Sequence[Row], top: bool, macro: bool = False) -> Tuple[str, ...]:
+    """The columns of a design's table: the paper's, or validation beside test where every row has test figures;
+    with `macro` (K-class runs) the AUC columns say it is the macro AUC."""
     tested = bool(rows) and all(r.estimate == "test" for r in rows if r.n_folds)
     if tested:
-        return TEST_TOP_COLUMNS if top else TEST_ALL_COLUMNS
-    return TOP_COLUMNS if top else ALL_COLUMNS
+        chosen = TEST_TOP_COLUMNS if top else TEST_ALL_COLUMNS
+    else:
+        chosen = TOP_COLUMNS if top else ALL_COLUMNS
+    return tuple(c.replace("AUC", "macro AUC") for c in chosen) if macro else chosen
 
 
 def top(rows: Sequence[Row], design: str, k: int = 3) -> List[Row]:

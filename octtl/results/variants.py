@@ -66,7 +66,7 @@ class VariantRow:
 
 def _variant(result: Mapping, defaults: Mapping) -> dict:
     """A result's variant in the one spelling, whoever wrote the result (a denoising default strength is None)."""
-    return config.normalize(*runs.variant_of(result, defaults).values())
+    return config.normalize(**runs.variant_of(result, defaults))
 
 
 def _value(axis: str, v: dict) -> str:
@@ -98,8 +98,8 @@ def variant_table(results: Sequence[Mapping], axis: str, defaults: Mapping = run
     groups: Dict[tuple, Dict[str, Dict[int, Mapping]]] = {}
     described: Dict[str, dict] = {}
     for r in results:
-        if r.get("status") != "ok" or runs.variant_of(r)["train_volumes"] != "all":
-            continue  # learning-curve points have their own section (octtl.results.annotation_budget)
+        if r.get("status") != "ok" or runs.variant_of(r)["train_volumes"] != "all" or r.get("task", "fluid") != "fluid":
+            continue  # learning-curve points and other tasks have their own sections
         v = _variant(r, defaults)
         if any(v[key] != reference[key] for other in AXES if other != axis for key in others[other]):
             continue

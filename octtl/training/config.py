@@ -22,6 +22,8 @@ TEST_FOLDS = ("auto", "none")
 # all: fine-tune every layer (the paper); head: the backbone frozen, only the new head trains; two_phase: head
 # until its early stop, then every layer at --finetune_lr (the keras-io transfer-learning recipe).
 TRAINABLE = ("all", "head", "two_phase")
+# fluid: the records' label (octtl.training.tasks); fluid_types: RETOUCH's three fluid types per B-scan.
+TASKS = ("fluid", "fluid_types")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Config:
     augment_strength: float = 1.0
     denoise: str = "none"  # octtl.data.denoise.METHODS
     denoise_strength: Optional[float] = None  # None: the method's default
+    task: str = "fluid"  # octtl.training.tasks.TASKS: the records' classes, or RETOUCH's three fluid types
     train_volumes: str = "all"  # a learning-curve point: how many whole training volumes (patients) to keep
     repeat: int = 0  # which draw of those volumes
     overwrite: bool = False
@@ -75,7 +78,7 @@ class Config:
         """The run's variant settings in their one spelling (`normalize`): what its folder is named after."""
         return normalize(self.lr, [a for a in self.augment.split(",") if a.strip() and a != "none"],
                          self.augment_strength, self.denoise, self.denoise_strength, "all",
-                         self.train_volumes, self.repeat)
+                         self.train_volumes, self.repeat, self.task)
 
     @property
     def volumes(self) -> Optional[int]:
@@ -124,6 +127,15 @@ def _recorded(variant: dict) -> dict:
     return {**variant, "augment": list(variant["augment"])}
 
 
+def check_task(config: Config):
+    """Refuses, naming the flag, a task its settings cannot run (octtl.training.tasks)."""
+    if config.task not in TASKS:
+        raise InputError(f"--task={config.task}: choose from {', '.join(TASKS)}")
+    if config.task == "fluid_types" and not config.group_by_volume:
+        raise InputError("--task=fluid_types: needs --group_by_volume (RETOUCH scored fluid types per volume; "
+                         "a volume's B-scans must stay on one side of every split)")
+
+
 def check_curve_point(config: Config):
     """Refuses, naming the flag, a learning-curve point that cannot be drawn (octtl.data.folds.training_volumes)."""
     if str(config.train_volumes) == "all":
@@ -155,7 +167,7 @@ def flags_text(config: Config) -> str:
 
 def normalize(lr: float, augment: Sequence[str], augment_strength: float, denoise: str,
               denoise_strength: Optional[float], trainable: str = "all", train_volumes="all",
-              repeat: int = 0) -> dict:
+              repeat: int = 0, task: str = "fluid") -> dict:
     """The one spelling of a variant's settings: augmentations sorted, strengths that change nothing dropped.
 
     An augmentation strength without augmentations becomes the default one; a denoising strength equal to its
@@ -174,15 +186,15 @@ def normalize(lr: float, augment: Sequence[str], augment_strength: float, denois
     volumes = "all" if str(train_volumes) == "all" else int(train_volumes)
     return {"lr": float(lr), "augment": augment, "augment_strength": augment_strength,
             "denoise": denoise, "denoise_strength": denoise_strength, "trainable": trainable,
-            "train_volumes": volumes, "repeat": int(repeat) if volumes != "all" else 0}
+            "train_volumes": volumes, "repeat": int(repeat) if volumes != "all" else 0, "task": task}
 
 
 def variant_name(lr: float, augment: Sequence[str], augment_strength: float, denoise: str,
                  denoise_strength: Optional[float], trainable: str = "all", train_volumes="all", repeat: int = 0,
-                 defaults: Mapping = runs.VARIANT_DEFAULTS) -> Optional[str]:
+                 task: str = "fluid", defaults: Mapping = runs.VARIANT_DEFAULTS) -> Optional[str]:
     """The variant folder component of settings as given (`normalize`d, then octtl.runs.variant_name)."""
     return runs.variant_name(**normalize(lr, augment, augment_strength, denoise, denoise_strength, trainable,
-                                         train_volumes, repeat), defaults=defaults)
+                                         train_volumes, repeat, task), defaults=defaults)
 
 
 def parse_variant(name: str, defaults: Mapping = runs.VARIANT_DEFAULTS) -> dict:
@@ -205,4 +217,4 @@ def parse_variant(name: str, defaults: Mapping = runs.VARIANT_DEFAULTS) -> dict:
         raise InputError(f"{name}: not a variant folder name ({e})") from None
     if variant_name(**settings, defaults=defaults) != name:
         raise InputError(f"{name}: not a variant folder name (the method's default strength has no component)")
-    return normalize(*settings.values())
+    return normalize(**settings)

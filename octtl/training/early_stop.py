@@ -24,14 +24,35 @@ def check_steps(steps_per_epoch: int, checks_per_epoch: int) -> List[int]:
 
 @dataclasses.dataclass
 class Evaluation:
-    """Validation metrics at one iteration, and the probabilities they came from."""
+    """Validation metrics at one iteration, and the probabilities they came from.
+
+    Attributes:
+        probabilities: The network's outputs, (n, outputs).
+        details: Per-class or per-type figures beyond the headline ones (octtl.training.tasks).
+        score: What the best checkpoint maximises; None: the accuracy (the paper's).
+    """
 
     iteration: int
     val_loss: float
     val_accuracy: float
     val_auc: float
     check: bool  # counted by the early stop (a half-epoch check) or an extra --eval_every point
-    p_fluid: Optional[np.ndarray] = None
+    probabilities: Optional[np.ndarray] = None
+    details: dict = dataclasses.field(default_factory=dict)
+    score: Optional[float] = None
+
+    @property
+    def p_fluid(self) -> Optional[np.ndarray]:
+        """The probability of class 1 (fluid) of a two-class network; None for others."""
+        if self.probabilities is None or np.ndim(self.probabilities) != 2 or self.probabilities.shape[1] != 2:
+            return None
+        return self.probabilities[:, 1]
+
+    @property
+    def chosen_by(self) -> float:
+        """The value the best checkpoint is chosen by (NaN counts as worst)."""
+        value = self.val_accuracy if self.score is None else self.score
+        return -math.inf if value is None or math.isnan(value) else value
 
     def record(self) -> dict:
         """The evaluation as an entry of result.json's `checks`: JSON-safe, an undefined AUC as null."""
@@ -56,11 +77,11 @@ def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray, iterat
     accuracy = float(np.mean((p_fluid > 0.5) == labels))
     # AUC is undefined with one class present; NaN says so instead of a made-up 0.5.
     auc = float(metrics.roc_auc_score(labels, p_fluid)) if len(np.unique(labels)) == 2 else math.nan
-    return Evaluation(iteration, loss, accuracy, auc, check, p_fluid)
+    return Evaluation(iteration, loss, accuracy, auc, check, probabilities)
 
 
 class HalfEpochEarlyStop(keras.callbacks.Callback):
-    """Checks validation loss `checks_per_epoch` times per epoch; keeps the best-accuracy weights.
+    """Checks validation loss `checks_per_epoch` times per epoch; keeps the best-accuracy (or best-score) weights.
 
     Args:
       predict: returns the softmax probabilities (n, classes) of the validation set for the
@@ -73,12 +94,15 @@ class HalfEpochEarlyStop(keras.callbacks.Callback):
       max_iterations: stop after this many iterations in total; None for no limit.
       eval_every: also evaluate accuracy/AUC every this many iterations (not counted as checks).
       on_evaluation: called with each Evaluation and this callback (logging, TensorBoard, NaN checks).
+      evaluate: scores the predictions against the labels (octtl.training.tasks.Task.evaluate); default
+        `evaluate_probabilities`, the paper's two classes.
     """
 
     def __init__(self, predict: Callable[[], np.ndarray], labels: np.ndarray, steps_per_epoch: int,
                  checks_per_epoch: int = 2, patience: int = 5, early_stop: bool = True,
                  max_iterations: Optional[int] = None, eval_every: Optional[int] = None,
-                 on_evaluation: Optional[Callable[[Evaluation, "HalfEpochEarlyStop"], None]] = None):
+                 on_evaluation: Optional[Callable[[Evaluation, "HalfEpochEarlyStop"], None]] = None,
+                 evaluate: Callable[..., Evaluation] = None):
         super().__init__()
         if steps_per_epoch < 1 or checks_per_epoch < 1 or patience < 0:
             raise ValueError("steps_per_epoch and checks_per_epoch must be >= 1, patience >= 0")
@@ -90,6 +114,7 @@ class HalfEpochEarlyStop(keras.callbacks.Callback):
         self._max_iterations = max_iterations
         self._eval_every = eval_every
         self._on_evaluation = on_evaluation
+        self._score = evaluate or evaluate_probabilities
         self.iteration = 0
         self.evaluations: List[Evaluation] = []
         self.best: Optional[Evaluation] = None
@@ -115,10 +140,10 @@ class HalfEpochEarlyStop(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def _evaluate(self, is_check):
-        result = evaluate_probabilities(self._predict(), self._labels, self.iteration, is_check)
+        result = self._score(self._predict(), self._labels, self.iteration, is_check)
         self.evaluations.append(result)
         # Strictly greater: on ties the earlier model stays, as it was reached in fewer iterations.
-        if self.best is None or result.val_accuracy > self.best.val_accuracy:
+        if self.best is None or result.chosen_by > self.best.chosen_by:
             self.best = result
             self.best_weights = [w.copy() for w in self.model.get_weights()]
         if is_check:

@@ -100,11 +100,11 @@ def batches(session, config: Config, schedule: Schedule):
     learning-curve point's cycled so that every epoch has the whole folds' iterations."""
     decoded = session.decoded
     if session.augmentations:
-        ds = augment.training_batches(decoded.images, decoded.labels, schedule.train_idx, schedule.batch,
+        ds = augment.training_batches(decoded.images, session.targets, schedule.train_idx, schedule.batch,
                                       config.seed, config.size, session.margin, session.augmentations,
                                       config.augment_strength)
     else:
-        ds = pipeline.training_batches(decoded, schedule.train_idx, schedule.batch, config.seed)
+        ds = pipeline.training_batches(decoded, schedule.train_idx, schedule.batch, config.seed, session.targets)
     return ds.repeat() if schedule.cycle else ds
 
 
@@ -126,14 +126,14 @@ def fit(session, config: Config, schedule: Schedule, val_idx, writer, say: Calla
     """
     model = session.model
     # Validation never sees an augmentation: the views' central windows are the plain crops.
-    val_images, val_labels = session.decoded.crops[val_idx], session.metadata.labels[val_idx]
+    val_images, val_labels = session.decoded.crops[val_idx], session.targets[val_idx]
     steps_per_epoch, epochs = schedule.steps_per_epoch, schedule.epochs
     checks = early_stop.check_steps(steps_per_epoch, config.checks_per_epoch)
     point = (f" B-scans of {console.count(len(schedule.volume_ids), 'volume')} (a learning-curve point, repeat "
              f"{config.repeat}), batch {schedule.batch}, for the iterations of the whole training folds"
              if schedule.cycle else "")
     say(f"train: {len(schedule.train_idx)} training{point}, {len(val_idx)} validation B-scans (majority class "
-        f"{majority(val_labels):.4f}); {steps_per_epoch} iterations per epoch, up to {epochs} epochs; "
+        f"{session.task.majority(val_labels):.4f}); {steps_per_epoch} iterations per epoch, up to {epochs} epochs; "
         f"validation checks at iterations {', '.join(map(str, checks))} of each epoch")
     timer = _EvalTimer(lambda: session.predict(val_images))
     patience = config.patience if config.early_stop else None
@@ -143,12 +143,13 @@ def fit(session, config: Config, schedule: Schedule, val_idx, writer, say: Calla
             raise RunFailed(f"validation loss is {e.val_loss} at iteration {e.iteration}")
         tensorboard.log_check(writer, e)
         # On a terminal the progress bar owns the line: clear it, print, and let the bar redraw below.
-        say(("\r\x1b[2K" if progress else "") + check_line(e, stop, steps_per_epoch, patience))
+        say(("\r\x1b[2K" if progress else "") + check_line(e, stop, steps_per_epoch, patience,
+                                                                session.task.auc_words))
 
     stop = early_stop.HalfEpochEarlyStop(
         timer, val_labels, steps_per_epoch, config.checks_per_epoch, config.patience,
         early_stop=config.early_stop, max_iterations=config.max_iterations, eval_every=config.eval_every,
-        on_evaluation=on_evaluation)
+        on_evaluation=on_evaluation, evaluate=session.task.evaluate)
     step_logger = tensorboard.StepLogger(writer, lambda: stop.iteration)
     hparams = {**dataclasses.asdict(config), "image_size": config.size}
     tensorboard.log_start(writer, hparams, f"{config.design}/{config.arch}/batch{config.batch}/fold{config.fold}",
@@ -173,20 +174,22 @@ def write_outputs(session, config: Config, fitted: Fitted, split, out: pathlib.P
     With a held-out test fold, the chosen checkpoint (chosen on validation alone) is scored once on it:
     test_predictions.csv and the `test_*` metrics.
     """
-    stop, model = fitted.stop, session.model
+    stop, model, task = fitted.stop, session.model, session.task
     stop.restore_best()
     best = stop.best
-    write_predictions(out / runs.PREDICTIONS, session.metadata, split.validation, best.p_fluid)
+    write_predictions(out / runs.PREDICTIONS, session, split.validation, best.probabilities)
     tested = test(session, split.test, best.iteration)
     if tested is not None:
-        write_predictions(out / runs.TEST_PREDICTIONS, session.metadata, split.test, tested.p_fluid)
+        write_predictions(out / runs.TEST_PREDICTIONS, session, split.test, tested.probabilities)
     if config.save_model:
         _save_model(model, out / runs.BEST_MODEL)
-    tensorboard.log_end(writer, best, session.metadata.labels[split.validation], tested)
+    tensorboard.log_end(writer, best, session.targets[split.validation], tested)
     return {
         **({} if tested is None else {
             "test_accuracy": tested.val_accuracy, "test_auc": None if math.isnan(tested.val_auc) else tested.val_auc,
-            "test_loss": tested.val_loss, "test_majority_rate": majority(session.metadata.labels[split.test])}),
+            "test_loss": tested.val_loss, "test_majority_rate": task.majority(session.targets[split.test]),
+            **task.record(tested, "test_")}),
+        **task.record(best),
         "best_accuracy": best.val_accuracy,
         "best_auc": None if math.isnan(best.val_auc) else best.val_auc,
         "iterations_to_best": best.iteration,
@@ -205,18 +208,22 @@ def test(session, test_idx, iteration: int) -> Optional[early_stop.Evaluation]:
     if len(test_idx) == 0:
         return None
     probabilities = session.predict(session.decoded.crops[test_idx])
-    return early_stop.evaluate_probabilities(probabilities, session.metadata.labels[test_idx], iteration, False)
+    return session.task.evaluate(probabilities, session.targets[test_idx], iteration, False)
 
 
 def check_line(e: early_stop.Evaluation, stop: early_stop.HalfEpochEarlyStop, steps_per_epoch: int,
-               patience: Optional[int]) -> str:
-    """One validation check (or --eval_every point) on the console: metrics, best so far, early-stop countdown."""
+               patience: Optional[int], auc_words: str = "AUC") -> str:
+    """One validation check (or --eval_every point) on the console: metrics, best so far, early-stop countdown.
+
+    The best is by accuracy (the paper's), or by mean AUC where the checkpoint is chosen by it (fluid types).
+    """
     auc = "n/a" if math.isnan(e.val_auc) else f"{e.val_auc:.4f}"
     kind = "check" if e.check else "eval"
     epoch = (e.iteration - 1) // steps_per_epoch + 1
+    best = (f"best accuracy {stop.best.val_accuracy:.4f}" if stop.best.score is None
+            else f"best {auc_words} {stop.best.val_auc:.4f}")
     line = (f"{kind} at iteration {e.iteration} (epoch {epoch}): val loss {e.val_loss:.4f}, accuracy "
-            f"{e.val_accuracy:.4f}, AUC {auc}; best accuracy {stop.best.val_accuracy:.4f} at iteration "
-            f"{stop.best.iteration}")
+            f"{e.val_accuracy:.4f}, {auc_words} {auc}; {best} at iteration {stop.best.iteration}")
     if e.check and patience is not None:
         left = patience + 1 - stop.wait
         line += (f"; early stop after {left} more check{'s' * (left != 1)} without a lower loss"
@@ -224,17 +231,12 @@ def check_line(e: early_stop.Evaluation, stop: early_stop.HalfEpochEarlyStop, st
     return line
 
 
-def majority(labels) -> float:
-    """The share of the most frequent class: what always answering it would score."""
-    share = float(np.mean(np.asarray(labels) != 0))
-    return max(share, 1.0 - share)
-
-
-def write_predictions(path, metadata, val_idx, p_fluid):
-    """predictions.csv: one row per validation B-scan, written under a temporary name, then renamed."""
-    outputs.write_csv(path, runs.PREDICTION_COLUMNS, (
-        [metadata.volume_ids[i], int(metadata.slices[i]), int(metadata.labels[i]), repr(float(p)),
-         metadata.sources[i]] for i, p in zip(val_idx, p_fluid)))
+def write_predictions(path, session, indices, probabilities):
+    """predictions.csv (or test_predictions.csv): one row per B-scan, in the task's columns (the paper's for two
+    classes), written under a temporary name, then renamed."""
+    task = session.task
+    outputs.write_csv(path, task.prediction_columns(),
+                      task.prediction_rows(session.metadata, session.targets, indices, probabilities))
 
 
 class _EvalTimer:

@@ -29,7 +29,7 @@ from octtl import outputs, protocol, runs
 from octtl.data import augment, denoise, folds, pipeline, records
 from octtl.errors import InputError, WeightsError
 from octtl.nets import models, pretrained, registry, scaling
-from octtl.training import fitting, tensorboard
+from octtl.training import fitting, tasks, tensorboard
 from octtl.training import config as config_lib  # `config` is every function's run settings here
 from octtl.training.config import STRATEGIES, Config, flags_text, planned
 
@@ -70,6 +70,7 @@ def check_settings(config: Config):
     augment.check_strength(config.augment_strength)
     denoise.check(config.denoise, config.denoise_strength)
     config_lib.check_curve_point(config)
+    config_lib.check_task(config)
 
 
 def validate(config: Config, metadata: records.Metadata):
@@ -82,11 +83,16 @@ def validate(config: Config, metadata: records.Metadata):
                          "a classifier needs both classes")
 
 
-def splits(config: Config, metadata: records.Metadata, design: str, fold: int) -> folds.Split:
-    """One fold of one design as the config's folds, grouping and test fold make it (octtl.data.folds.splits)."""
+def splits(config: Config, metadata: records.Metadata, design: str, fold: int, strata=None) -> folds.Split:
+    """One fold of one design as the config's folds, grouping and test fold make it (octtl.data.folds.splits).
+
+    Args:
+        strata: What the folds are stratified on (octtl.training.tasks.Task.strata); default the labels.
+    """
     groups = metadata.volume_ids if config.group_by_volume else None
+    strata = metadata.labels if strata is None else strata
     try:
-        return folds.splits(metadata.labels, design, fold, config.folds, config.seed, groups, test=config.held_out)
+        return folds.splits(strata, design, fold, config.folds, config.seed, groups, test=config.held_out)
     except ValueError as e:
         raise InputError(f"{config.data_dir}: {e}") from None
 
@@ -201,12 +207,12 @@ class Session:
 
     def _split(self, config: Config, design: str, fold: int) -> folds.Split:
         """The run's training, validation and test indices, refused in one line where they cannot train."""
-        split = splits(config, self.metadata, design, fold)
+        split = splits(config, self.metadata, design, fold, self.strata)
         train_idx, val_idx = split.train, split.validation
         if config.batch > len(train_idx):
             raise InputError(f"--batch={config.batch}: larger than the training set of fold {fold} "
                              f"({len(train_idx)} B-scans, design {design})")
-        if len(np.unique(self.metadata.labels[train_idx])) < 2:
+        if not self.task.types and len(np.unique(self.metadata.labels[train_idx])) < 2:
             raise InputError(f"{config.data_dir}: the training set of fold {fold} ({design}) holds one class; "
                              "use fewer --folds or another --seed")
         for name, indices in (("validation", val_idx), ("test", split.test)):
@@ -249,14 +255,16 @@ class Session:
             "test_size": int(len(split.test)), "train_folds": split.train_folds,
             "train_volume_count": len(set(self.metadata.volume_ids[split.train])),
             "val_folds": split.validation_folds, "test_folds": split.test_folds,
-            "majority_rate": fitting.majority(self.metadata.labels[split.validation]),
+            "majority_rate": self.task.majority(self.targets[split.validation]),
+            "task": self.task.name,
             "data_dir": str(used.data_dir),
             "decode_seconds": self.decoded.seconds,  # once per session: denoising's cost is here, not per epoch
             # How the data was labelled, so predict labels new reference volumes alike after the data is gone.
             "fluid_labels": self.manifest.get("fluid_labels"),
             "min_fluid_voxels": self.manifest.get("min_fluid_voxels"),
-            # Which classes its labels are, so predict refuses records of other classes.
-            "classes": self.manifest.get("classes", list(records.CLASSES)),
+            # Which classes its labels are (or its outputs, for fluid types), so predict names them and refuses
+            # records of other classes.
+            "classes": list(self.task.classes),
         }
 
     def prepare(self):
@@ -271,9 +279,12 @@ class Session:
         self.manifest = records.read_manifest(config.data_dir)
         validate(config, self.metadata)
         self.identity  # noqa: B018  (a missing or unreadable manifest fails here, before any work)
+        self.task = tasks.resolve(config.task, self.manifest, self.metadata, config.data_dir)
+        self.targets = self.task.targets(self.metadata, self.manifest)
+        self.strata = self.task.strata(self.metadata, self.targets)
         self.weights = resolve_weights(config, self.say)
         self.scaling = scaling.resolve_preprocess(config.preprocess, self.weights, config.arch)
-        self.model = build_model(config, self.weights, self.scaling)
+        self.model = build_model(config, self.weights, self.scaling, self.task)
         self.augmentations = augment.parse(config.augment)
         self.margin = augment.margin(config.size, self.augmentations, config.augment_strength)
         self.decoded = decode(config, self.metadata, self.margin, self.say)
@@ -316,20 +327,23 @@ class Session:
         return np.concatenate(out).astype(np.float64)
 
 
-def build_model(config: Config, weights: pretrained.Weights, input_scaling: scaling.InputScaling):
-    """The network with its head swapped and weights loaded, compiled with the protocol's SGD, seeded."""
+def build_model(config: Config, weights: pretrained.Weights, input_scaling: scaling.InputScaling,
+                task: tasks.Task):
+    """The network with its head swapped for the task and weights loaded, compiled with the protocol's SGD."""
     keras.utils.set_random_seed(config.seed)
     with _strategy(config.strategy).scope():
         try:
-            model = models.build(config.arch, num_classes=2, weights=weights, image_size=config.size,
-                                 preprocess=input_scaling)
+            model = models.build(config.arch, num_classes=task.outputs, weights=weights, image_size=config.size,
+                                 preprocess=input_scaling, activation=task.activation)
         except WeightsError as e:
             raise WeightsError(f"--weights={config.weights}: {e}") from None
-        model.compile(
-            optimizer=keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=config.jit_compile)
+        if task.types:
+            loss, accuracy = keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="accuracy")
+        else:
+            loss = keras.losses.SparseCategoricalCrossentropy()
+            accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum),
+                      loss=loss, metrics=[accuracy], jit_compile=config.jit_compile)
         model.optimizer.build(model.trainable_variables)
     return model
 

@@ -117,7 +117,8 @@ def log_end(writer, best, val_labels, tested=None):
             tf.summary.scalar("test/accuracy", tested.val_accuracy)
             if np.isfinite(tested.val_auc):
                 tf.summary.scalar("test/auc", tested.val_auc)
-        pb = pr_summary.pb("val/pr_curve_at_best", labels=np.asarray(val_labels, bool),
-                           predictions=np.asarray(best.p_fluid, np.float32), num_thresholds=201)
-        tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=best.iteration)
+        if best.p_fluid is not None:  # a PR curve is a two-class network's
+            pb = pr_summary.pb("val/pr_curve_at_best", labels=np.asarray(val_labels, bool),
+                               predictions=np.asarray(best.p_fluid, np.float32), num_thresholds=201)
+            tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=best.iteration)
     writer.flush()
