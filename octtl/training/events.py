@@ -49,7 +49,7 @@ HPARAMS = {
     "seed": hp.IntInterval(-(1 << 31), 1 << 31),
     "group_by_volume": hp.Discrete([False, True]),
 }
-BEST_METRICS = ("best/accuracy", "best/auc", "best/iterations_to_best")
+BEST_METRICS = ("best/accuracy", "best/auc", "best/iterations_to_best", "test/accuracy", "test/auc")
 # A training loss this many times the first batch's is divergence, as a NaN is: a finite 5e34 is no result.
 DIVERGENCE_FACTOR = 1000.0
 PR_THRESHOLDS = 201
@@ -169,14 +169,19 @@ def log_check(writer: Writer, evaluation) -> None:
     writer.flush()
 
 
-def log_end(writer: Writer, best, val_labels) -> None:
-    """The best check's metrics and its PR curve, at the best iteration."""
+def log_end(writer: Writer, best, val_labels, tested=None) -> None:
+    """The best check's metrics and its PR curve (two classes), at the best iteration; its test-fold scores."""
     writer.scalar("best/accuracy", best.val_accuracy, best.iteration)
     if np.isfinite(best.val_auc):
         writer.scalar("best/auc", best.val_auc, best.iteration)
     writer.scalar("best/iterations_to_best", best.iteration, best.iteration)
-    writer.summary(pr_curve_pb("val/pr_curve_at_best", np.asarray(val_labels, bool),
-                               np.asarray(best.p_fluid, np.float32)), best.iteration)
+    if tested is not None:
+        writer.scalar("test/accuracy", tested.val_accuracy, best.iteration)
+        if np.isfinite(tested.val_auc):
+            writer.scalar("test/auc", tested.val_auc, best.iteration)
+    if getattr(best, "p_fluid", None) is not None:
+        writer.summary(pr_curve_pb("val/pr_curve_at_best", np.asarray(val_labels, bool),
+                                   np.asarray(best.p_fluid, np.float32)), best.iteration)
     writer.flush()
 
 
