@@ -6,15 +6,22 @@ TensorFlow's C++ runtime writes start-up lines to file descriptor 2 before its l
 log messages before absl::InitializeLog()", "oneDNN custom operations", "Could not find cuda drivers", "failed
 call to cuInit"), which TF_CPP_MIN_LOG_LEVEL does not reach. `start_tensorflow` imports TensorFlow and touches
 the devices with that descriptor pointed at a temporary file, then passes on anything that is not such a line.
+`start_backend` starts whichever Keras backend the process runs on (KERAS_BACKEND): TensorFlow so, JAX or PyTorch
+as they are (they start quietly).
 `OCTTL_VERBOSE=1` shows everything, TensorFlow's and absl's INFO lines included.
 """
 
+import importlib.util
+import json
 import os
 import re
 import sys
 import tempfile
 
+from octtl.errors import InputError
+
 VERBOSE_ENV = "OCTTL_VERBOSE"
+BACKENDS = ("tensorflow", "jax", "torch")  # the Keras 3 backends octtl trains on
 # glog-format lines (level, date, time, thread, file:line]) of the start-up, and their known companions.
 _NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -71,3 +78,69 @@ def start_tensorflow() -> list:
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     return gpus
+
+
+def backend() -> str:
+    """The Keras backend this process will run, found as Keras finds it but without importing Keras: KERAS_BACKEND,
+    else the "backend" of keras.json (in KERAS_HOME, else ~/.keras), else TensorFlow."""
+    name = os.environ.get("KERAS_BACKEND")
+    if not name:
+        try:
+            with open(os.path.join(_keras_home(), "keras.json")) as f:
+                name = json.load(f).get("backend")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    return name or "tensorflow"
+
+
+def _keras_home() -> str:
+    """Keras' folder: KERAS_HOME, else ~/.keras."""
+    return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+
+
+def start_tensorflow_backend(command: str) -> None:
+    """Starts Keras on TensorFlow whatever KERAS_BACKEND says, for a command that exists only there (export's
+    SavedModel).
+
+    Raises:
+        InputError: TensorFlow is not installed (one line naming the command; the others run without it).
+    """
+    if importlib.util.find_spec("tensorflow") is None:
+        raise InputError(f"{command} needs TensorFlow, which is not installed (pip install tensorflow); training, "
+                         "the sweep, predict and the report run without it on KERAS_BACKEND=jax or torch")
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    start_tensorflow()
+
+
+def start_backend() -> str:
+    """Imports Keras on its backend, quietly; returns the backend's name (octtl.nets.devices knows its GPUs).
+
+    TensorFlow through `start_tensorflow`; JAX told not to preallocate the card (several --workers share it).
+
+    Raises:
+        InputError: A backend octtl does not run on, or one that is not installed (one line naming it).
+    """
+    name = backend()
+    if name not in BACKENDS:
+        raise InputError(f"KERAS_BACKEND={name}: octtl runs on the Keras backends {', '.join(BACKENDS)}")
+    if importlib.util.find_spec(name) is None:
+        other = " or ".join(f"KERAS_BACKEND={b}" for b in BACKENDS if b != name)
+        raise InputError(f"KERAS_BACKEND={name}: {name} is not installed; install it, or choose another backend "
+                         f"({other})")
+    if name == "tensorflow":
+        start_tensorflow()
+    else:
+        if name == "jax":
+            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+            # Compiled programs kept on disk: every session of a sweep compiles the same networks at the same shapes,
+            # which on a CPU costs tens of seconds each time (a warm cache: about one).
+            os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_keras_home(), "jax_cache"))
+            os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        if not verbose():
+            from absl import logging as absl_logging
+
+            # JAX logs its platform search through absl at INFO ("Unable to initialize backend 'tpu'").
+            absl_logging.set_verbosity(absl_logging.WARNING)
+    import keras  # noqa: F401  (Keras reads KERAS_BACKEND here, once per process)
+
+    return name

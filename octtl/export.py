@@ -27,7 +27,7 @@ def main(argv):
     from octtl.inference import savedmodel
 
     savedmodel.check_output(cli.OUTPUT.value, cli.OVERWRITE.value)  # before TensorFlow's seconds
-    console.start_tensorflow()
+    console.start_tensorflow_backend("export (a TensorFlow SavedModel)")
     metadata = savedmodel.export(cli.MODEL.value, cli.OUTPUT.value, overwrite=cli.OVERWRITE.value)
     print(f"export: {metadata['arch']} ({metadata['image_size']} px, crop {metadata['crop']}, preprocess "
           f"{metadata['preprocess']}) -> {cli.OUTPUT.value}: serving_default takes uint8 bscans (batch, rows, "

@@ -38,7 +38,7 @@ def main(argv):
     cli.require("arch")
     if cli.ARCH.value not in CONVERTIBLE:
         raise InputError(f"--arch={cli.ARCH.value}: no torchvision checkpoint; choose from {', '.join(CONVERTIBLE)}")
-    console.start_tensorflow()
+    console.start_backend()
     from octtl.nets import torchvision_weights
 
     arch = cli.ARCH.value

@@ -39,14 +39,12 @@ def main(argv):
         size = registry.input_size(arch, cli.IMAGE_SIZE.value)
         if size < registry.get(arch).min_input_size:
             raise InputError(f"--image_size={size}: {arch} needs at least {registry.get(arch).min_input_size}")
-    console.start_tensorflow()
-    import tensorflow as tf
+    console.start_backend()
+    from octtl.nets import devices
 
-    from octtl.training import session
-
-    gpus = session.configure_devices(cli.MIXED_PRECISION.value)
+    gpus = devices.configure(cli.MIXED_PRECISION.value)
     if gpus:
-        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
+        name = devices.gpu_name()
         device = f"GPU {name}"
         print(f"max_batch: measuring GPU memory on {name}" + (f" (the first of {len(gpus)})" if len(gpus) > 1 else ""))
     else:

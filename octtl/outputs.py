@@ -13,6 +13,7 @@ Imports nothing heavy, so commands check their outputs before they import Tensor
 
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import pathlib
@@ -234,6 +235,24 @@ def publish(staging, target, overwrite: bool = False):
     os.rename(staging, target)
     if old is not None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+@contextlib.contextmanager
+def exclusive(path):
+    """Yields whether this process got the exclusive lock on `path` (created), without waiting; held until the
+    block ends. The kernel drops it when its holder dies, even by SIGKILL."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def write_text(path, text: str):

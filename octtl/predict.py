@@ -13,7 +13,7 @@ predictions.csv (volume_id,slice,p_fluid,prediction,source[,label]) and the per-
 from absl import flags
 
 from octtl import cli, console
-from octtl.errors import ModelError
+from octtl.errors import InputError, ModelError
 
 _INPUT = flags.DEFINE_string("input", None, "A .mhd volume, a folder of volumes, a TFRecord folder or image files.")
 _GRADCAM_DIR = flags.DEFINE_string("gradcam_dir", None,
@@ -36,8 +36,12 @@ def main(argv):
     output = cli.OUTPUT.value or DEFAULT_OUTPUT
     from octtl.inference import predictor
 
-    predictor.check_outputs(output, _GRADCAM_DIR.value, cli.OVERWRITE.value)  # before TensorFlow's seconds
-    console.start_tensorflow()
+    predictor.check_outputs(output, _GRADCAM_DIR.value, cli.OVERWRITE.value)  # before the backend's seconds
+    if _GRADCAM_DIR.value is not None and console.backend() != "tensorflow":
+        raise InputError(f"--gradcam_dir: Grad-CAM takes its gradients with TensorFlow's GradientTape; the "
+                         f"{console.backend()} backend cannot run it (predict without --gradcam_dir, or with "
+                         "KERAS_BACKEND=tensorflow)")
+    console.start_backend()
     report = predictor.predict(cli.MODEL.value, _INPUT.value, output, gradcam_dir=_GRADCAM_DIR.value,
                                threshold=_THRESHOLD.value, overwrite=cli.OVERWRITE.value)
     print("\n".join(report.lines()), flush=True)

@@ -97,7 +97,6 @@ def main(argv):
         count = runs.rebuild(logdir)
         print(f"sweep: {pathlib.Path(logdir) / runs.RESULTS}: {count} results from the run folders")
         return
-    console.start_tensorflow()  # checking --augments, and later the records' index, imports TensorFlow: quietly
     from octtl.study import plan as planning
 
     if _TASK_INDEX.value >= _NUM_TASKS.value:

@@ -43,7 +43,6 @@ def main(argv):
         codes = [int(c) for c in _FLUID_LABELS.value]
     except ValueError:
         raise InputError(f"--fluid_labels must be integers, got {','.join(_FLUID_LABELS.value)}") from None
-    console.start_tensorflow()
     from octtl.data import converter
 
     settings = {name: flags.FLAGS[name].value for name in (

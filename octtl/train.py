@@ -99,21 +99,31 @@ def main(argv):
         raise InputError("--arch=all: octtl.train trains one network; octtl.sweep --archs=all trains them all")
     if _FOLD.value >= _FOLDS.value:
         raise InputError(f"--fold={_FOLD.value}: must be in 0..{_FOLDS.value - 1} or -1")
-    gpus = console.start_tensorflow()
+    backend = console.start_backend()
+    from octtl.nets import devices
     from octtl.training import session
 
-    session.configure_devices(cli.MIXED_PRECISION.value)
-    if gpus:
-        print(f"train: {len(gpus)} GPU(s)" + (", mixed precision" if cli.MIXED_PRECISION.value else ""), flush=True)
+    gpus = devices.configure(cli.MIXED_PRECISION.value)
+    if gpus or backend != "tensorflow":
+        print(f"train: {backend} backend" + (f", {len(gpus)} GPU(s)" if gpus else ", CPU")
+              + (", mixed precision" if cli.MIXED_PRECISION.value else ""), flush=True)
     say = lambda line: print(line, flush=True)  # noqa: E731
     config = config_from_flags()
-    # One session for every fold: the records are decoded and the network built and compiled once.
-    trainer = session.Session(config, say=say, redo_stale=True)
+    # One session for every fold: the records are decoded and the network built and compiled once. A finished
+    # run of another configuration is refused (--overwrite replaces it), every fold's before any trains.
+    trainer = session.Session(config, say=say, redo_stale=False, refuse_stale=True)
+    chosen = range(config.folds) if config.fold == -1 else [config.fold]
+    for fold in chosen:
+        trainer.finished(config.design, fold)
     failed = 0
-    for fold in range(config.folds) if config.fold == -1 else [config.fold]:
-        result = trainer.run(config.design, fold)
-        say(runs.summary_line(result))
-        failed += result["status"] != "ok"
+    try:
+        for fold in chosen:
+            result = trainer.run(config.design, fold)
+            say(runs.summary_line(result))
+            failed += result["status"] != "ok"
+    except KeyboardInterrupt:
+        sys.exit(f"train: interrupted; the finished runs are kept, and the run that was training (it has no "
+                 f"{runs.RESULT}) starts again from its beginning when the same command is run again")
     if failed:
         sys.exit(1)
 

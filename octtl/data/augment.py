@@ -34,92 +34,20 @@ and two runs with the same seed train on the same batches. Each transformation h
 one on does not change what another draws.
 """
 
-import math
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from octtl.data import pipeline
-from octtl.errors import InputError
 
-AUGMENTATIONS = ("flip", "shift", "scale", "intensity", "speckle")
-GEOMETRIC = ("shift", "scale")
-MAX_STRENGTH = 5.0  # exclusive: at 5 the gain's range starts at 0 (black B-scans)
-# The ranges at strength 1 (the issue's).
-FLIP_PROBABILITY = 0.5
-SHIFT_FRACTION = 0.1
-ZOOM = 0.1
-GAIN = 0.2
-GAMMA = 1.25
-SPECKLE_STD = 0.1
+# The transformations, their ranges and the margins they need are octtl.data.augment_numpy's (one owner); this
+# module is their TensorFlow form, which the tf.data pipeline of the TensorFlow backend maps over batches.
+from octtl.data.augment_numpy import (AUGMENTATIONS, GAMMA, GEOMETRIC, _required_margin,  # noqa: E402
+                                      check_strength, max_shift, ranges)
+
 # Which slot of a batch's split seed each transformation draws from.
 _ZOOM, _SHIFT, _FLIP, _INTENSITY, _SPECKLE = range(5)
-
-
-def parse(text: str) -> Tuple[str, ...]:
-    """--augment's comma list as a tuple in AUGMENTATIONS order; "" and "none" are no augmentation.
-
-    Raises:
-        InputError: An unknown name (one line naming --augment).
-    """
-    names = [name.strip() for name in (text or "").split(",") if name.strip()]
-    if names == ["none"]:
-        return ()
-    unknown = [name for name in names if name not in AUGMENTATIONS]
-    if unknown:
-        raise InputError(f"--augment={text}: unknown augmentation {unknown[0]!r}; choose a comma list of "
-                         f"{', '.join(AUGMENTATIONS)}, or none")
-    return tuple(name for name in AUGMENTATIONS if name in names)
-
-
-def check_strength(strength: float) -> float:
-    """--augment_strength as a float, refused in one line unless 0 < strength < 5."""
-    try:
-        value = float(strength)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not 0 < value < MAX_STRENGTH:
-        raise InputError(f"--augment_strength={strength}: must be > 0 and < {MAX_STRENGTH:g} (it scales every "
-                         "range; at 5 the gain would reach 0)")
-    return value
-
-
-def ranges(strength: float = 1.0) -> dict:
-    """The ranges every augmentation draws from at `strength` (the module docstring says how each is used)."""
-    s = check_strength(strength)
-    return {"flip_probability": FLIP_PROBABILITY,
-            "shift_fraction": SHIFT_FRACTION * s,
-            "zoom": (1 - ZOOM * s, 1 + ZOOM * s),
-            "gain": (1 - GAIN * s, 1 + GAIN * s),
-            "gamma": (GAMMA ** -s, GAMMA ** s),
-            "speckle_std": SPECKLE_STD * s}
-
-
-def max_shift(size: int, strength: float) -> int:
-    """The largest shift in whole pixels along each axis: floor(0.1 s size)."""
-    return int(math.floor(SHIFT_FRACTION * check_strength(strength) * size + 1e-9))
-
-
-def margin(size: int, augmentations: Sequence[str], strength: float = 1.0) -> int:
-    """Pixels a training view needs beyond the crop on each side, so that every shifted or zoomed window fits.
-
-    The window's outermost sample lies (size - 1) / (2 z) + shift from the view's centre; the view's half side is
-    (size - 1) / 2 + margin, with one pixel to spare. 0 without shift and scale.
-    """
-    return _required_margin(size, augmentations, check_strength(strength))
-
-
-def _required_margin(size: int, augmentations: Sequence[str], s: float) -> int:
-    if not set(GEOMETRIC) & set(augmentations):
-        return 0
-    shift = max_shift(size, s) if "shift" in augmentations else 0
-    zoom = 0
-    if "scale" in augmentations:
-        zoom = math.ceil(((size - 1) / (1 - ZOOM * s) - (size - 1)) / 2 - 1e-9)
-    # One pixel of slack: crop_and_resize puts a sample that float32 rounding lands a hair beyond the view's
-    # last pixel at 0, so no window may reach that far.
-    return shift + zoom + 1
 
 
 def view(image, size: int, margin: int, crop_mode: str = "center"):

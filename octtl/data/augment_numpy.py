@@ -7,8 +7,10 @@ bilinear crop, flip, intensity, speckle; rounded to uint8 once), and the views w
 a numpy Generator seeded with (run seed, epoch, step) and the transformation's slot, so a batch is reproduced
 exactly from those three numbers and switching one transformation on does not change what another draws.
 
-The ranges and margins are octtl.data.augment's (its docstring says how each is used); they are repeated here
-because that module imports TensorFlow, and a test pins the two copies together until one imports the other.
+The transformations' names, ranges and margins are owned here, and octtl.data.augment (their TensorFlow form,
+which the tf.data pipeline maps) imports them; its docstring says how each range is used. `epoch_order` is the
+shuffle of the batches that off-TensorFlow training feeds Keras (octtl.training.fitting): numpy's from (seed,
+epoch), where TensorFlow's backend keeps tf.data's shuffle.
 """
 
 import dataclasses
@@ -274,14 +276,19 @@ def epoch_batches(views: np.ndarray, labels: np.ndarray, indices: Sequence[int],
     Shuffled by numpy from (seed, epoch) (not tf.data's order), the last partial batch dropped as in
     octtl.data.pipeline.training_batches; batch k is augmented from (seed, epoch, k).
     """
-    indices = np.unique(np.asarray(indices, dtype=np.int64))
-    if indices.size == 0:
-        raise ValueError("no examples selected")
     augment = make_augment(size, margin, augmentations, strength)
-    order = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), 1 << 32]).permutation(indices)
+    order = epoch_order(indices, seed, epoch)
     for step in range(len(order) // batch_size):
         chosen = order[step * batch_size:(step + 1) * batch_size]
         if augmentations or margin:
             yield augment(views[chosen], labels[chosen], (seed, epoch, step))
         else:
             yield views[chosen], labels[chosen]
+
+
+def epoch_order(indices: Sequence[int], seed: int, epoch: int) -> np.ndarray:
+    """The examples at `indices` (each once) in the order epoch `epoch` of a run seeded `seed` visits them."""
+    indices = np.unique(np.asarray(indices, dtype=np.int64))
+    if indices.size == 0:
+        raise ValueError("no examples selected")
+    return np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), 1 << 32]).permutation(indices)

@@ -14,10 +14,8 @@ import pathlib
 import sys
 from typing import Callable, Optional, Sequence
 
-import tensorflow as tf
-
 from octtl import outputs
-from octtl.data import metaimage, records
+from octtl.data import metaimage, records, tfrecord
 from octtl.data import volumes as volumes_lib
 from octtl.errors import InputError
 
@@ -80,9 +78,9 @@ def convert(input_dir, output_dir, *, input_format: str = "retouch", vendor="all
                             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
             outputs.write_json(staging / records.MANIFEST, manifest)
             outputs.publish(staging, output_dir)
-        except (OSError, tf.errors.OpError) as e:
+        except OSError as e:
             # Inputs are read in volumes.read_item, which names them; what fails here is writing the output.
-            reason = (e.strerror if isinstance(e, OSError) else e.message) or str(e)
+            reason = e.strerror or str(e)
             raise InputError(
                 f"--output_dir={output_dir}: cannot write ({reason.strip().splitlines()[0][:200]})") from None
     return manifest
@@ -213,7 +211,7 @@ class _ShardWriter:
         """The shard of example `index`; shards are opened as the first example of each arrives."""
         shard = min(index // self.per_shard, self.shards - 1)
         while len(self.writers) <= shard:
-            self.writers.append(tf.io.TFRecordWriter(str(self.staging / f"shard-{len(self.writers)}.tmp")))
+            self.writers.append(tfrecord.Writer(self.staging / f"shard-{len(self.writers)}.tmp"))
             self.counts.append(0)
         return shard
 

@@ -187,3 +187,14 @@ def crop(image: np.ndarray, image_size: int, mode: str = "center") -> np.ndarray
     if mode == "resize":
         return to_uint8(resize(image, image_size))
     raise ValueError(f"crop mode must be one of {CROPS}, got {mode!r}")
+
+
+def rescale(images: np.ndarray, mode: str = "paper") -> np.ndarray:
+    """pipeline.rescale without TensorFlow, as float32: 'paper' maps uint8 to [-1, 1] (x / 127.5 - 1, in float32
+    as TensorFlow computes it), 'none' leaves 0..255 for a model that scales its inputs itself."""
+    x = np.asarray(images).astype(np.float32)
+    if mode == "paper":
+        return x / np.float32(127.5) - np.float32(1.0)
+    if mode == "none":
+        return x
+    raise ValueError(f"rescale mode must be one of ('paper', 'none'), got {mode!r}")

@@ -6,11 +6,15 @@ damaged shard; `training_batches` and `padded_batches` feed them to the network.
 1-channel uint8 crops (a 224 x 224 crop is 50 KB): gray to 3 channels and the input scaling happen inside the
 model, where they cost nothing on an accelerator.
 
-TensorFlow (and the records' schema, which needs it) is imported by the functions that use it, so that the
-commands' flags can list CROPS without starting it.
+Reading and decoding need no TensorFlow (octtl.data.records, images), so every Keras backend trains on the same
+crops. `crop`, `rescale` and `training_batches` are TensorFlow's forms, for the tf.data pipeline of TensorFlow's
+backend and the exported SavedModel; they import it when called, so that the commands' flags can list CROPS
+without starting it.
 """
 
+import concurrent.futures
 import dataclasses
+import os
 import pathlib
 import time
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
@@ -79,11 +83,14 @@ class Decoded:
 
 
 def decode(records_dir, metadata: "Metadata", image_size: int, crop_mode: str = "center", *, margin: int = 0,
-           view: Optional[Callable] = None, prefilter: Optional[Callable] = None) -> Decoded:
+           view: Optional[Callable] = None, prefilter: Optional[Callable] = None, workers: int = 0) -> Decoded:
     """Decodes and crops every example once, checking the records against index.csv and manifest.json.
 
-    One piece: the checks run on the batches as they stream out of tf.data, so that a damaged shard is named
-    while it is read, and nothing is decoded twice.
+    In NumPy and Pillow on every Keras backend (octtl.data.tfrecord, example_proto, images), so the crops are
+    the same whichever runs the network: octtl.data.images reproduces TensorFlow's decode_png, its
+    resize_with_crop_or_pad and its antialiased resize exactly. Examples are decoded on a thread pool in chunks
+    and checked in order as they come, so a damaged shard is named while it is read, and nothing is decoded
+    twice.
 
     Args:
         records_dir: Records written by tools/to_tfrecord.py.
@@ -91,16 +98,16 @@ def decode(records_dir, metadata: "Metadata", image_size: int, crop_mode: str = 
         image_size: The crop's side.
         crop_mode: 'center' or 'resize' (`crop`).
         margin: Pixels beyond the crop on each side that `view` keeps (0: the crop itself).
-        view: Maps a whole (rows, cols, 1) uint8 B-scan tensor to its (size + 2 margin)^2 view; default `crop`.
-        prefilter: Maps a whole (rows, cols, 1) uint8 B-scan (numpy) to another, before the crop: --denoise.
+        view: Maps a whole (rows, cols, 1) uint8 B-scan to its (size + 2 margin)^2 view; default the crop.
+        prefilter: Maps a whole (rows, cols, 1) uint8 B-scan to another, before the crop: --denoise.
+        workers: Decoding threads (0: the machine's cores, at most 8).
 
     Raises:
         InputError: A shard that is missing, truncated, damaged or not octtl's (named, with the remedy), records
             whose count, labels, volume ids or slices disagree with index.csv or the manifest, or crops that do
             not fit in memory (checked first against what the host has available; naming --image_size).
     """
-    import tensorflow as tf
-
+    from octtl.data import images as image_ops
     from octtl.data import records
 
     if crop_mode not in CROPS:
@@ -120,47 +127,50 @@ def decode(records_dir, metadata: "Metadata", image_size: int, crop_mode: str = 
     available = host_available_bytes()
     if available is not None and needed > available:
         raise InputError(_memory_message(len(metadata), side, image_size, needed, f"{available} bytes available"))
-    features = {key: records.FEATURES[key] for key in (records.IMAGE, records.LABEL, records.VOLUME_ID,
-                                                       records.SLICE)}
+    cut = view or (lambda image: image_ops.crop(image, image_size, crop_mode))
 
-    cut = view or (lambda image: crop(image, image_size, crop_mode))
-
-    def parse(serialized):
-        example = records.parse(serialized, features)
-        image = records.decode_image(example[records.IMAGE])
-        if prefilter is not None:
-            # Denoising runs in numpy (OpenCV releases the GIL, so tf.data's parallel map runs it on every core).
-            image = tf.ensure_shape(tf.numpy_function(prefilter, [image], tf.uint8, stateful=False),
-                                    [None, None, 1])
-        return cut(image), example[records.LABEL], example[records.VOLUME_ID], example[records.SLICE]
+    def one(png: bytes) -> np.ndarray:
+        image = image_ops.decode_png(png)
+        return cut(prefilter(image) if prefilter is not None else image)
 
     started = time.perf_counter()
     try:
         images = np.zeros((len(metadata), side, side, 1), np.uint8)
     except MemoryError:
         raise InputError(_memory_message(len(metadata), side, image_size, needed, "out of memory")) from None
+    keys = (records.IMAGE, records.LABEL, records.VOLUME_ID, records.SLICE)
     start = 0
-    for path in paths:
-        ds = tf.data.TFRecordDataset(str(path)).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
-                                                     deterministic=True).batch(256)
-        try:
-            for batch_images, labels, volume_ids, slices in ds.as_numpy_iterator():
-                stop = start + len(labels)
-                if stop > len(metadata):
-                    raise InputError(f"{path}: more records than the {len(metadata)} rows of "
-                                     f"{records.INDEX}; {_AGAIN}")
-                _check_rows(records_dir, metadata, start, labels, volume_ids, slices)
-                images[start:stop] = batch_images
-                start = stop
-        except (tf.errors.ResourceExhaustedError, MemoryError):
-            raise InputError(_memory_message(len(metadata), side, image_size, needed, "out of memory")) from None
-        except tf.errors.OpError as e:
-            raise records.read_error(path, e) from None
+    threads = workers or min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for chunk in _chunks(records.examples(paths, keys), 64):
+            stop = start + len(chunk)
+            if stop > len(metadata):
+                raise InputError(f"{records_dir}: more records than the {len(metadata)} rows of {records.INDEX}; "
+                                 f"{_AGAIN}")
+            _check_rows(records_dir, metadata, start, np.array([e[records.LABEL] for e in chunk]),
+                        [e[records.VOLUME_ID] for e in chunk], np.array([e[records.SLICE] for e in chunk]))
+            try:
+                images[start:stop] = list(pool.map(one, [e[records.IMAGE] for e in chunk]))
+            except MemoryError:
+                raise InputError(_memory_message(len(metadata), side, image_size, needed, "out of memory")) from None
+            start = stop
     if start != len(metadata):
         raise InputError(f"{records_dir}: the shards hold {start} records, but {records.INDEX} has "
                          f"{len(metadata)} rows; {_AGAIN}")
     return Decoded(images=images, labels=metadata.labels.astype(np.int32), margin=margin,
                    seconds=time.perf_counter() - started)
+
+
+def _chunks(items, size: int):
+    """Lists of up to `size` consecutive items."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 _AGAIN = "convert the data again with tools/to_tfrecord.py"
@@ -190,15 +200,14 @@ def _check_rows(records_dir, metadata: "Metadata", start, labels, volume_ids, sl
     stop = start + len(labels)
     wrong = np.flatnonzero((metadata.labels[start:stop] != labels)
                            | (metadata.slices[start:stop] != slices)
-                           | (metadata.volume_ids[start:stop] != np.array([v.decode() for v in volume_ids],
-                                                                         dtype=object)))
+                           | (metadata.volume_ids[start:stop] != np.array(list(volume_ids), dtype=object)))
     if wrong.size:
         k = int(wrong[0])
         i = start + k
         raise InputError(
             f"{pathlib.Path(records_dir) / records.INDEX}: row {i} says {metadata.volume_ids[i]} slice "
             f"{int(metadata.slices[i])} label {int(metadata.labels[i])}, but record {i} is "
-            f"{volume_ids[k].decode()} slice {int(slices[k])} label {int(labels[k])}; {_AGAIN}")
+            f"{volume_ids[k]} slice {int(slices[k])} label {int(labels[k])}; {_AGAIN}")
 
 
 def training_batches(decoded: Decoded, indices: Sequence[int], batch_size: int, seed: int,

@@ -15,13 +15,12 @@ import dataclasses
 import hashlib
 import json
 import pathlib
-import re
+from typing import Iterator
 
 import numpy as np
-import tensorflow as tf
 
 from octtl import outputs
-from octtl.data import names
+from octtl.data import example_proto, names, tfrecord
 from octtl.errors import InputError
 
 IMAGE = "image/encoded"
@@ -34,22 +33,12 @@ VENDOR = "volume/vendor"
 IRF, SRF, PED = "fluid/irf", "fluid/srf", "fluid/ped"
 SOURCE = "image/source"
 
-FEATURES = {
-    IMAGE: tf.io.FixedLenFeature([], tf.string),
-    HEIGHT: tf.io.FixedLenFeature([], tf.int64),
-    WIDTH: tf.io.FixedLenFeature([], tf.int64),
-    LABEL: tf.io.FixedLenFeature([], tf.int64),
-    VOLUME_ID: tf.io.FixedLenFeature([], tf.string),
-    SLICE: tf.io.FixedLenFeature([], tf.int64),
-    VENDOR: tf.io.FixedLenFeature([], tf.string),
-    IRF: tf.io.FixedLenFeature([], tf.int64),
-    SRF: tf.io.FixedLenFeature([], tf.int64),
-    PED: tf.io.FixedLenFeature([], tf.int64),
-    # Records written before image/source existed parse with an empty one.
-    SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=""),
-}
-# The small features, for reading metadata without touching the image bytes.
-METADATA_FEATURES = {k: v for k, v in FEATURES.items() if k != IMAGE}
+# Every key's kind: bytes or int64, one value each (what tf.io.FixedLenFeature([]) would read).
+SCHEMA = {IMAGE: bytes, HEIGHT: int, WIDTH: int, LABEL: int, VOLUME_ID: bytes, SLICE: int, VENDOR: bytes,
+          IRF: int, SRF: int, PED: int, SOURCE: bytes}
+# Records written before image/source existed read with an empty one.
+DEFAULTS = {SOURCE: b""}
+TEXT = (VOLUME_ID, VENDOR, SOURCE)  # bytes keys that hold text
 
 CLASSES = ("normal", "fluid")
 MANIFEST = "manifest.json"
@@ -64,36 +53,50 @@ def shard_name(shard: int, num_shards: int) -> str:
     return f"bscans-{shard:05d}-of-{num_shards:05d}.tfrecord"
 
 
-def _int64(value):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-
-def _bytes(value: bytes):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
 def encode(png: bytes, height: int, width: int, label: int, volume_id: str, slice_index: int,
            vendor: str, irf: int, srf: int, ped: int, source: str) -> bytes:
-    """One B-scan as a serialized tf.train.Example with exactly the keys of FEATURES."""
-    feature = {
-        IMAGE: _bytes(png), HEIGHT: _int64(height), WIDTH: _int64(width), LABEL: _int64(label),
-        VOLUME_ID: _bytes(volume_id.encode()), SLICE: _int64(slice_index),
-        VENDOR: _bytes(vendor.lower().encode()), IRF: _int64(irf), SRF: _int64(srf), PED: _int64(ped),
-        SOURCE: _bytes(source.encode()),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    """One B-scan as a serialized tf.train.Example with exactly the keys of SCHEMA (no TensorFlow needed)."""
+    return example_proto.encode({
+        IMAGE: png, HEIGHT: int(height), WIDTH: int(width), LABEL: int(label), VOLUME_ID: volume_id.encode(),
+        SLICE: int(slice_index), VENDOR: vendor.lower().encode(), IRF: int(irf), SRF: int(srf), PED: int(ped),
+        SOURCE: source.encode()})
 
 
-def parse(serialized, features=None):
-    """Parses serialized Examples (scalar or batch) into a dict of tensors keyed as FEATURES."""
-    if serialized.shape.rank == 0:
-        return tf.io.parse_single_example(serialized, features or FEATURES)
-    return tf.io.parse_example(serialized, features or FEATURES)
+def parse(payload: bytes, keys=None, path=None) -> dict:
+    """One serialized Example as {key: value} for `keys` (default every SCHEMA key); text keys as str.
+
+    Raises:
+        InputError: an Example without one of the keys, or with one of another kind: not octtl records (named by
+            `path`, with the remedy).
+    """
+    keys = list(SCHEMA) if keys is None else list(keys)
+    try:
+        parsed = example_proto.parse(payload)
+    except ValueError as e:
+        raise InputError(f"{path}: not octtl records ({e}); {AGAIN}") from None
+    out = {}
+    for key in keys:
+        values = parsed.get(key)
+        if not values:
+            if key not in DEFAULTS:
+                raise InputError(f"{path}: not octtl records (no {key} in its examples); {AGAIN}")
+            values = [DEFAULTS[key]]
+        value = values[0]
+        if not isinstance(value, SCHEMA[key]) or isinstance(value, bool) or len(values) != 1:
+            raise InputError(f"{path}: not octtl records ({key} is of another type); {AGAIN}")
+        out[key] = value.decode() if key in TEXT else value
+    return out
 
 
-def decode_image(png):
-    """PNG bytes to a (height, width, 1) uint8 tensor."""
-    return tf.io.decode_png(png, channels=1, dtype=tf.uint8)
+def examples(paths, keys=None) -> Iterator[dict]:
+    """The examples of the shards `paths`, in order, parsed (`parse`); CRCs checked (octtl.data.tfrecord).
+
+    Raises:
+        InputError: a damaged or truncated shard, or records of another schema, naming the file.
+    """
+    for path in paths:
+        for payload in tfrecord.read(path):
+            yield parse(payload, keys, path)
 
 
 def shard_paths(records_dir) -> list:
@@ -138,19 +141,6 @@ def unlisted_note(records_dir, manifest: dict):
         return None
     shown = ", ".join(p.name for p in extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
     return f"{records_dir}: {shown} not listed in {MANIFEST}, not read (only the manifest's shards are)"
-
-
-def read_error(path, error) -> InputError:
-    """A tf.errors.OpError met reading records as one line: records of another schema, or a damaged shard."""
-    message = (error.message or "").strip()
-    missing = re.search(r"Feature: (\S+) .*is required but could not be found", message)
-    if missing:
-        return InputError(f"{path}: not octtl records (no {missing.group(1)} in its examples); {AGAIN}")
-    typed = re.search(r"Key: ([^,\s]+?)[,.]? .*Data types don't match", message)
-    if typed:
-        return InputError(f"{path}: not octtl records ({typed.group(1)} is of another type); {AGAIN}")
-    reason = message.splitlines()[0][:160] if message else type(error).__name__
-    return InputError(f"{path}: damaged or truncated TFRecord shard ({reason}); {AGAIN}")
 
 
 def write_index(path, rows):
@@ -255,22 +245,16 @@ def scan_metadata(records_dir) -> Metadata:
     """
     records_dir = pathlib.Path(records_dir)
     manifest = read_manifest(records_dir) if (records_dir / MANIFEST).is_file() else {}
-    columns = {k: [] for k in METADATA_FEATURES}
-    for path in listed_shards(records_dir, manifest):
-        ds = tf.data.TFRecordDataset(str(path)).batch(1024).map(lambda s: parse(s, METADATA_FEATURES))
-        try:
-            for batch in ds.as_numpy_iterator():
-                for key, values in batch.items():
-                    columns[key].append(values)
-        except tf.errors.OpError as e:
-            raise read_error(path, e) from None
-    get = lambda key: np.concatenate(columns[key]) if columns[key] else np.array([])  # noqa: E731
-    decode = lambda key: np.array([v.decode() for v in get(key)], dtype=object)  # noqa: E731
-    volume_ids, slices = decode(VOLUME_ID), get(SLICE).astype(np.int64)
-    return Metadata(labels=get(LABEL).astype(np.int64), volume_ids=volume_ids, slices=slices,
-                    vendors=decode(VENDOR), irf=get(IRF).astype(np.int64),
-                    srf=get(SRF).astype(np.int64), ped=get(PED).astype(np.int64),
-                    sources=_named_sources(decode(SOURCE), volume_ids, slices))
+    keys = [k for k in SCHEMA if k != IMAGE]
+    rows = list(examples(listed_shards(records_dir, manifest), keys))
+
+    def column(key, dtype):
+        return np.array([r[key] for r in rows], dtype=dtype)
+
+    volume_ids, slices = column(VOLUME_ID, object), column(SLICE, np.int64)
+    return Metadata(labels=column(LABEL, np.int64), volume_ids=volume_ids, slices=slices,
+                    vendors=column(VENDOR, object), irf=column(IRF, np.int64), srf=column(SRF, np.int64),
+                    ped=column(PED, np.int64), sources=_named_sources(column(SOURCE, object), volume_ids, slices))
 
 
 def identity(records_dir) -> dict:

@@ -169,7 +169,8 @@ def _unpack_crc(four: bytes) -> int:
 
 
 def _damaged(path, index: int, offset: int, what: str) -> DamagedRecordError:
-    return DamagedRecordError(f"{path}: record {index} (byte {offset}) is damaged or truncated: {what}; {AGAIN}")
+    return DamagedRecordError(f"{path}: damaged or truncated TFRecord shard (record {index} at byte {offset}: "
+                              f"{what}); {AGAIN}")
 
 
 def count(path) -> int:

@@ -189,28 +189,19 @@ def _read_image(path, volume_id) -> Scans:
 
 def _read_records(records_dir) -> Iterator[Scans]:
     """The examples of each volume/id as one Scans, in order of first appearance, with their labels (classes)
-    and voxel counts per fluid type."""
-    import tensorflow as tf
+    and voxel counts per fluid type; read without TensorFlow, as training reads them (octtl.data.records)."""
+    from octtl.data import images, records
 
-    from octtl.data import records
-
-    features = {key: records.FEATURES[key] for key in (records.IMAGE, records.LABEL, records.VOLUME_ID,
-                                                       records.SLICE, records.SOURCE, records.IRF, records.SRF,
-                                                       records.PED)}
+    keys = (records.IMAGE, records.LABEL, records.VOLUME_ID, records.SLICE, records.SOURCE, records.IRF,
+            records.SRF, records.PED)
     groups = {}
-    for path in records.listed_shards(records_dir, records.read_manifest(records_dir)):
-        ds = tf.data.TFRecordDataset(str(path)).map(lambda s: records.parse(s, features))
-        try:
-            for example in ds.as_numpy_iterator():
-                volume_id = example[records.VOLUME_ID].decode()
-                slice_index = int(example[records.SLICE])
-                groups.setdefault(volume_id, []).append((
-                    records.decode_image(example[records.IMAGE]).numpy()[..., 0], slice_index,
-                    example[records.SOURCE].decode() or f"{volume_id}:{slice_index}",
-                    int(example[records.LABEL]),
-                    [int(example[key]) for key in (records.IRF, records.SRF, records.PED)]))
-        except tf.errors.OpError as e:
-            raise records.read_error(path, e) from None
+    paths = records.listed_shards(records_dir, records.read_manifest(records_dir))
+    for example in records.examples(paths, keys):
+        volume_id, slice_index = example[records.VOLUME_ID], int(example[records.SLICE])
+        groups.setdefault(volume_id, []).append((
+            images.decode_png(example[records.IMAGE])[..., 0], slice_index,
+            example[records.SOURCE] or f"{volume_id}:{slice_index}", int(example[records.LABEL]),
+            [int(example[key]) for key in (records.IRF, records.SRF, records.PED)]))
     for volume_id, members in groups.items():
         yield Scans(volume_id=volume_id, source=f"{records_dir} (volume {volume_id})",
                     images=[m[0] for m in members], slices=np.array([m[1] for m in members], np.int64),

@@ -2,13 +2,14 @@
 
 A model file is an octtl model when `result.json` (written by octtl.train into the run folder, next to
 `best.keras`) lies beside it with `status` ok and the `arch`, `image_size`, `preprocess` and `crop` the model
-was trained with. The crop is repeated here with `octtl.data.pipeline.crop`; the scaling is inside the model (its
-`input_scaling` layer), except in paper-mode models saved before it moved there, which get `octtl.data.pipeline.rescale`.
+was trained with. The crop is repeated here with `octtl.data.images.crop` (training's own, in numpy on every
+backend); the scaling is inside the model (its `input_scaling` layer), except in paper-mode models saved before
+it moved there, which get `octtl.data.images.rescale`.
 The reference codes that count as fluid come from the training data's `manifest.json` when `result.json`'s
 `data_dir` still holds it, else RETOUCH's default (codes 1-3, one voxel).
 
-A B-scan is predicted fluid when p_fluid > threshold, the rule octtl.train's accuracy uses. TensorFlow is
-imported only by the functions that need it, so a command can check its outputs first.
+A B-scan is predicted fluid when p_fluid > threshold, the rule octtl.train's accuracy uses. Keras (and its
+backend) is imported only by the functions that need it, so a command can check its outputs first.
 """
 
 import dataclasses
@@ -128,7 +129,7 @@ def load_model(model_path):
 
 
 def rescale_mode(model, config: RunConfig) -> str:
-    """octtl.data.pipeline.rescale's mode for a model: 'none' when it scales its inputs itself, else the paper's."""
+    """octtl.data.images.rescale's mode for a model: 'none' when it scales its inputs itself, else the paper's."""
     from octtl.nets import scaling
 
     return "none" if scaling.has_input_scaling(model) or config.preprocess != "paper" else "paper"
@@ -148,20 +149,24 @@ class Predictor:
     """Fluid probabilities of uint8 B-scans through a model's own training preprocessing."""
 
     def __init__(self, model, config: RunConfig, batch_size: int = 32):
-        import tensorflow as tf
+        from octtl.nets import devices
 
         self.model, self.config, self.batch_size = model, config, batch_size
         self.rescale = rescale_mode(model, config)
-        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        if devices.backend() == "tensorflow":
+            import tensorflow as tf
+
+            traced = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+            self._forward, self._padded = lambda x: traced(tf.constant(x)).numpy(), False
+        else:
+            # Compiled once for one shape: every batch is padded to batch_size.
+            self._forward, self._padded = model.predict_on_batch, True
 
     def inputs(self, images) -> np.ndarray:
-        """What the model sees: each B-scan denoised as in training, cropped (octtl.data.pipeline.crop), and rescaled
+        """What the model sees: each B-scan denoised as in training, cropped (octtl.data.images.crop), and rescaled
         where the model does not scale itself."""
-        import tensorflow as tf
-
-        from octtl.data import pipeline
-
         from octtl.data import denoise
+        from octtl.data import images as image_ops
 
         if self.config.denoise != "none":
             images = [denoise.denoise(image, self.config.denoise, self.config.denoise_strength) for image in images]
@@ -174,10 +179,10 @@ class Predictor:
         for members in by_shape.values():
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start:start + self.batch_size]
-                batch = tf.constant(np.stack([images[k] for k in chunk])[..., None])
-                cropped = pipeline.crop(batch, size, self.config.crop)
+                batch = np.stack([images[k] for k in chunk])[..., None].astype(np.uint8)
+                cropped = image_ops.crop(batch, size, self.config.crop)
                 # 0..255 (or legacy [-1, 1]) as float32, which is what Keras feeds the model in training.
-                out[chunk] = tf.cast(pipeline.rescale(cropped, self.rescale), tf.float32).numpy()
+                out[chunk] = image_ops.rescale(cropped, self.rescale)
         return out
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
@@ -186,10 +191,15 @@ class Predictor:
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Every output (float64, (n, outputs)) of model inputs as `inputs` makes them."""
-        import tensorflow as tf
+        from octtl.data import pipeline
 
-        out = [self._forward(tf.constant(inputs[start:start + self.batch_size])).numpy()
-               for start in range(0, len(inputs), self.batch_size)]
+        inputs = np.asarray(inputs, np.float32)
+        if self._padded:
+            out = [np.asarray(self._forward(batch))[:count]
+                   for batch, count in pipeline.padded_batches(inputs, self.batch_size)]
+        else:
+            out = [np.asarray(self._forward(inputs[start:start + self.batch_size]))
+                   for start in range(0, len(inputs), self.batch_size)]
         return (np.concatenate(out).astype(np.float64) if out
                 else np.zeros((0, len(self.config.classes)), np.float64))
 

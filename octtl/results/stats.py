@@ -24,11 +24,14 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats as scipy_stats
 
+from octtl import runs
+
 ALPHA = 0.05
 CONFIDENCE = 0.95
 MIN_FOLDS = 5  # fewer common folds: no paired test is run
-# What makes one fold index the same split in two runs (octtl.data.folds.split is a function of these and the data).
-PAIRING_FIELDS = ("data", "design", "folds", "seed", "group_by_volume")
+# What makes one fold index the same split in two runs (octtl.data.folds.split is a function of these and the data),
+# and the Keras backend: its batches and random draws differ, so folds of two backends are not paired.
+PAIRING_FIELDS = ("data", "design", "folds", "seed", "group_by_volume", "backend")
 
 
 def data_identity(result: dict):
@@ -42,7 +45,8 @@ def data_identity(result: dict):
 
 def pairing_key(result: dict) -> tuple:
     """Runs with equal keys split their data identically at equal fold indices, so their folds pair up."""
-    return tuple(data_identity(result) if field == "data" else result.get(field) for field in PAIRING_FIELDS)
+    return tuple(data_identity(result) if field == "data" else runs.recorded_setting(result, field)
+                 for field in PAIRING_FIELDS)
 
 
 def describe_key_difference(key: tuple, reference: tuple) -> str:

@@ -25,7 +25,6 @@ FITS = "fits"
 OUT_OF_MEMORY = "out of memory"
 PREDICTED_OUT_OF_MEMORY = "predicted out of host memory"
 HOST_MARGIN = 0.75  # share of MemAvailable the next CPU attempt may be predicted to use
-_OOM_WORDS = ("out of memory", "oom", "failed to allocate", "resource exhausted", "cudnn_status_alloc_failed")
 
 
 def search(fits: Callable[[int], Tuple[bool, str]], start: int = 8, cap: int = 256) -> Tuple[int, Dict[int, str]]:
@@ -61,14 +60,10 @@ def search(fits: Callable[[int], Tuple[bool, str]], start: int = 8, cap: int = 2
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """Whether an exception from a training step means the batch did not fit in memory."""
-    import tensorflow as tf
+    """Whether an exception from a training step means the batch did not fit in memory (on any Keras backend)."""
+    from octtl.nets import devices
 
-    if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
-        return True
-    # Some allocation failures surface as internal or unknown errors; their message says so.
-    return isinstance(error, (tf.errors.InternalError, tf.errors.UnknownError)) and any(
-        word in str(error).lower() for word in _OOM_WORDS)
+    return devices.is_out_of_memory(error)
 
 
 def peak_host_bytes() -> int:
@@ -122,12 +117,11 @@ class Trial:
         """One training step and one validation pass at `batch`; returns the peak bytes they used."""
         import keras
         import numpy as np
-        import tensorflow as tf
 
-        from octtl.nets import models
+        from octtl.nets import devices, models
 
         if self.gpu:
-            tf.config.experimental.reset_memory_stats("GPU:0")
+            devices.reset_peak_memory()
         model = models.build(self.arch, num_classes=2, weights="none", image_size=self.image_size)
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=protocol.LR, momentum=protocol.MOMENTUM),
                       loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=self.jit_compile)
@@ -142,7 +136,7 @@ class Trial:
         if not np.isfinite(np.asarray(loss)).all():
             raise RuntimeError(f"{self.arch}: non-finite loss at batch {batch}")
         if self.gpu:
-            return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+            return devices.peak_memory()
         return peak_host_bytes()
 
 

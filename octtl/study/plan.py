@@ -13,7 +13,7 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 from octtl import console, protocol, runs
-from octtl.data import denoise
+from octtl.data import augment_numpy, denoise
 from octtl.data import folds as folds_lib
 from octtl.errors import InputError
 from octtl.nets import registry
@@ -268,8 +268,6 @@ def variants_from(base: Config, lrs: Optional[Sequence[str]], augments: Optional
         train_volume_counts: --train_volume_counts, learning-curve points: numbers of volumes, or 'all'.
         repeats: --repeats, draws of each number of volumes.
     """
-    from octtl.data import augment  # TensorFlow: the sweep starts it quietly before planning
-
     try:
         rates = [float(v) for v in lrs] if lrs else [base.lr]
     except ValueError:
@@ -284,7 +282,7 @@ def variants_from(base: Config, lrs: Optional[Sequence[str]], augments: Optional
         except ValueError:
             raise InputError(f"--denoises={value}: a method, or method:strength") from None
     try:
-        augmentations = [",".join(augment.parse(value)) for value in (augments or [base.augment])]
+        augmentations = [",".join(augment_numpy.parse(value)) for value in (augments or [base.augment])]
         for method, strength in methods:
             denoise.check(method, strength)
     except InputError as e:

@@ -12,8 +12,6 @@ even by SIGKILL), so two sweeps never train one run, and a killed sweep resumes 
 result. Workers die with their sweep. This module imports neither TensorFlow nor Keras.
 """
 
-import contextlib
-import fcntl
 import json
 import os
 import pathlib
@@ -26,32 +24,20 @@ import threading
 import time
 from typing import Callable, Dict, List, Sequence
 
-from octtl import console, runs
+from octtl import console, outputs, runs
 from octtl.runs import Run
 from octtl.study.plan import format_duration
 
 CRASHES_BEFORE_STOP = 3
 
 
-@contextlib.contextmanager
 def claimed(logdir, run: Run):
-    """Yields whether this process holds the run's lock (LOGDIR/logs/.../fold{fold}.lock), held until exit.
+    """Whether this process holds the run's lock (runs.Run.lock), held until the block ends or the process exits.
 
-    Two sweeps given the same runs (a task started twice, a requeued job whose first copy still runs) then
-    never train one run at the same time. The kernel drops the lock when its holder dies, even by SIGKILL.
+    Two sweeps given the same runs (a task started twice, a requeued job whose first copy still runs), or a sweep
+    and octtl.train, then never train one run at the same time.
     """
-    path = run.log(logdir).with_suffix(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    return outputs.exclusive(run.lock(logdir))
 
 
 def _tail(path, lines=15) -> str:

@@ -45,7 +45,8 @@ def run_spec(spec: dict):
     config = Config(**spec["config"])  # a bad job fails here, before seconds of TensorFlow import
     from octtl import console
 
-    console.start_tensorflow()
+    console.start_backend()
+    from octtl.nets import devices
     from octtl.study import runner
     from octtl.training import session
     from octtl.errors import InputError, WeightsError
@@ -57,9 +58,9 @@ def run_spec(spec: dict):
                                  **fields})
                      + "\n")
 
-    session.configure_devices(config.mixed_precision)
+    devices.configure(config.mixed_precision)
     say = lambda line: print(line, flush=True)  # noqa: E731  (into the current run's log)
-    trainer = session.Session(config, say=say, progress=False, redo_stale=spec["redo_stale"])
+    trainer = session.Session(config, say=say, progress=False, redo_stale=spec["redo_stale"], lock=False)
     mine_variant = runs.session_variant(config.variant_name)
     for design, arch, batch, fold, variant in spec["runs"]:
         run = runs.Run(design, arch, batch, fold, variant)

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from typing import Mapping, Optional, Sequence
 
-from octtl import protocol, runs
+from octtl import console, protocol, runs
 from octtl.errors import InputError
 from octtl.data import denoise as denoising  # `denoise` is the setting's name here
 from octtl.nets import registry
@@ -59,7 +59,7 @@ class Config:
     max_iterations: Optional[int] = None
     eval_every: Optional[int] = None
     save_model: bool = True
-    augment: str = ""  # comma list of octtl.data.augment.AUGMENTATIONS; the paper used none
+    augment: str = ""  # comma list of octtl.data.augment_numpy.AUGMENTATIONS; the paper used none
     augment_strength: float = 1.0
     denoise: str = "none"  # octtl.data.denoise.METHODS
     denoise_strength: Optional[float] = None  # None: the method's default
@@ -119,7 +119,8 @@ def planned(config: Config, identity: dict, result: dict) -> dict:
             "patience": config.patience, "early_stop": config.early_stop, "max_iterations": config.max_iterations,
             "eval_every": config.eval_every, "seed": config.seed, "group_by_volume": config.group_by_volume,
             "test_fold": "auto" if config.held_out else "none", "mixed_precision": config.mixed_precision,
-            **_recorded(config.variant)}
+            # The Keras backend the process runs (KERAS_BACKEND): another backend's run is another run.
+            "backend": console.backend(), **_recorded(config.variant)}
 
 
 def _recorded(variant: dict) -> dict:

@@ -140,6 +140,9 @@ class HalfEpochEarlyStop(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def _evaluate(self, is_check):
+        # Reading Callback.model puts JAX's training state back into the variables the predictor reads (mid-epoch
+        # Keras keeps it apart); on the other backends it is the model itself.
+        self.model  # noqa: B018
         result = self._score(self._predict(), self._labels, self.iteration, is_check)
         self.evaluations.append(result)
         # Strictly greater: on ties the earlier model stays, as it was reached in fewer iterations.

@@ -1,12 +1,13 @@
-"""TensorBoard event files without TensorFlow: the tags and plugin formats octtl.training.tensorboard writes.
+"""What a run writes for TensorBoard, on every Keras backend and without TensorFlow.
 
-For backends other than TensorFlow (issue #26). Tags: `train/loss`, `train/accuracy` per iteration (`StepLog`);
-`val/loss`, `val/accuracy`, `val/auc` per check; `best/*` at the best check; the hparams plugin's experiment
-(`write_hparams_config`) and each run's hyperparameters with typed domains; four validation B-scans
-(`val/bscans`); the PR curve of the best check (`val/pr_curve_at_best/pr_curves`, the pr_curves plugin's 6 x 201
-float32 tensor). Each summary is the one TensorFlow writes, built from tensorboard's own protos and plugin
-metadata helpers (tensorboard.plugins.*.metadata, hparams.summary_v2's *_pb functions), so TensorBoard reads
-both alike; B-scans are PNG-encoded by Pillow (other bytes than TensorFlow's encoder, the same pixels).
+Tags: `train/loss`, `train/accuracy` per iteration (`StepLog`); `val/loss`, `val/accuracy`, `val/auc` per
+check; `best/*` and `test/*` at the best check; the hparams plugin's experiment (`write_hparams_config`, at the top
+of a log folder once) and each run's hyperparameters with typed domains, so the dashboard filters and sorts each
+column as what it is; four validation B-scans (`val/bscans`); the PR curve of the best check of a two-class network
+(`val/pr_curve_at_best/pr_curves`, the pr_curves plugin's 6 x 201 float32 tensor). Each summary is the one
+tf.summary writes, built from tensorboard's own protos and plugin metadata helpers (tensorboard.plugins.*.metadata,
+hparams.summary_v2's *_pb functions), so TensorBoard reads them alike; B-scans are PNG-encoded by Pillow (other
+bytes than TensorFlow's encoder, the same pixels).
 
 The file is written with octtl.data.tfrecord rather than tensorboard's EventFileWriter: that writer reaches
 TensorFlow's gfile through tensorboard.compat whenever TensorFlow is installed, so it would start TensorFlow
@@ -34,7 +35,7 @@ from octtl.data import images as images_lib
 from octtl.data import tfrecord
 from octtl.nets import registry, scaling
 
-# octtl.training.tensorboard's typed domains (a test pins the two together until that module uses these).
+# Typed domains, so TensorBoard's hparams dashboard filters and sorts each column as what it is.
 HPARAMS = {
     "arch": hp.Discrete(sorted(registry.ARCHITECTURES)),
     "batch": hp.IntInterval(1, 1 << 16),
@@ -211,8 +212,8 @@ def pr_curve_pb(name: str, labels: np.ndarray, predictions: np.ndarray,
 class StepLog:
     """Per-iteration training loss/accuracy; says when the loss is non-finite or exploding (divergence).
 
-    The framework-free half of octtl.training.tensorboard.StepLogger: a Keras callback calls `update` from
-    on_train_batch_end and stops training when it returns True.
+    octtl.training.fitting.StepLogger is its Keras callback: it calls `update` after every batch and stops training
+    when it returns True.
 
     Args:
         writer: The run's Writer.
@@ -242,3 +243,4 @@ class StepLog:
         if "accuracy" in logs:
             self._writer.scalar("train/accuracy", float(logs["accuracy"]), iteration)
         return False
+

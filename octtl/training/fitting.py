@@ -1,7 +1,9 @@
 """One run of the protocol on a prepared session: its batches, one `model.fit` with the early stop, its outputs.
 
 `fit` trains from the session's initial weights (restored by the caller) and returns the early stop that holds
-the best check, with the training time; `write_outputs` puts the best weights back and writes what the run
+the best check, with the training time. Its batches come from tf.data on TensorFlow and from `HostBatches` (a
+keras.utils.PyDataset over numpy) on the other backends: the same examples, crops and augmentations, shuffled by
+another generator (tf.data's, numpy's), so one seed orders the batches differently on TensorFlow and elsewhere; `write_outputs` puts the best weights back and writes what the run
 folder holds besides result.json (predictions.csv, best.keras, the last TensorBoard events) and returns the
 result's metrics. A run that diverges or runs out of memory raises `RunFailed`, which the session records.
 """
@@ -12,12 +14,13 @@ import pathlib
 import time
 from typing import Callable, Optional
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from octtl import console, outputs, runs
-from octtl.data import augment, pipeline
-from octtl.training import early_stop, tensorboard
+from octtl.data import augment_numpy, pipeline
+from octtl.nets import devices
+from octtl.training import early_stop, events
 from octtl.training.config import Config
 
 
@@ -99,6 +102,11 @@ def batches(session, config: Config, schedule: Schedule):
     """The run's training batches, reshuffled every epoch with its seed; augmented views where asked for; a
     learning-curve point's cycled so that every epoch has the whole folds' iterations."""
     decoded = session.decoded
+    if devices.backend() != "tensorflow":
+        return HostBatches(decoded.images, session.targets, schedule, config.seed, config.size, session.margin,
+                           session.augmentations, config.augment_strength)
+    from octtl.data import augment  # tf.data's: TensorFlow's backend only
+
     if session.augmentations:
         ds = augment.training_batches(decoded.images, session.targets, schedule.train_idx, schedule.batch,
                                       config.seed, config.size, session.margin, session.augmentations,
@@ -106,6 +114,71 @@ def batches(session, config: Config, schedule: Schedule):
     else:
         ds = pipeline.training_batches(decoded, schedule.train_idx, schedule.batch, config.seed, session.targets)
     return ds.repeat() if schedule.cycle else ds
+
+
+class StepLogger(keras.callbacks.Callback):
+    """events.StepLog as a Keras callback: logs every iteration, stops training on a non-finite or exploding loss.
+
+    Args:
+        writer: The run's Writer.
+        iteration: Returns the number of iterations finished before the current one.
+    """
+
+    def __init__(self, writer: events.Writer, iteration: Callable[[], int]):
+        super().__init__()
+        self._log = events.StepLog(writer, iteration)
+
+    @property
+    def diverged(self):
+        """(iteration, loss, why) once the loss diverged, else None."""
+        return self._log.diverged
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Logs the iteration's loss and accuracy; stops training where they diverged."""
+        if self._log.update(logs):
+            self.model.stop_training = True
+
+
+class HostBatches(keras.utils.PyDataset):
+    """The run's training batches made on the host in numpy, for the backends other than TensorFlow.
+
+    Batch k of Keras epoch e is step g = e * steps_per_epoch + k of one stream through the data: data epoch
+    g // (examples // batch) in octtl.data.augment_numpy's order for that epoch, augmented from (seed, data epoch,
+    step), so whole-fold runs reshuffle every epoch (the last partial batch dropped) and a learning-curve point
+    cycles its few examples through the whole folds' iterations. Any batch is computed from its number alone, so
+    the batches are the same whatever threads make them.
+    """
+
+    def __init__(self, views: np.ndarray, targets: np.ndarray, schedule: Schedule, seed: int, size: int,
+                 margin: int, augmentations, strength: float):
+        super().__init__(workers=2 if augmentations else 1)
+        self._views, self._targets, self._schedule, self._seed = views, targets, schedule, seed
+        self._augment = (augment_numpy.make_augment(size, margin, augmentations, strength)
+                         if augmentations or margin else None)
+        self._per_data_epoch = len(np.unique(schedule.train_idx)) // schedule.batch
+        self._orders = {}
+        self.epoch = 0
+
+    def __len__(self):
+        return self._schedule.steps_per_epoch
+
+    def __getitem__(self, k):
+        step = self.epoch * self._schedule.steps_per_epoch + int(k)
+        data_epoch, within = divmod(step, self._per_data_epoch)
+        order = self._orders.get(data_epoch)
+        if order is None:
+            order = self._orders[data_epoch] = augment_numpy.epoch_order(self._schedule.train_idx, self._seed,
+                                                                         data_epoch)
+            self._orders.pop(data_epoch - 2, None)  # a batch of the epoch before may still be in flight
+        batch = self._schedule.batch
+        chosen = order[within * batch:(within + 1) * batch]
+        views, targets = self._views[chosen], self._targets[chosen]
+        if self._augment is None:
+            return views, targets
+        return self._augment(views, targets, (self._seed, data_epoch, within))
+
+    def on_epoch_end(self):
+        self.epoch += 1
 
 
 def fit(session, config: Config, schedule: Schedule, val_idx, writer, say: Callable[[str], None],
@@ -141,7 +214,7 @@ def fit(session, config: Config, schedule: Schedule, val_idx, writer, say: Calla
     def on_evaluation(e: early_stop.Evaluation, stop: early_stop.HalfEpochEarlyStop):
         if not np.isfinite(e.val_loss):
             raise RunFailed(f"validation loss is {e.val_loss} at iteration {e.iteration}")
-        tensorboard.log_check(writer, e)
+        events.log_check(writer, e)
         # On a terminal the progress bar owns the line: clear it, print, and let the bar redraw below.
         say(("\r\x1b[2K" if progress else "") + check_line(e, stop, steps_per_epoch, patience,
                                                                 session.task.auc_words))
@@ -150,16 +223,18 @@ def fit(session, config: Config, schedule: Schedule, val_idx, writer, say: Calla
         timer, val_labels, steps_per_epoch, config.checks_per_epoch, config.patience,
         early_stop=config.early_stop, max_iterations=config.max_iterations, eval_every=config.eval_every,
         on_evaluation=on_evaluation, evaluate=session.task.evaluate)
-    step_logger = tensorboard.StepLogger(writer, lambda: stop.iteration)
+    step_logger = StepLogger(writer, lambda: stop.iteration)
     hparams = {**dataclasses.asdict(config), "image_size": config.size}
-    tensorboard.log_start(writer, hparams, f"{config.design}/{config.arch}/batch{config.batch}/fold{config.fold}",
+    events.log_start(writer, hparams, f"{config.design}/{config.arch}/batch{config.batch}/fold{config.fold}",
                           val_images)
     started = time.perf_counter()
     try:
         model.fit(batches(session, config, schedule), epochs=epochs, verbose=1 if progress else 0, shuffle=False,
                   steps_per_epoch=steps_per_epoch if schedule.cycle else None, callbacks=[step_logger, stop])
-    except tf.errors.ResourceExhaustedError as e:
-        raise RunFailed(f"out of memory at batch {config.batch}: {e.message.splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001  (only running out of memory is a failed run; the rest re-raise)
+        if not devices.is_out_of_memory(e):
+            raise
+        raise RunFailed(f"out of memory at batch {config.batch}: {devices.first_line(e)}") from None
     if step_logger.diverged:
         iteration, loss, why = step_logger.diverged
         raise RunFailed(f"training loss is {loss} at iteration {iteration}{why}")
@@ -183,7 +258,7 @@ def write_outputs(session, config: Config, fitted: Fitted, split, out: pathlib.P
         write_predictions(out / runs.TEST_PREDICTIONS, session, split.test, tested.probabilities)
     if config.save_model:
         _save_model(model, out / runs.BEST_MODEL)
-    tensorboard.log_end(writer, best, session.targets[split.validation], tested)
+    events.log_end(writer, best, session.targets[split.validation], tested)
     return {
         **({} if tested is None else {
             "test_accuracy": tested.val_accuracy, "test_auc": None if math.isnan(tested.val_auc) else tested.val_auc,
@@ -254,5 +329,9 @@ class _EvalTimer:
 
 def _save_model(model, path):
     tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    tmp.replace(path)
+    try:
+        model.save(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or Ctrl-C leaves no half-written checkpoint
+        raise

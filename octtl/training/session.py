@@ -13,6 +13,7 @@ nothing is traced twice. `train` is a session of one run. A run is three steps: 
 fit (octtl.training.fitting), write the outputs.
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -23,27 +24,14 @@ from typing import Callable, Optional
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from octtl import outputs, protocol, runs
-from octtl.data import augment, denoise, folds, pipeline, records
+from octtl.data import augment_numpy, denoise, folds, pipeline, records
 from octtl.errors import InputError, WeightsError
-from octtl.nets import models, pretrained, registry, scaling
-from octtl.training import fitting, tasks, tensorboard
+from octtl.nets import devices, head_init, models, pretrained, registry, scaling
+from octtl.training import events, fitting, tasks
 from octtl.training import config as config_lib  # `config` is every function's run settings here
 from octtl.training.config import STRATEGIES, Config, flags_text, planned
-
-
-def configure_devices(mixed_precision: bool) -> list:
-    """Memory growth on every GPU (runs and workers share the card), and the mixed-precision policy."""
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass  # Already initialised by an earlier session in this process: growth was set then.
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
-    return gpus
 
 
 def check_settings(config: Config):
@@ -63,11 +51,15 @@ def check_settings(config: Config):
         raise InputError(f"--preprocess={config.preprocess}: choose from {', '.join(scaling.PREPROCESS_CHOICES)}")
     if config.crop not in pipeline.CROPS:
         raise InputError(f"--crop={config.crop}: choose from {', '.join(pipeline.CROPS)}")
+    if config.strategy not in STRATEGIES:
+        raise InputError(f"--strategy={config.strategy}: choose from {', '.join(STRATEGIES)}")
+    if config.strategy != "default" and devices.backend() != "tensorflow":
+        devices.strategy(config.strategy)  # refused in one line: MirroredStrategy is TensorFlow's
     minimum = registry.get(config.arch).min_input_size
     if config.size < minimum:
         raise InputError(f"--image_size={config.size}: {config.arch} needs at least {minimum} px")
-    augment.parse(config.augment)
-    augment.check_strength(config.augment_strength)
+    augment_numpy.parse(config.augment)
+    augment_numpy.check_strength(config.augment_strength)
     denoise.check(config.denoise, config.denoise_strength)
     config_lib.check_curve_point(config)
     config_lib.check_task(config)
@@ -111,9 +103,10 @@ def resolve_weights(config: Config, say: Callable[[str], None] = print) -> pretr
 def train(config: Config, fold: int, say: Callable[[str], None] = print, progress: Optional[bool] = None) -> dict:
     """Runs (or, when done before, reads back) one fold of `config.design`; returns the result dict.
 
-    A finished run whose configuration differs (octtl.runs.stale_reason) is trained again, saying why.
+    A finished run whose configuration differs (octtl.runs.stale_reason) is refused in one line, unless
+    config.overwrite replaces it.
     """
-    return Session(config, say=say, progress=progress, redo_stale=True).run(config.design, fold)
+    return Session(config, say=say, progress=progress, refuse_stale=True).run(config.design, fold)
 
 
 class Session:
@@ -124,12 +117,17 @@ class Session:
         say: Where the console lines go.
         progress: Keras' progress bar during training; default: only when stdout is a terminal.
         redo_stale: Train again a finished run whose configuration differs; else leave it and say so.
+        refuse_stale: Refuse such a run instead (InputError naming its folder and what differs): octtl.train, where
+            a finished run is replaced only with --overwrite.
+        lock: Hold the run's lock (octtl.runs.Run.lock) while training it, refusing a run another process trains;
+            off where the caller holds it (the sweep's workers).
     """
 
     def __init__(self, config: Config, say: Callable[[str], None] = print, progress: Optional[bool] = None,
-                 redo_stale: bool = True):
+                 redo_stale: bool = True, refuse_stale: bool = False, lock: bool = True):
         check_settings(config)
         self.config, self.say, self.redo_stale = config, say, redo_stale
+        self.refuse_stale, self.lock = refuse_stale, lock
         self.progress = sys.stdout.isatty() if progress is None else progress
         self._identity = None
         self._ready = False
@@ -158,6 +156,9 @@ class Session:
         reason = runs.stale_reason(previous, planned(config, self.identity, previous))
         if reason is None:
             return {**previous, "skipped": True, "run_dir": str(run.folder(self.config.logdir))}
+        if self.refuse_stale:
+            raise InputError(f"{run.folder(self.config.logdir)}: a finished run of another configuration ({reason}); "
+                             "--overwrite replaces it, another --logdir keeps both")
         if self.redo_stale:
             self.say(f"train: {run.folder(self.config.logdir)}: stale ({reason}); training it again")
             return None
@@ -189,20 +190,38 @@ class Session:
         self.prepare()
         split = self._split(config, design, fold)
         point = self._curve_point(config, split, fold)
-        used = self._start_folder(config, out)
-        started = time.time()
-        result = {**self._recorded(used, split), **point.record()}
-        self._reset(config.seed)
-        writer = tf.summary.create_file_writer(str(out))
+        if not self.lock:
+            return self._train(config, out, split, point)
+        with outputs.exclusive(run.lock(config.logdir)) as mine:
+            if not mine:
+                raise InputError(f"{out}: another octtl process is training this run (it holds {run.lock(config.logdir)});"
+                                 " wait for it, or use another --logdir")
+            done = self.finished(design, fold, **per_run)  # that process may have finished it a moment ago
+            return done if done is not None else self._train(config, out, split, point)
+
+    def _train(self, config: Config, out, split: folds.Split, point: fitting.Schedule) -> dict:
+        """Trains one run into its folder `out`; result.json is written last, so an unfinished run has none.
+
+        Raises:
+            InputError: The run folder cannot be written (read-only, a full disk): nothing half-written is left
+                there under a name octtl reads, and the run starts again when the command is run again.
+        """
         try:
-            fitted = fitting.fit(self, used, point, split.validation, writer, self.say, self.progress)
-            result.update(fitting.write_outputs(self, used, fitted, split, out, writer), status="ok")
-        except fitting.RunFailed as e:
-            result.update(status="failed", error=str(e))
-        finally:
-            writer.close()
-        result["wall_seconds"] = time.time() - started
-        runs.write_result(out, result)
+            used = self._start_folder(config, out)
+            started = time.time()
+            result = {**self._recorded(used, split), **point.record()}
+            self._reset(config.seed)
+            with contextlib.closing(events.Writer(out)) as writer:
+                try:
+                    fitted = fitting.fit(self, used, point, split.validation, writer, self.say, self.progress)
+                    result.update(fitting.write_outputs(self, used, fitted, split, out, writer), status="ok")
+                except fitting.RunFailed as e:
+                    result.update(status="failed", error=str(e))
+            result["wall_seconds"] = time.time() - started
+            runs.write_result(out, result)
+        except OSError as e:
+            raise InputError(f"--logdir={config.logdir}: cannot write {out} ({e.strerror or e}); the run did not "
+                             "finish and starts again when the command is run again") from None
         return {**result, "run_dir": str(out)}
 
     def _split(self, config: Config, design: str, fold: int) -> folds.Split:
@@ -239,7 +258,7 @@ class Session:
             out.mkdir(parents=True)
         except OSError as e:
             raise InputError(f"--logdir={config.logdir}: cannot create {out} ({e.strerror or e})") from None
-        tensorboard.write_hparams_config(config.logdir)
+        events.write_hparams_config(config.logdir)
         used = dataclasses.replace(config, weights=self.weights.requested, preprocess=self.scaling.preprocess,
                                    image_size=config.size, overwrite=False, weights_fallback=None)
         outputs.write_text(out / runs.FLAGS_FILE, flags_text(used))
@@ -285,16 +304,14 @@ class Session:
         self.weights = resolve_weights(config, self.say)
         self.scaling = scaling.resolve_preprocess(config.preprocess, self.weights, config.arch)
         self.model = build_model(config, self.weights, self.scaling, self.task)
-        self.augmentations = augment.parse(config.augment)
-        self.margin = augment.margin(config.size, self.augmentations, config.augment_strength)
+        self.augmentations = augment_numpy.parse(config.augment)
+        self.margin = augment_numpy.margin(config.size, self.augmentations, config.augment_strength)
         self.decoded = decode(config, self.metadata, self.margin, self.say)
         self._describe()
         # Everything a run changes, as it was before the first: restored before each run.
         self._initial = [v.numpy() for v in self.model.variables]
         self._initial_optimizer = [v.numpy() for v in self.model.optimizer.variables]
-        model, batch = self.model, config.validation_batch
-        self._forward = tf.function(lambda x: model(x, training=False), input_signature=[
-            tf.TensorSpec((batch, config.size, config.size, 1), tf.uint8)])
+        self._forward = _forward(self.model, config.validation_batch, config.size)
         self._ready = True
 
     def _describe(self):
@@ -322,7 +339,7 @@ class Session:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities of `images` through fixed-size (padded) batches."""
-        out = [self._forward(batch).numpy()[:count] for batch, count in
+        out = [np.asarray(self._forward(batch))[:count] for batch, count in
                pipeline.padded_batches(images, self.config.validation_batch)]
         return np.concatenate(out).astype(np.float64)
 
@@ -331,12 +348,15 @@ def build_model(config: Config, weights: pretrained.Weights, input_scaling: scal
                 task: tasks.Task):
     """The network with its head swapped for the task and weights loaded, compiled with the protocol's SGD."""
     keras.utils.set_random_seed(config.seed)
-    with _strategy(config.strategy).scope():
+    with devices.strategy(config.strategy).scope():
         try:
             model = models.build(config.arch, num_classes=task.outputs, weights=weights, image_size=config.size,
                                  preprocess=input_scaling, activation=task.activation)
         except WeightsError as e:
             raise WeightsError(f"--weights={config.weights}: {e}") from None
+        if models.HEAD in {layer.name for layer in model.layers}:
+            # Drawn by NumPy from the run's seed, so the new head is the same on every backend.
+            head_init.initialise_head(model, config.seed)
         if task.types:
             loss, accuracy = keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="accuracy")
         else:
@@ -350,7 +370,7 @@ def build_model(config: Config, weights: pretrained.Weights, input_scaling: scal
 
 def decode(config: Config, metadata: records.Metadata, margin: int, say: Callable[[str], None]):
     """Every B-scan decoded once, denoised where asked, cropped (with `margin` around for augmentation)."""
-    view = (functools.partial(augment.view, size=config.size, margin=margin, crop_mode=config.crop)
+    view = (functools.partial(augment_numpy.view, size=config.size, margin=margin, crop_mode=config.crop)
             if margin else None)
     strength = denoise.check(config.denoise, config.denoise_strength)
     prefilter = (functools.partial(denoise.denoise, method=config.denoise, strength=strength)
@@ -368,7 +388,7 @@ def decode(config: Config, metadata: records.Metadata, margin: int, say: Callabl
 
 
 def _ranges_in_words(augmentations, strength) -> str:
-    r = augment.ranges(strength)
+    r = augment_numpy.ranges(strength)
     words = {"flip": f"mirror with probability {r['flip_probability']:g}",
              "shift": f"shift up to {r['shift_fraction']:g} of the side", "scale": "zoom {:g}-{:g}".format(*r["zoom"]),
              "intensity": "gain {:g}-{:g}, gamma {:.3g}-{:.3g}".format(*r["gain"], *r["gamma"]),
@@ -376,9 +396,13 @@ def _ranges_in_words(augmentations, strength) -> str:
     return "; ".join(words[a] for a in augmentations)
 
 
-def _strategy(name):
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "default":
-        return tf.distribute.get_strategy()
-    raise InputError(f"--strategy={name}: choose from {', '.join(STRATEGIES)}")
+def _forward(model, batch: int, size: int) -> Callable:
+    """The network's inference on one fixed-size uint8 batch: traced once by TensorFlow (tf.function), compiled once
+    by the other backends' predict_on_batch."""
+    if devices.backend() == "tensorflow":
+        import tensorflow as tf
+
+        traced = tf.function(lambda x: model(x, training=False),
+                             input_signature=[tf.TensorSpec((batch, size, size, 1), tf.uint8)])
+        return lambda images: traced(images).numpy()
+    return model.predict_on_batch

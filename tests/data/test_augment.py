@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from octtl.data import augment
+from octtl.data import augment, augment_numpy
 
 from octtl.data import pipeline
 from octtl.errors import InputError
@@ -44,8 +44,8 @@ def test_without_augmentation_the_batches_are_data_training_batches_byte_for_byt
 
 
 def test_augmentation_is_reproducible_per_seed_and_differs_between_seeds_and_epochs():
-    every = augment.AUGMENTATIONS
-    margin = augment.margin(SIZE, every, 1.0)
+    every = augment_numpy.AUGMENTATIONS
+    margin = augment_numpy.margin(SIZE, every, 1.0)
     views, labels = _views(side=SIZE + 2 * margin), _labels()
 
     def run(seed):
@@ -69,12 +69,12 @@ def test_each_epoch_draws_new_augmentations():
 
 
 def test_augmentation_changes_training_batches_but_not_their_examples_or_order():
-    margin = augment.margin(SIZE, augment.AUGMENTATIONS, 1.0)
+    margin = augment_numpy.margin(SIZE, augment_numpy.AUGMENTATIONS, 1.0)
     views, labels = _views(side=SIZE + 2 * margin), _labels()
     plain = _epochs(augment.training_batches(views, labels, range(12), 4, 1, SIZE, margin))
     views_before = views.copy()
     augmented = _epochs(augment.training_batches(views, labels, range(12), 4, 1, SIZE, margin,
-                                                 augment.AUGMENTATIONS))
+                                                 augment_numpy.AUGMENTATIONS))
     np.testing.assert_array_equal(views, views_before)  # the decoded views (validation's source) are untouched
     for epoch, reference in zip(augmented, plain):
         for (x, y), (x0, y0) in zip(epoch, reference):
@@ -100,7 +100,7 @@ def test_flip_mirrors_some_images_left_right_and_leaves_the_others():
 def test_shift_is_a_window_of_the_view_offset_by_at_most_the_range(strength):
     size = 30
     limit = math.floor(0.1 * strength * size)
-    margin = augment.margin(size, ("shift",), strength)
+    margin = augment_numpy.margin(size, ("shift",), strength)
     assert margin == limit + 1  # one pixel to spare
     views = _views(n=16, side=size + 2 * margin)
     out, _ = augment.make_augment(size, margin, ("shift",), strength)(views, _labels(16), _seed(9))
@@ -116,7 +116,7 @@ def test_shift_is_a_window_of_the_view_offset_by_at_most_the_range(strength):
 
 def test_scale_zooms_about_the_views_centre_pixel():
     size = 21  # odd: the output's centre pixel samples the view's centre pixel exactly
-    margin = augment.margin(size, ("scale",), 1.0)
+    margin = augment_numpy.margin(size, ("scale",), 1.0)
     assert margin == math.ceil((20 / 0.9 - 20) / 2) + 1
     side = size + 2 * margin
     views = _views(n=16, side=side)
@@ -130,7 +130,7 @@ def test_scale_zooms_about_the_views_centre_pixel():
 def test_scale_at_its_extremes_stays_inside_the_view_with_the_margin():
     for size in (21, 224, 299):
         for strength in (0.5, 1.0, 2.0, 4.0):
-            both = augment.margin(size, ("shift", "scale"), strength)
+            both = augment_numpy.margin(size, ("shift", "scale"), strength)
             reach = (size - 1) / (2 * (1 - 0.1 * strength)) + math.floor(0.1 * strength * size)
             assert (size - 1) / 2 + both >= reach - 1e-9  # the farthest sample lies inside the view
             assert (size - 1) / 2 + both - 2 < reach  # and no more than a pixel to spare
@@ -161,10 +161,10 @@ def test_speckle_multiplies_by_noise_of_mean_one_and_the_documented_spread(stren
 
 
 def test_margin_is_zero_without_shift_or_scale():
-    assert augment.margin(224, (), 1.0) == 0
-    assert augment.margin(224, ("flip", "intensity", "speckle"), 3.0) == 0
-    assert augment.margin(224, ("shift",), 1.0) == 22 + 1  # floor(22.4) and a pixel to spare
-    assert augment.margin(299, ("shift", "scale"), 1.0) == 29 + 17 + 1  # ceil((298 / 0.9 - 298) / 2) = 17
+    assert augment_numpy.margin(224, (), 1.0) == 0
+    assert augment_numpy.margin(224, ("flip", "intensity", "speckle"), 3.0) == 0
+    assert augment_numpy.margin(224, ("shift",), 1.0) == 22 + 1  # floor(22.4) and a pixel to spare
+    assert augment_numpy.margin(299, ("shift", "scale"), 1.0) == 29 + 17 + 1  # ceil((298 / 0.9 - 298) / 2) = 17
 
 
 @pytest.mark.parametrize("mode", pipeline.CROPS)
@@ -213,16 +213,16 @@ def test_resize_view_continues_the_b_scan_instead_of_padding_it():
 @pytest.mark.parametrize("text, expected", [("", ()), ("none", ()), ("speckle, flip", ("flip", "speckle")),
                                             ("shift,flip,shift", ("flip", "shift"))])
 def test_parse_reads_a_comma_list_in_a_fixed_order(text, expected):
-    assert augment.parse(text) == expected
+    assert augment_numpy.parse(text) == expected
 
 
 @pytest.mark.parametrize("call, flag", [
-    (lambda: augment.parse("flip,rotate"), "--augment=flip,rotate"),
-    (lambda: augment.parse("none,flip"), "--augment=none,flip"),
-    (lambda: augment.check_strength(0), "--augment_strength=0"),
-    (lambda: augment.check_strength(5), "--augment_strength=5"),
-    (lambda: augment.check_strength("strong"), "--augment_strength=strong"),
-    (lambda: augment.margin(224, ("shift",), -1), "--augment_strength=-1")])
+    (lambda: augment_numpy.parse("flip,rotate"), "--augment=flip,rotate"),
+    (lambda: augment_numpy.parse("none,flip"), "--augment=none,flip"),
+    (lambda: augment_numpy.check_strength(0), "--augment_strength=0"),
+    (lambda: augment_numpy.check_strength(5), "--augment_strength=5"),
+    (lambda: augment_numpy.check_strength("strong"), "--augment_strength=strong"),
+    (lambda: augment_numpy.margin(224, ("shift",), -1), "--augment_strength=-1")])
 def test_bad_names_and_strengths_are_one_line_naming_the_flag(call, flag):
     with pytest.raises(InputError) as e:
         call()
@@ -230,7 +230,7 @@ def test_bad_names_and_strengths_are_one_line_naming_the_flag(call, flag):
 
 
 def test_ranges_scale_with_the_strength():
-    r = augment.ranges(0.5)
+    r = augment_numpy.ranges(0.5)
     assert r["flip_probability"] == 0.5 and r["shift_fraction"] == pytest.approx(0.05)
     assert r["zoom"] == pytest.approx((0.95, 1.05)) and r["gain"] == pytest.approx((0.9, 1.1))
     assert r["gamma"] == pytest.approx((1.25 ** -0.5, 1.25 ** 0.5)) and r["speckle_std"] == pytest.approx(0.05)

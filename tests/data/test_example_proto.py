@@ -16,7 +16,7 @@ def _record_fields(k=0):
 
 
 def _as_features(fields):
-    """The same record as the feature dict example_proto.encode takes (keys and types of records.FEATURES)."""
+    """The same record as the feature dict example_proto.encode takes (keys and types of records.SCHEMA)."""
     from octtl.data import records
 
     return {records.IMAGE: fields["png"], records.HEIGHT: fields["height"], records.WIDTH: fields["width"],
@@ -31,13 +31,32 @@ def _tf_values(parsed: dict) -> dict:
     return {key: value if isinstance(value, bytes) else value.item() for key, value in values.items()}
 
 
+def _tf_parse(payload: bytes) -> dict:
+    """An octtl record parsed by TensorFlow: every key of records.SCHEMA as a FixedLenFeature, text as str."""
+    from octtl.data import records
+
+    features = {key: tf.io.FixedLenFeature([], tf.string if kind is bytes else tf.int64,
+                                           default_value=records.DEFAULTS.get(key))
+                for key, kind in records.SCHEMA.items()}
+    values = _tf_values(tf.io.parse_single_example(tf.constant(payload), features))
+    return {key: value.decode() if key in records.TEXT else value for key, value in values.items()}
+
+
 @pytest.mark.parametrize("k", [0, 1, 5])
 def test_octtls_records_parse_to_the_values_tensorflow_parses(k):
     from octtl.data import records
 
     payload = records.encode(**_record_fields(k))
-    ours = example_proto.scalars(example_proto.parse(payload), records.FEATURES)
-    assert ours == _tf_values(records.parse(tf.constant(payload)))
+    assert records.parse(payload) == _tf_parse(payload)
+
+
+def test_records_without_image_source_read_it_empty_as_tensorflow_does():
+    from octtl.data import records
+
+    fields = _as_features(_record_fields(2))
+    del fields[records.SOURCE]
+    payload = example_proto.encode(fields)
+    assert records.parse(payload)[records.SOURCE] == "" == _tf_parse(payload)[records.SOURCE]
 
 
 @pytest.mark.parametrize("k", [0, 1, 5])
@@ -48,7 +67,7 @@ def test_encoded_records_are_tensorflows_examples_and_parse_alike(k):
     ours = example_proto.encode(_as_features(fields))
     theirs = records.encode(**fields)
     assert tf.train.Example.FromString(ours) == tf.train.Example.FromString(theirs)
-    assert _tf_values(records.parse(tf.constant(ours))) == _tf_values(records.parse(tf.constant(theirs)))
+    assert _tf_parse(ours) == _tf_parse(theirs) == records.parse(ours)
     # Deterministic serialization: TensorFlow's message written deterministically is the same bytes.
     assert ours == tf.train.Example.FromString(theirs).SerializeToString(deterministic=True)
 

@@ -119,7 +119,8 @@ def test_a_truncated_file_names_the_file_and_the_last_record(tmp_path, keep, wha
     assert next(records) == payloads[0]  # the records before the cut are served
     with pytest.raises(tfrecord.DamagedRecordError) as error:
         next(records)
-    assert str(error.value).startswith(f"{path}: record 1 (byte {start})") and what in str(error.value)
+    assert str(error.value).startswith(f"{path}: damaged or truncated TFRecord shard (record 1 at byte {start}: ")
+    assert what in str(error.value)
 
 
 def test_a_damaged_payload_is_served_when_checksums_are_not_checked(tmp_path):

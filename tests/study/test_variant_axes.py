@@ -74,8 +74,8 @@ def test_training_decodes_denoised_b_scans(records_dir, denoised_run):
                            prefilter=lambda image: denoise.denoise(image, "median", 5))
     assert not np.array_equal(plain.images, filtered.images)
     # Denoised before cropping: the crop of the denoised B-scan, not the denoised crop.
-    whole = tf.io.decode_png(next(iter(tf.data.TFRecordDataset(records.shard_paths(records_dir)).map(
-        lambda s: records.parse(s)[records.IMAGE]))), channels=1).numpy()
+    first = next(records.examples(records.shard_paths(records_dir), [records.IMAGE]))
+    whole = tf.io.decode_png(first[records.IMAGE], channels=1).numpy()
     expected = pipeline.crop(denoise.denoise(whole, "median", 5), 48, "center").numpy()
     np.testing.assert_array_equal(filtered.images[0], expected)
 

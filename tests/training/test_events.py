@@ -1,5 +1,5 @@
 """octtl.training.events: TensorBoard event files without TensorFlow, read back as TensorBoard reads them and
-compared with what octtl.training.tensorboard (TensorFlow's writer) writes for the same run."""
+compared with what TensorFlow's own writer (tf.summary and the plugins' TensorFlow APIs) writes for the same run."""
 
 import io
 import math
@@ -45,22 +45,39 @@ def _write_run(logdir):
 
 
 def _write_run_with_tensorflow(logdir):
-    """The same run with octtl.training.tensorboard (tf.summary)."""
+    """The same run with tf.summary, as octtl wrote it before events.py: the reference TensorBoard reads."""
     import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+    from tensorboard.plugins.pr_curve import summary as pr_summary
 
-    from octtl.training import tensorboard
-
-    tensorboard.write_hparams_config(logdir)
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        hp.hparams_config(hparams=[hp.HParam(name, domain) for name, domain in events.HPARAMS.items()],
+                          metrics=[hp.Metric(m) for m in events.BEST_METRICS])
     writer = tf.summary.create_file_writer(str(logdir / "run"))
-    tensorboard.log_start(writer, HPARAMS, TRIAL, BSCANS)
-    done = iter(range(len(STEP_LOGS)))
-    logger = tensorboard.StepLogger(writer, lambda: next(done))
-    logger.set_model(types.SimpleNamespace(stop_training=False))
-    for k, logs in enumerate(STEP_LOGS):
-        logger.on_train_batch_end(k, logs)
+    values = {name: HPARAMS[name] for name in events.HPARAMS}
+    values["weights"] = "file"
+    with writer.as_default(step=0):
+        hp.hparams({hp.HParam(name, domain): values[name] for name, domain in events.HPARAMS.items()},
+                   trial_id=TRIAL)
+        tf.summary.image("val/bscans", np.asarray(BSCANS[:4], np.float32) / 255.0, max_outputs=4)
+    for step, logs in enumerate(STEP_LOGS, 1):
+        with writer.as_default(step=step):
+            tf.summary.scalar("train/loss", logs["loss"])
+            if "accuracy" in logs:
+                tf.summary.scalar("train/accuracy", logs["accuracy"])
     for check in CHECKS:
-        tensorboard.log_check(writer, check)
-    tensorboard.log_end(writer, BEST, LABELS)
+        with writer.as_default(step=check.iteration):
+            tf.summary.scalar("val/loss", check.val_loss)
+            tf.summary.scalar("val/accuracy", check.val_accuracy)
+            if np.isfinite(check.val_auc):
+                tf.summary.scalar("val/auc", check.val_auc)
+    with writer.as_default(step=BEST.iteration):
+        tf.summary.scalar("best/accuracy", BEST.val_accuracy)
+        tf.summary.scalar("best/auc", BEST.val_auc)
+        tf.summary.scalar("best/iterations_to_best", BEST.iteration)
+        pb = pr_summary.pb("val/pr_curve_at_best", labels=LABELS.astype(bool),
+                           predictions=BEST.p_fluid.astype(np.float32), num_thresholds=201)
+        tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=BEST.iteration)
     writer.close()
 
 
@@ -144,16 +161,6 @@ def test_a_run_writes_what_the_tensorflow_writer_writes(tmp_path):
                 elif plugin != "hparams":
                     assert got.dtype == expected.dtype and got.shape == expected.shape, tag
                     np.testing.assert_array_equal(got, expected)
-
-
-def test_the_hparams_domains_are_the_tensorflow_writers():
-    pytest.importorskip("tensorflow")
-    from octtl.training import tensorboard
-
-    assert {name: repr(domain) for name, domain in events.HPARAMS.items()} == {
-        name: repr(domain) for name, domain in tensorboard.HPARAMS.items()}
-    assert events.BEST_METRICS == tensorboard.BEST_METRICS
-    assert events.DIVERGENCE_FACTOR == tensorboard.DIVERGENCE_FACTOR
 
 
 def test_the_pr_curve_is_the_plugins_own():

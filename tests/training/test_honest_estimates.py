@@ -88,6 +88,7 @@ def test_a_run_holds_its_test_fold_out_of_the_checkpoints_choice(records_dir, tm
     other.prepare()
     labels = other.metadata.labels
     labels[split.test] = np.random.default_rng(0).permutation(1 - labels[split.test])  # flipped and shuffled
+    other.targets[split.test] = labels[split.test]  # what the run scores (the labels, for the fluid task)
     monkeypatch.setattr(session, "splits", lambda *args: split)  # the same sides, whatever the labels now say
     permuted = other.run("baseline", 0)
     for key in ("iterations_to_best", "best_accuracy", "best_auc", "iterations", "checks"):
@@ -95,7 +96,19 @@ def test_a_run_holds_its_test_fold_out_of_the_checkpoints_choice(records_dir, tm
     folder = runs.Run("baseline", "tiny", 8, 0).folder
     assert ((folder(tmp_path / "a") / runs.PREDICTIONS).read_bytes()
             == (folder(tmp_path / "b") / runs.PREDICTIONS).read_bytes())
-    assert permuted["test_accuracy"] != result["test_accuracy"]
+    # The same checkpoint scored on other labels: the test fold's probabilities are the same, its labels are not,
+    # and each run's test accuracy is its own file's.
+    tested = [_rows(folder(tmp_path / side) / runs.TEST_PREDICTIONS) for side in "ab"]
+    assert [r["p_fluid"] for r in tested[0]] == [r["p_fluid"] for r in tested[1]]
+    assert [r["label"] for r in tested[0]] != [r["label"] for r in tested[1]]
+    for rows, scored in zip(tested, (result, permuted)):
+        correct = [(float(r["p_fluid"]) > 0.5) == (r["label"] == "1") for r in rows]
+        assert sum(correct) / len(correct) == pytest.approx(scored["test_accuracy"])
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_fewer_than_three_folds_have_no_test_fold_and_say_so(records_dir, tmp_path):

@@ -9,6 +9,7 @@ import dataclasses
 import glob
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from conftest import call_main, REPO, synthetic_records
 from octtl import runs, train
 from octtl.data import folds, pipeline
-from octtl.training import early_stop, tensorboard
+from octtl.training import early_stop, events, fitting
 from octtl.data import converter, records
 from octtl.synthetic import render
 from octtl.training import session
@@ -192,7 +193,7 @@ def test_tensorboard_events_and_typed_hparams(finished_run):
                     data_pb = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
                     config.extend(data_pb.experiment.hparam_infos)
     types = {info.name: info.type for info in config}
-    assert set(types) == set(tensorboard.HPARAMS) and 0 not in types.values()  # 0 is DATA_TYPE_UNSET
+    assert set(types) == set(events.HPARAMS) and 0 not in types.values()  # 0 is DATA_TYPE_UNSET
 
 
 def test_rerun_is_a_noop_and_overwrite_redoes(records_dir, tmp_path, capsys):
@@ -207,21 +208,99 @@ def test_rerun_is_a_noop_and_overwrite_redoes(records_dir, tmp_path, capsys):
     assert redone["checks"] == first["checks"]  # the same run, trained again: the same numbers
 
 
-def test_a_stale_run_is_trained_again_saying_why(records_dir, tmp_path):
+def test_a_finished_run_of_other_settings_is_refused_and_left_untouched(records_dir, tmp_path):
     config = tiny(records_dir, tmp_path, max_epochs=1)
     session.train(config, 0, **QUIET)
     path = tmp_path / "baseline/tiny/batch8/fold0/result.json"
     result = json.loads(path.read_text())
     path.write_text(json.dumps({**result, "preprocess": "backbone"}))  # as if trained with another scaling
-    said = []
-    redone = session.train(config, 0, say=said.append, progress=False)
-    assert said[0] == (f"train: {path.parent}: stale (preprocess backbone (plan: paper)); training it again")
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    with pytest.raises(InputError) as refused:
+        session.train(config, 0, **QUIET)
+    assert str(refused.value) == (f"{path.parent}: a finished run of another configuration (preprocess backbone "
+                                  "(plan: paper)); --overwrite replaces it, another --logdir keeps both")
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before
+    redone = session.train(dataclasses.replace(config, overwrite=True), 0, **QUIET)
     assert redone["preprocess"] == "paper" and "skipped" not in redone
     # A sweep's session leaves it, saying so, unless told to redo it.
     path.write_text(json.dumps({**redone, "lr": 0.5}))
-    said.clear()
+    said = []
     left = session.Session(config, say=said.append, progress=False, redo_stale=False).run("baseline", 0)
     assert left["stale"] == "lr 0.5 (plan: 0.0001)" and "left as it is" in said[0]
+    said.clear()
+    again = session.Session(config, say=said.append, progress=False, redo_stale=True).run("baseline", 0)
+    assert said[0] == f"train: {path.parent}: stale (lr 0.5 (plan: 0.0001)); training it again"
+    assert again["lr"] == 0.0001
+
+
+def test_a_run_another_process_trains_is_refused(records_dir, tmp_path):
+    config = tiny(records_dir, tmp_path, max_epochs=1)
+    lock = runs.Run("baseline", "tiny", 8, 0).lock(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, pathlib, sys, time
+path = pathlib.Path({str(lock)!r}); path.parent.mkdir(parents=True, exist_ok=True)
+fd = os.open(path, os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True); time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError) as refused:
+            session.train(config, 0, **QUIET)
+        assert str(refused.value) == (f"{tmp_path}/baseline/tiny/batch8/fold0: another octtl process is training "
+                                      f"this run (it holds {lock}); wait for it, or use another --logdir")
+        assert not (tmp_path / "baseline").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert session.train(config, 0, **QUIET)["status"] == "ok"  # the lock dies with its holder
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full disk", "ctrl-c"])
+def test_a_run_stopped_by_a_write_or_ctrl_c_is_one_line_and_leaves_no_partial_checkpoint(records_dir, tmp_path,
+                                                                                         monkeypatch, fault):
+    config = tiny(records_dir, tmp_path, max_epochs=1)
+    folder = tmp_path / "baseline/tiny/batch8/fold0"
+    error = {"read-only": PermissionError(13, "Permission denied"), "full disk": OSError(28, "No space left on device"),
+             "ctrl-c": KeyboardInterrupt()}[fault]
+
+    def save(model, path, *args, **kwargs):  # as keras would fail, after writing part of the file
+        pathlib.Path(path).write_bytes(b"half a checkpoint")
+        raise error
+
+    monkeypatch.setattr(keras.Model, "save", save)
+    if fault == "ctrl-c":
+        with pytest.raises(KeyboardInterrupt):
+            session.train(config, 0, **QUIET)
+    else:
+        with pytest.raises(InputError) as stopped:
+            session.train(config, 0, **QUIET)
+        assert str(stopped.value) == (f"--logdir={tmp_path}: cannot write {folder} ({error.strerror}); the run did "
+                                      "not finish and starts again when the command is run again")
+    assert not (folder / runs.RESULT).exists()
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".keras")]  # no half-written checkpoint
+    monkeypatch.undo()
+    assert session.train(config, 0, **QUIET)["status"] == "ok"  # the next command trains it from the start
+
+
+def test_ctrl_c_in_octtl_train_is_one_line(records_dir, tmp_path):
+    script = f"""
+import sys
+from octtl import console, train
+console.start_backend()  # quietly, as octtl.train starts it
+import keras
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+keras.Model.fit = interrupted
+sys.argv = ["train", "--data_dir={records_dir}", "--logdir={tmp_path}", "--arch=squeezenet", "--batch=8",
+            "--image_size=32", "--weights=none", "--max_epochs=1"]
+train.run()
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "train: interrupted; the finished runs are kept, and the run that was training (it has no result.json) "
+        "starts again from its beginning when the same command is run again"]
+    assert not (tmp_path / "baseline/squeezenet/batch8/fold0/result.json").exists()
 
 
 def test_session_runs_equal_fresh_processes(records_dir, tmp_path):
@@ -289,11 +368,11 @@ def test_limited_design_trains_on_one_fold_and_keeps_volumes_whole(records_dir, 
     assert len(sides[0]) + len(sides[1]) == 12 - result["train_size"] // 10
 
 
-def test_divergence_is_a_failed_run():
+def test_divergence_is_a_failed_run(tmp_path):
     class Model:
         stop_training = False
 
-    logger = tensorboard.StepLogger(tf.summary.create_noop_writer(), iteration=iter(range(100)).__next__)
+    logger = fitting.StepLogger(events.Writer(tmp_path), iteration=iter(range(100)).__next__)
     logger.set_model(Model())
     for loss in (0.7, 9.0, 650.0):
         logger.on_train_batch_end(0, {"loss": loss})
