@@ -26,6 +26,8 @@ NETS = {"squeezenet": squeezenet, "resnet18": resnet18, "googlenet": googlenet}
 # Each network's Grad-CAM block (its last convolutional one), as the pre-#26 networks named it.
 LAST_BLOCK = {"squeezenet": "fire9.concat", "resnet18": "layer4.1.relu2", "googlenet": "inception5b.concat"}
 KINDS = {"keras": "best.keras", "weights": "model.weights.h5", "legacy": "model.h5"}  # by key, key, name
+# `.weights.h5` loads as `.keras` does (the same file inside), so one network shows it.
+CASES = [(arch, kind) for arch in NETS for kind in KINDS if kind != "weights" or arch == "squeezenet"]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword",
                                         "ignore:You are saving your model as an HDF5 file")
 
@@ -57,7 +59,7 @@ def test_one_rule_maps_paths_and_former_names_to_layer_names(path, name):
 
 @pytest.fixture(scope="module")
 def old_checkpoints(tmp_path_factory):
-    """A folder with each pre-#26 network (2 classes, 32 px) saved three ways (`KINDS`), its predictions on
+    """A folder with each pre-#26 network (2 classes, 32 px) saved as `CASES` need (`KINDS`), its predictions on
     `images()` (`<arch>.npy`) and those images; squeezenet holds its ImageNet weights, as a fine-tuned run would."""
     folder = tmp_path_factory.mktemp("old-names")
     x = images()
@@ -73,14 +75,14 @@ def old_checkpoints(tmp_path_factory):
                 old.set_weights(imagenet.get_weights())
             (folder / arch).mkdir()
             old.save(folder / arch / KINDS["keras"])
-            old.save_weights(folder / arch / KINDS["weights"])
+            if (arch, "weights") in CASES:
+                old.save_weights(folder / arch / KINDS["weights"])
             old.save(folder / arch / KINDS["legacy"])  # Keras 2's format, layers by name
             np.save(folder / f"{arch}.npy", predict(old, x))
     return folder
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("arch", list(NETS))
+@pytest.mark.parametrize("arch, kind", CASES)
 def test_an_old_name_file_loads_with_the_same_outputs(arch, kind, old_checkpoints):
     model = models.build(arch, weights=str(old_checkpoints / arch / KINDS[kind]), image_size=SIZE)
     np.testing.assert_array_equal(predict(model, np.load(old_checkpoints / "images.npy")),
