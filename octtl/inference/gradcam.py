@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from octtl.nets import models
+from octtl.nets import loading, models
 
 # Identity at inference (dropout) or a summary of the block they follow (pooling): skipped to reach the block.
 _PASS_THROUGH = (keras.layers.Dropout, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D,
@@ -71,8 +71,12 @@ class GradCam:
     """
 
     def __init__(self, model: keras.Model, layer: Optional[str] = None):
-        """`layer` names another 4-D block to weight than `target_layer`'s (benchmarks/gradcam.py compares them)."""
-        self.layer = target_layer(model) if layer is None else model.get_layer(layer)
+        """`layer` names another 4-D block to weight than `target_layer`'s (benchmarks/gradcam.py compares them).
+
+        Either spelling of a name finds the block (`fire8_concat`, or `fire8.concat` as octtl named it until issue
+        #26, which a best.keras saved then still carries): octtl.nets.loading.get_layer.
+        """
+        self.layer = target_layer(model) if layer is None else loading.get_layer(model, layer)
         logits = model.get_layer(models.HEAD_SOFTMAX).input
         self.grid = tuple(int(v) for v in self.layer.output.shape[1:3])
         self._model = keras.Model(model.input, [self.layer.output, logits])

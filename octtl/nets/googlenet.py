@@ -5,14 +5,17 @@ is followed by batch norm (eps 1e-3) and the "5x5" branches use 3x3 kernels (pyt
 6.6 M parameters instead of 7.0 M, and it is the variant whose ImageNet weights are obtainable. The auxiliary
 classifiers only exist during ImageNet training and are dropped, as torchvision does for pretrained models.
 
-Weighted layers are named after torchvision module paths (`inception4a.branch2.1.conv`, `...bn`, `fc`), so a
-state dict maps by name. The torchvision weights expect [-1, 1] inputs (its `transform_input` converts
-ImageNet-normalised inputs to that range before the first convolution).
+Weighted layers are named after torchvision module paths (`inception4a.branch2.1.conv`, `...bn`, `fc`) through
+octtl.nets.loading.layer_name (`inception4a_branch2_1_conv`: Keras' torch backend refuses `.`), so a state dict
+maps by name. The torchvision weights expect [-1, 1] inputs (its `transform_input` converts ImageNet-normalised
+inputs to that range before the first convolution).
 """
 
 import math
 
 from keras import layers
+
+from octtl.nets.loading import layer_name
 
 CLASSIFIER = "fc"
 
@@ -51,17 +54,22 @@ def max_pool_ceil(x, pool, stride, name):
     return layers.MaxPooling2D(pool, strides=stride, padding=padding.pop(), name=name)(x)
 
 
+def _path(module, part):
+    """The layer of `part` in `module` (`inception4a.branch2.1`): torchvision's module path as a Keras name."""
+    return layer_name(f"{module}.{part}")
+
+
 def _basic_conv(x, filters, kernel, name, stride=1):
     """torchvision's BasicConv2d: bias-free conv, batch norm, ReLU."""
     if stride > 1:
         # torch pads both sides; Keras "same" pads only the bottom/right when striding, shifting the grid.
-        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}.pad")(x)
+        x = layers.ZeroPadding2D(kernel // 2, name=_path(name, "pad"))(x)
         padding = "valid"
     else:
         padding = "same"
-    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=f"{name}.conv")(x)
-    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=f"{name}.bn")(x)
-    return layers.ReLU(name=f"{name}.relu")(x)
+    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=_path(name, "conv"))(x)
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=_path(name, "bn"))(x)
+    return layers.ReLU(name=_path(name, "relu"))(x)
 
 
 def _inception(x, name, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj):
@@ -70,9 +78,9 @@ def _inception(x, name, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj):
     branch2 = _basic_conv(branch2, ch3x3, 3, f"{name}.branch2.1")
     branch3 = _basic_conv(x, ch5x5red, 1, f"{name}.branch3.0")
     branch3 = _basic_conv(branch3, ch5x5, 3, f"{name}.branch3.1")  # 3x3, see module docstring
-    branch4 = layers.MaxPooling2D(3, strides=1, padding="same", name=f"{name}.branch4.0")(x)
+    branch4 = layers.MaxPooling2D(3, strides=1, padding="same", name=_path(name, "branch4.0"))(x)
     branch4 = _basic_conv(branch4, pool_proj, 1, f"{name}.branch4.1")
-    return layers.Concatenate(name=f"{name}.concat")([branch1, branch2, branch3, branch4])
+    return layers.Concatenate(name=_path(name, "concat"))([branch1, branch2, branch3, branch4])
 
 
 def build(x, classes=1000):

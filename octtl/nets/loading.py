@@ -6,6 +6,15 @@ different number of classes; it then keeps its Glorot initialisation. Three kind
 loader each: Keras 3 weights (`.weights.h5`, or inside a `.keras` model), keyed by class name and counter;
 legacy Keras 2 `.h5` files whose layer names match the model's; and legacy files whose names do not (Keras
 auto-names layers per process), matched by order as Keras loads its own ImageNet files.
+
+Layer names: octtl's own networks name their layers after a path (torchvision's `layer4.1.conv2`, Caffe's
+`fire2/squeeze1x1`) through one rule, `layer_name`: each `.` and `/` becomes `_` (`layer4_1_conv2`,
+`fire2_squeeze1x1`). Keras 3 refuses `/` in a layer name, and its torch backend keys variables by
+`layer name/variable name` in a torch.nn.ParameterDict, which refuses `.`; `_` passes every backend. The same rule
+reads the names a file holds, so files written before the rule keep loading unchanged: Keras 2 `.h5` names
+(`fire2/squeeze1x1`) and octtl's former dotted names (`fire2.squeeze1x1`, until issue #26) map onto today's
+layers. Keras 3 files (`.weights.h5`, `.keras`, `best.keras`) key layers by class and counter, not by name, so
+renaming changes nothing there. `get_layer` looks a layer up under either spelling.
 """
 
 import re
@@ -18,6 +27,32 @@ import h5py
 import numpy as np
 
 from octtl.errors import WeightsError
+
+
+SEPARATOR = "_"
+
+
+def layer_name(path: str) -> str:
+    """octtl's Keras layer name for a path of modules (`layer4.1.conv2`, `fire2/squeeze1x1`): separators become `_`.
+
+    Idempotent, and the identity on names without `.` or `/` (keras.applications', octtl's heads).
+    """
+    return path.replace(".", SEPARATOR).replace("/", SEPARATOR)
+
+
+def get_layer(model, name: str):
+    """`model`'s layer `name`, written either way: `fire9.concat` finds `fire9_concat` and, in a model saved before
+    the rename (keras.saving.load_model keeps its names), the other way round.
+
+    Raises:
+        ValueError: No layer of `model` has that name under `layer_name`.
+    """
+    wanted = layer_name(name)
+    found = [layer for layer in model.layers if layer.name == name] or [
+        layer for layer in model.layers if layer_name(layer.name) == wanted]
+    if not found:
+        raise ValueError(f"{name!r} is not a layer of {model.name}")
+    return found[0]
 
 
 def _snake_case(name):
@@ -49,8 +84,8 @@ def _read_legacy(group):
         name = _decode(name)
         weight_names = [_decode(w) for w in group[name].attrs["weight_names"]]
         if weight_names:
-            # Keras 3 forbids "/" in layer names; octtl writes Keras 2's "fire2/squeeze1x1" as "fire2.squeeze1x1".
-            entries.append((name.replace("/", "."), [np.asarray(group[name][w]) for w in weight_names]))
+            # Keras 2's "fire2/squeeze1x1" and octtl's former "fire2.squeeze1x1" are today's "fire2_squeeze1x1".
+            entries.append((layer_name(name), [np.asarray(group[name][w]) for w in weight_names]))
     return entries
 
 

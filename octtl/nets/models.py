@@ -47,8 +47,9 @@ def build(
             or `.keras` file, or a `pretrained.Weights` already resolved.
         image_size: Square input size; defaults to the network's native one (Table I).
         weights_dir: Directory searched first for ImageNet files (see `octtl.nets.pretrained`).
-        trainable_from: Name of the first trainable layer; the layers before it in `model.layers` (topological)
-            order are frozen. None trains all.
+        trainable_from: Name of the first trainable layer (`layer4_0_conv1`, or the former `layer4.0.conv1`:
+            octtl.nets.loading.layer_name); the layers before it in `model.layers` (topological) order are
+            frozen. None trains all.
         freeze_batchnorm: Freeze BatchNormalization layers (see module docstring); None freezes them exactly
             when weights are loaded.
         preprocess: 'auto', 'paper' or 'backbone' (octtl.nets.scaling.resolve_preprocess), or an `InputScaling`. The model
@@ -95,10 +96,11 @@ def build(
         if freeze_batchnorm and isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
     if trainable_from is not None:
-        names = [layer.name for layer in model.layers]
-        if trainable_from not in names:
-            raise ValueError(f"trainable_from={trainable_from!r} is not a layer of {arch}")
-        for layer in model.layers[: names.index(trainable_from)]:
+        try:
+            first = model.layers.index(loading.get_layer(model, trainable_from))  # either spelling, see loading
+        except ValueError:
+            raise ValueError(f"trainable_from={trainable_from!r} is not a layer of {arch}") from None
+        for layer in model.layers[:first]:
             layer.trainable = False
     return model
 

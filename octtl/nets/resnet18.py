@@ -1,13 +1,21 @@
 """ResNet-18 after torchvision's `resnet18` (BasicBlock, [2, 2, 2, 2]).
 
-Every weighted layer is named after its torchvision module path (`layer2.0.downsample.0`, `fc`, ...), so a
-torchvision state dict maps onto it by name: Conv2d (out, in, h, w) -> (h, w, in, out), Linear (out, in) ->
-(in, out), BatchNorm weight/bias/running_mean/running_var -> gamma/beta/moving_mean/moving_variance.
+Every weighted layer is named after its torchvision module path through octtl.nets.loading.layer_name
+(`layer2.0.downsample.0` -> `layer2_0_downsample_0`: Keras' torch backend refuses `.`; `fc`, ...), so a torchvision
+state dict maps onto it by name: Conv2d (out, in, h, w) -> (h, w, in, out), Linear (out, in) -> (in, out),
+BatchNorm weight/bias/running_mean/running_var -> gamma/beta/moving_mean/moving_variance.
 """
 
 from keras import layers
 
+from octtl.nets.loading import layer_name
+
 CLASSIFIER = "fc"
+
+
+def _path(block, module):
+    """The layer of `module` in `block` (`layer2.0`): torchvision's module path as a Keras name."""
+    return layer_name(f"{block}.{module}")
 
 
 def _batch_norm(name):
@@ -28,15 +36,15 @@ def _conv(x, filters, kernel, stride, name):
 def _basic_block(x, filters, stride, name):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv(x, filters, 1, stride, f"{name}.downsample.0")
-        shortcut = _batch_norm(f"{name}.downsample.1")(shortcut)
-    y = _conv(x, filters, 3, stride, f"{name}.conv1")
-    y = _batch_norm(f"{name}.bn1")(y)
-    y = layers.ReLU(name=f"{name}.relu1")(y)
-    y = _conv(y, filters, 3, 1, f"{name}.conv2")
-    y = _batch_norm(f"{name}.bn2")(y)
-    y = layers.Add(name=f"{name}.add")([y, shortcut])
-    return layers.ReLU(name=f"{name}.relu2")(y)
+        shortcut = _conv(x, filters, 1, stride, _path(name, "downsample.0"))
+        shortcut = _batch_norm(_path(name, "downsample.1"))(shortcut)
+    y = _conv(x, filters, 3, stride, _path(name, "conv1"))
+    y = _batch_norm(_path(name, "bn1"))(y)
+    y = layers.ReLU(name=_path(name, "relu1"))(y)
+    y = _conv(y, filters, 3, 1, _path(name, "conv2"))
+    y = _batch_norm(_path(name, "bn2"))(y)
+    y = layers.Add(name=_path(name, "add"))([y, shortcut])
+    return layers.ReLU(name=_path(name, "relu2"))(y)
 
 
 def build(x, classes=1000):

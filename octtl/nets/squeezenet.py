@@ -1,9 +1,9 @@
 """SqueezeNet v1.1 after torchvision's `squeezenet1_1`, named like the Caffe/Keras release.
 
-Layer names are the Caffe names of the DeepScale release (`conv1`, `fire2/squeeze1x1`, ..., `conv10`) with `/`
-written as `.` because Keras 3 forbids `/` in layer names; the ImageNet weights file for Keras
-(`squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5`) therefore loads by name. `TORCHVISION_NAMES` maps
-the weighted layers to torchvision's module paths for converting its checkpoint instead.
+Layer names are the Caffe names of the DeepScale release (`conv1`, `fire2/squeeze1x1`, ..., `conv10`) through
+octtl.nets.loading.layer_name (`fire2_squeeze1x1`: Keras 3 refuses `/`, its torch backend `.`), the rule by which
+the ImageNet weights file for Keras (`squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5`) loads by name.
+`TORCHVISION_NAMES` maps the weighted layers to torchvision's module paths for converting its checkpoint instead.
 
 Max pools use torch's (and Caffe's) ceil mode, unlike the Keras release's floor-mode pools; the two differ on
 odd feature-map sizes (56 -> 28 vs 27 at 227 px), and ceil mode is what the weights were trained with.
@@ -12,6 +12,7 @@ odd feature-map sizes (56 -> 28 vs 27 at 227 px), and ceil mode is what the weig
 from keras import layers
 
 from octtl.nets.googlenet import max_pool_ceil
+from octtl.nets.loading import layer_name
 
 CLASSIFIER = "conv10"
 
@@ -28,11 +29,17 @@ _FIRES = {
 }
 _POOL_AFTER = {"conv1": "pool1", "fire3": "pool3", "fire5": "pool5"}
 
+
+def _caffe(fire, part):
+    """The layer of a fire module's `part`: Caffe's `fire2/squeeze1x1` as octtl writes it (`fire2_squeeze1x1`)."""
+    return layer_name(f"{fire}/{part}")
+
+
 _TORCHVISION_FIRE_PARTS = {"squeeze1x1": "squeeze", "expand1x1": "expand1x1", "expand3x3": "expand3x3"}
 TORCHVISION_NAMES = {
     "conv1": "features.0",
     **{
-        f"{fire}.{part}": f"features.{index}.{torch_part}"
+        _caffe(fire, part): f"features.{index}.{torch_part}"
         for fire, index in zip(_FIRES, (3, 4, 6, 7, 9, 10, 11, 12))
         for part, torch_part in _TORCHVISION_FIRE_PARTS.items()
     },
@@ -41,14 +48,14 @@ TORCHVISION_NAMES = {
 
 
 def _fire(x, name, squeeze, expand):
-    x = layers.Conv2D(squeeze, 1, name=f"{name}.squeeze1x1")(x)
-    x = layers.ReLU(name=f"{name}.relu_squeeze1x1")(x)
-    left = layers.Conv2D(expand, 1, name=f"{name}.expand1x1")(x)
-    left = layers.ReLU(name=f"{name}.relu_expand1x1")(left)
-    right = layers.Conv2D(expand, 3, padding="same", name=f"{name}.expand3x3")(x)
-    right = layers.ReLU(name=f"{name}.relu_expand3x3")(right)
+    x = layers.Conv2D(squeeze, 1, name=_caffe(name, "squeeze1x1"))(x)
+    x = layers.ReLU(name=_caffe(name, "relu_squeeze1x1"))(x)
+    left = layers.Conv2D(expand, 1, name=_caffe(name, "expand1x1"))(x)
+    left = layers.ReLU(name=_caffe(name, "relu_expand1x1"))(left)
+    right = layers.Conv2D(expand, 3, padding="same", name=_caffe(name, "expand3x3"))(x)
+    right = layers.ReLU(name=_caffe(name, "relu_expand3x3"))(right)
     # The next squeeze's weights assume expand1x1 channels first.
-    return layers.Concatenate(name=f"{name}.concat")([left, right])
+    return layers.Concatenate(name=_caffe(name, "concat"))([left, right])
 
 
 def build(x, classes=1000):

@@ -5,7 +5,9 @@ torchvision's. The mapping works on a state dict already turned into numpy array
 tools/import_torchvision_weights.py calls, imports torch (the optional extra `octtl[convert]`).
 
 Each weighted Keras layer takes the tensors of one torchvision module: the one its name spells (resnet18 and
-googlenet name their layers after the module paths) or its net's `TORCHVISION_NAMES` entry (alexnet, squeezenet):
+googlenet name their layers after the module paths, `layer4.1.conv2` as `layer4_1_conv2` by
+octtl.nets.loading.layer_name; no module name of theirs holds a `_`, so the path reads back exactly) or its net's
+`TORCHVISION_NAMES` entry (alexnet, squeezenet):
 
 - Conv2D: weight (out, in, h, w) -> kernel (h, w, in, out); bias as is.
 - Dense: weight (out, in) -> kernel (in, out); bias as is. AlexNet's fc6 also reorders its 9216 inputs: torch
@@ -38,7 +40,7 @@ from keras import layers
 
 from octtl.nets import registry
 
-from octtl.nets import alexnet, squeezenet
+from octtl.nets import alexnet, loading, squeezenet
 
 _BATCHNORM = ("weight", "bias", "running_mean", "running_var")
 _COUNTER = "num_batches_tracked"
@@ -57,7 +59,8 @@ class Source:
     """How one torchvision network's state dict maps onto the octtl network of the same name.
 
     Attributes:
-        names: Keras layer name -> torchvision module path, where the two differ.
+        names: Keras layer name -> torchvision module path, where the name is not the path's
+            `loading.layer_name`.
         batchnorm_epsilon: torchvision's BatchNorm eps, None for networks without batch norm.
         dropped_prefixes: Module paths whose tensors the octtl network deliberately lacks.
         channels_first_flatten: Dense layer -> the Flatten layer that feeds it a flattened (H, W, C) map.
@@ -67,6 +70,10 @@ class Source:
     batchnorm_epsilon: Optional[float] = None
     dropped_prefixes: tuple = ()
     channels_first_flatten: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def module_path(self, layer_name):
+        """The torchvision module whose tensors `layer_name` takes: its `names` entry, else the name read back."""
+        return self.names.get(layer_name, layer_name.replace(loading.SEPARATOR, "."))
 
 
 SOURCES = {
@@ -223,7 +230,7 @@ def convert(arch, state_dict, network):
     for layer in network.layers:
         if not layer.weights:
             continue
-        prefix = source.names.get(layer.name, layer.name)
+        prefix = source.module_path(layer.name)
         if source.batchnorm_epsilon is not None and isinstance(layer, layers.BatchNormalization):
             if not np.isclose(layer.epsilon, source.batchnorm_epsilon, rtol=1e-6, atol=0):
                 raise ConversionError(

@@ -93,14 +93,7 @@ def tensorflow_reference(tmp_path_factory):
     return folder, decoded.images, np.asarray(model.predict(decoded.images, batch_size=8, verbose=0))
 
 
-# Keras' torch backend keys each layer's parameters by variable path in a torch.nn.ParameterDict
-# (keras/src/backend/torch/layer.py, _track_variables), and torch refuses "." in a parameter name: SqueezeNet's
-# fire modules ("fire2.squeeze1x1"), like resnet18's and googlenet's blocks, are named with dots.
-TORCH_DOTS = pytest.mark.xfail(raises=AssertionError, strict=True,
-                               reason="layer names with '.' (fire2.squeeze1x1) break Keras' torch backend")
-
-
-@pytest.mark.parametrize("backend", ["jax", pytest.param("torch", marks=TORCH_DOTS)])
+@pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_imagenet_squeezenet_with_the_numpy_head_gives_tensorflows_probabilities(backend, tensorflow_reference,
                                                                                   tmp_path):
     if importlib.util.find_spec(backend) is None:

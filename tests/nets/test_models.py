@@ -10,7 +10,7 @@ import pytest
 from conftest import SQUEEZENET_H5
 from octtl.nets import registry
 from octtl.errors import WeightsError
-from octtl.nets import models
+from octtl.nets import loading, models
 
 # Learnable parameters of the 1000-class networks, millions: Table I, except googlenet (see the registry).
 PARAMS_MILLIONS = {
@@ -173,7 +173,7 @@ def test_squeezenet_loads_the_real_imagenet_weights():
         for name in f.attrs["layer_names"]:
             weight_names = f[name].attrs["weight_names"]
             if len(weight_names):
-                layer = model.get_layer(name.decode().replace("/", "."))
+                layer = model.get_layer(loading.layer_name(name.decode()))
                 for array, weight_name in zip(layer.get_weights(), weight_names, strict=True):
                     np.testing.assert_array_equal(array, f[name][weight_name])
                 loaded += 1
@@ -195,7 +195,7 @@ def squeezenet_h5_copy(tmp_path):
 def test_missing_layer_is_named(squeezenet_h5_copy):
     with h5py.File(squeezenet_h5_copy, "r+") as f:
         f["fire9/expand3x3"].attrs["weight_names"] = np.array([], dtype="S1")
-    with pytest.raises(WeightsError, match=r"fire9\.expand3x3"):
+    with pytest.raises(WeightsError, match=r"fire9_expand3x3"):
         models.build("squeezenet", weights=str(squeezenet_h5_copy), image_size=32)
 
 
@@ -203,7 +203,7 @@ def test_wrong_shape_is_named(squeezenet_h5_copy):
     with h5py.File(squeezenet_h5_copy, "r+") as f:
         del f["fire4/squeeze1x1/uniform8"]
         f["fire4/squeeze1x1"].create_dataset("uniform8", data=np.zeros((1, 1, 128, 33), "float32"))
-    with pytest.raises(WeightsError, match=r"fire4\.squeeze1x1.*33"):
+    with pytest.raises(WeightsError, match=r"fire4_squeeze1x1.*33"):
         models.build("squeezenet", weights=str(squeezenet_h5_copy), image_size=32)
 
 
@@ -230,7 +230,7 @@ def test_keras3_file_missing_a_layer_is_named(tmp_path):
     models.build("squeezenet", image_size=32).save_weights(path)
     with h5py.File(path, "r+") as f:
         del f["layers/conv2d_1/vars"]  # fire2's squeeze
-    with pytest.raises(WeightsError, match=r"fire2\.squeeze1x1"):
+    with pytest.raises(WeightsError, match=r"fire2_squeeze1x1"):
         models.build("squeezenet", weights=path, image_size=32)
 
 
@@ -257,9 +257,9 @@ def test_pretrained_batchnorm_is_frozen_and_all_else_trains(tmp_path):
 
 
 def test_trainable_from_freezes_the_layers_before_it():
-    model = models.build("resnet18", image_size=32, trainable_from="layer4.0.conv1")
+    model = models.build("resnet18", image_size=32, trainable_from="layer4_0_conv1")
     names = [layer.name for layer in model.layers]
-    start = names.index("layer4.0.conv1")
+    start = names.index("layer4_0_conv1")
     assert not any(layer.trainable for layer in model.layers[:start])
     assert all(layer.trainable for layer in model.layers[start:])
     with pytest.raises(ValueError, match="not a layer"):

@@ -430,7 +430,7 @@ def test_tool_lists_leftovers_in_one_line_and_writes_nothing(tmp_path):
     assert out == "" and code == (
         f"import_torchvision_weights: error: --checkpoint={checkpoint}: not a torchvision squeezenet state dict: "
         "checkpoint tensors no layer takes: features.13.squeeze.weight; layer weights the checkpoint lacks: "
-        "features.12.squeeze.weight (layer fire9.squeeze1x1); shapes that differ: classifier.1.bias is (10,), "
+        "features.12.squeeze.weight (layer fire9_squeeze1x1); shapes that differ: classifier.1.bias is (10,), "
         "layer conv10 needs (1000,)")
     assert not output_dir.exists() or not any(output_dir.iterdir())
 
