@@ -1,7 +1,7 @@
 r"""Where a trained model's Grad-CAM points on new synthetic volumes, against what chance and a fixed map score.
 
   python benchmarks/gradcam.py [--model=runs/baseline/squeezenet/batch16/fold0/best.keras | --train_flags=...]
-      [--work_dir=DIR] [--volumes=12] [--seed=1] [--layers=fire8.concat,...,head] [--noocclusion]
+      [--work_dir=DIR] [--volumes=12] [--seed=1] [--layers=fire8_concat,...,head] [--noocclusion]
 
 Without --model it first runs the README's demo into --work_dir (24 synthetic volumes of seed 0, converted,
 `octtl.train --flagfile=flags/demo.cfg` plus any --train_flags). It then draws --volumes new Spectralis-shaped
@@ -36,7 +36,7 @@ _TRAIN_FLAGS = flags.DEFINE_list("train_flags", [], "Flags the demo's training a
 _WORK_DIR = flags.DEFINE_string("work_dir", None, "Where the demo and the new volumes go; default: a temp dir.")
 _VOLUMES = flags.DEFINE_integer("volumes", 12, "New synthetic volumes to score on.")
 _SEED = flags.DEFINE_integer("seed", 1, "Their seed (the demo trains on seed 0).")
-_LAYERS = flags.DEFINE_list("layers", ["fire8.concat", "fire7.concat", "fire6.concat", "fire5.concat", "head"],
+_LAYERS = flags.DEFINE_list("layers", ["fire8_concat", "fire7_concat", "fire6_concat", "fire5_concat", "head"],
                             "Other blocks to weight; those the model lacks are skipped.")
 _OCCLUSION = flags.DEFINE_boolean("occlusion", True, "Also score occlusion maps (a forward pass per cell).")
 _TOLERANCE = flags.DEFINE_integer("tolerance", 15, "Crop pixels around the peak cell that also count as a hit in "
@@ -218,6 +218,7 @@ def main(argv):
 
     from octtl.inference import gradcam, predictor
     from octtl.inference.inputs import read_input
+    from octtl.nets import loading
     from octtl.synthetic import render
 
     work = pathlib.Path(_WORK_DIR.value or tempfile.mkdtemp(prefix="octtl-gradcam-"))
@@ -249,7 +250,8 @@ def main(argv):
                 for _, boxes in volumes]
 
     rows, maps = [], {}
-    for layer in [None] + [name for name in _LAYERS.value if name in {x.name for x in model.layers}]:
+    names = {loading.layer_name(x.name) for x in model.layers}  # either spelling (octtl.nets.loading)
+    for layer in [None] + [name for name in _LAYERS.value if loading.layer_name(name) in names]:
         cam = gradcam.GradCam(model, layer)
         heatmaps = [cam(inputs) for inputs, _ in volumes]
         maps[cam.layer.name] = heatmaps

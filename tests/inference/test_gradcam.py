@@ -25,10 +25,10 @@ TARGETS = {
     "inceptionv3": (75, "mixed10"),
     "xception": (71, "block14_sepconv2_act"),
     "densenet201": (32, "relu"),
-    "resnet18": (32, "layer4.1.relu2"),
-    "googlenet": (32, "inception5b.concat"),
+    "resnet18": (32, "layer4_1_relu2"),
+    "googlenet": (32, "inception5b_concat"),
     "mobilenetv2": (32, "out_relu"),
-    "squeezenet": (32, "fire9.concat"),
+    "squeezenet": (32, "fire9_concat"),
 }
 CHEAP = {"squeezenet": 64, "mobilenetv2": 64, "resnet18": 64, "googlenet": 64, "vgg16": 32}
 
@@ -59,7 +59,7 @@ def test_heatmaps_of_untrained_networks(arch, tmp_path):
     assert all(h.max() in (0.0, pytest.approx(1.0)) for h in heatmaps)
     assert cam(images[:0]).shape == (0, *cam.grid)
     if arch == "squeezenet":
-        earlier = gradcam.GradCam(model, "fire5.concat")  # another block, named (benchmarks/gradcam.py)
+        earlier = gradcam.GradCam(model, "fire5_concat")  # another block, named (benchmarks/gradcam.py)
         assert earlier.grid == (7, 7) and cam.grid == (3, 3) and earlier(images).shape == (3, 7, 7)
         # A saved and reloaded model (what predict gets) has the same block and the same heatmaps.
         model.save(tmp_path / "m.keras")
@@ -252,7 +252,7 @@ def test_overlay_is_brightest_where_hottest_and_clear_where_cold():
 def test_trained_model_points_at_fluid_better_than_random_heatmaps(trained_run, heldout):
     model, config = predictor.load_model(trained_run / "best.keras")
     predict, cam = predictor.Predictor(model, config), gradcam.GradCam(model)
-    assert cam.layer.name == "fire9.concat"
+    assert cam.layer.name == "fire9_concat"
     hits, cells = [], []
     for scans in read_input(heldout):
         fluid = np.nonzero(scans.labels == 1)[0]
