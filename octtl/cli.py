@@ -38,6 +38,12 @@ OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "The folder the command wri
 VENDOR = flags.DEFINE_multi_enum("vendor", None, ["all", *VENDORS],
                                  "Vendor(s), repeatable: make_synthetic writes these (default spectralis); "
                                  "to_tfrecord keeps only these (default all).")
+GROUP_REGEX = flags.DEFINE_string(
+    "group_regex", None, "Image folders: the first capture group of this regex on each file stem names its group "
+    r"(e.g. '^[A-Z]+-(\d+)-\d+$' gives Kermany's patient): to_tfrecord's volume/id, so --group_by_volume keeps "
+    "patients whole; predict's unit of the bootstrap over class folders.")
+CALIBRATED = flags.DEFINE_bool("calibrated", False, "Apply the temperature the model's run fitted on its validation "
+                               "predictions (Guo et al. 2017); default: the model as trained.")
 WORKERS = flags.DEFINE_integer("workers", None, "How much runs at once: to_tfrecord's reading threads (default "
                                "min(4, cores)), the sweep's training processes (default 1).", lower_bound=1)
 

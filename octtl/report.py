@@ -5,8 +5,10 @@
 Reads LOGDIR/results.jsonl (or, when there is none, every LOGDIR/*/*/batch*/fold*/result.json) and writes
 report/table_{design}.md|csv (mean, std and 95% interval), paired_{design}.csv (Friedman, Nemenyi and Wilcoxon
 tests across folds), fig2/3/4_{design}.png, accuracy_by_design.png, cd_{design}_batch{B}.png (critical-difference
-diagrams), roc_{design}.png (from the run folders' predictions.csv) and index.html (self-contained: figures
-embedded, opens offline).
+diagrams), roc_{design}.png (from the run folders' predictions.csv), operating_points_{design}.csv (with
+operating_points_folds_{design}.csv per run), calibration_{design}.csv, reliability_{design}.png, vendors.csv (the
+vendor design's left-out vendors against within-vendor folds) and index.html (self-contained: figures embedded,
+opens offline).
 
 --out_dir is replaced whole, built aside and renamed into place: a folder an earlier report wrote (its record,
 .octtl-output.json, lists every file in it) is replaced as it is; any other non-empty folder is refused unless

@@ -430,6 +430,7 @@ def summary_line(result: dict) -> str:
     """A finished run in one line: metrics beside the majority-class rate, weights, scaling and folder."""
     head = (f"{result['arch']} {result['design']} batch {result['batch']} fold {result['fold']}"
             if {"arch", "design", "batch", "fold"} <= set(result) else "run")
+    head += f" (test vendor {result['test_vendor']})" if result.get("test_vendor") else ""
     where = f" ({result['run_dir']})" if result.get("run_dir") else ""
     if result.get("status") != "ok":
         return f"{head}: FAILED: {result.get('error')}{where}"

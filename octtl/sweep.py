@@ -41,7 +41,8 @@ from octtl.training.config import Config
 _ARCHS = flags.DEFINE_list("archs", ["all"], "Networks: all, or a comma-separated list of Table I names.")
 _BATCHES = flags.DEFINE_list("batches", ["auto"],
                              "Batch sizes: auto (8, 16, ... up to each network's largest) or a list, e.g. 8,16,32.")
-_DESIGNS = flags.DEFINE_list("designs", None, "Designs to run (baseline,limited); default the --design flag's.")
+_DESIGNS = flags.DEFINE_list("designs", None, "Designs to run (baseline,limited,vendor); default the --design "
+                             "flag's. vendor: one fold per vendor of the records, each held out in turn.")
 _TASK_INDEX = flags.DEFINE_integer("task_index", 0, "This task's share of the runs: 0..num_tasks-1.", lower_bound=0)
 _NUM_TASKS = flags.DEFINE_integer("num_tasks", 1, "Tasks sharing the sweep.", lower_bound=1)
 _GPUS = flags.DEFINE_list("gpus", None, "One worker per listed GPU (CUDA_VISIBLE_DEVICES), e.g. 0,1.")

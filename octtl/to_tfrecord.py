@@ -24,9 +24,6 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Output shards; 0 = about 10
 _INPUT_FORMAT = flags.DEFINE_enum("input_format", "retouch", ["retouch", "image_folders"],
                                   "retouch: folders with oct.mhd/reference.mhd; image_folders: one folder per class.")
 _CLASSES = flags.DEFINE_list("classes", None, "image_folders: class folder names; label = position.")
-_GROUP_REGEX = flags.DEFINE_string(
-    "group_regex", None, "image_folders: the first capture group of this regex on each file stem becomes "
-    r"volume/id (e.g. '^[A-Z]+-(\d+)-\d+$' gives Kermany's patient), so --group_by_volume keeps patients whole.")
 _ALLOW_UNLABELED = flags.DEFINE_bool("allow_unlabeled", False, "Skip volumes without reference.mhd.")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Convert the good volumes and list the bad ones.")
 _MAX_VOLUME_BYTES = flags.DEFINE_integer(
@@ -53,7 +50,7 @@ def main(argv):
         _INPUT_DIR.value, cli.OUTPUT_DIR.value, input_format=_INPUT_FORMAT.value,
         vendor=vendor, fluid_codes=codes, min_fluid_voxels=_MIN_FLUID_VOXELS.value,
         classes=_CLASSES.value, num_shards=_NUM_SHARDS.value, workers=workers,
-        allow_unlabeled=_ALLOW_UNLABELED.value, skip_bad=_SKIP_BAD.value, group_regex=_GROUP_REGEX.value,
+        allow_unlabeled=_ALLOW_UNLABELED.value, skip_bad=_SKIP_BAD.value, group_regex=cli.GROUP_REGEX.value,
         max_volume_bytes=_MAX_VOLUME_BYTES.value, settings=settings, progress=progress)
     print(summary(manifest, cli.OUTPUT_DIR.value))
 
@@ -61,6 +58,7 @@ def main(argv):
 flags.declare_key_flag("output_dir")
 flags.declare_key_flag("vendor")
 flags.declare_key_flag("workers")
+flags.declare_key_flag("group_regex")
 
 
 

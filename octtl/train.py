@@ -25,7 +25,9 @@ _DEFAULT = {field.name: field.default for field in dataclasses.fields(Config)}
 flags.DEFINE_string("data_dir", None, "Records written by tools/to_tfrecord.py.")
 flags.DEFINE_integer("batch", None, "Mini-batch size.", lower_bound=1)
 flags.DEFINE_enum("design", _DEFAULT["design"], list(protocol.DESIGNS),
-                  "baseline: train 9 folds, validate 1 (90/10); limited: train 1, validate 9.")
+                  "baseline: train 9 folds, validate 1 (90/10); limited: train 1, validate 9; vendor: each vendor "
+                  "of the records in turn is the test set (--fold picks it, sorted names), the others train, a "
+                  "grouped fold of their volumes validates.")
 _FOLDS = flags.DEFINE_integer("folds", _DEFAULT["folds"], "Cross-validation folds.", lower_bound=2)
 _FOLD = flags.DEFINE_integer("fold", _DEFAULT["fold"], "Fold to run; -1 runs every fold in turn.", lower_bound=-1)
 flags.DEFINE_string("weights", _DEFAULT["weights"], "imagenet, none (random init) or a weights file.")
@@ -72,6 +74,9 @@ flags.DEFINE_string("train_volumes", _DEFAULT["train_volumes"],
                     "drawn with --seed and --repeat, nested over N, for as many iterations as the whole folds get "
                     "(baseline design, grouped folds); all: every one.")
 flags.DEFINE_integer("repeat", _DEFAULT["repeat"], "Which draw of --train_volumes volumes.", lower_bound=0)
+flags.DEFINE_float("target_sensitivity", _DEFAULT["target_sensitivity"],
+                   "Record the threshold that reaches this sensitivity on the validation predictions (with 0.5 and "
+                   "Youden's J there), each applied to the test predictions.")
 flags.DEFINE_float("denoise_strength", _DEFAULT["denoise_strength"],
                    "The method's main parameter: median window side (odd, default 3), nlm h in grey levels (default "
                    "10), bilateral sigma_color in grey levels (default 25).")
@@ -97,7 +102,7 @@ def main(argv):
     cli.require("data_dir", "arch", "batch")
     if cli.ARCH.value == "all":
         raise InputError("--arch=all: octtl.train trains one network; octtl.sweep --archs=all trains them all")
-    if _FOLD.value >= _FOLDS.value:
+    if _FOLD.value >= _FOLDS.value and flags.FLAGS.design != protocol.VENDOR:  # vendor: one fold per vendor
         raise InputError(f"--fold={_FOLD.value}: must be in 0..{_FOLDS.value - 1} or -1")
     backend = console.start_backend()
     from octtl.nets import devices
@@ -112,7 +117,7 @@ def main(argv):
     # One session for every fold: the records are decoded and the network built and compiled once. A finished
     # run of another configuration is refused (--overwrite replaces it), every fold's before any trains.
     trainer = session.Session(config, say=say, redo_stale=False, refuse_stale=True)
-    chosen = range(config.folds) if config.fold == -1 else [config.fold]
+    chosen = range(trainer.design_folds(config.design)) if config.fold == -1 else [config.fold]
     for fold in chosen:
         trainer.finished(config.design, fold)
     failed = 0

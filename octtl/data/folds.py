@@ -20,8 +20,12 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from octtl import protocol
 from octtl.errors import InputError
-from octtl.protocol import DESIGNS
+from octtl.protocol import VENDOR
+
+# The designs of k folds (the paper's); the vendor design's folds are the records' vendors (`vendor_splits`).
+DESIGNS = tuple(design for design in protocol.DESIGNS if design != VENDOR)
 
 
 def assign_folds(labels: Sequence[int], folds: int = 10, seed: int = 0,
@@ -81,6 +85,7 @@ class Split:
     train_folds: List[int]
     validation_folds: List[int]
     test_folds: List[int]
+    test_vendor: Optional[str] = None  # the vendor design's held-out vendor (`vendor_splits`)
 
 
 def splits(labels: Sequence[int], design: str, fold: int, folds: int = 10, seed: int = 0,
@@ -89,6 +94,8 @@ def splits(labels: Sequence[int], design: str, fold: int, folds: int = 10, seed:
 
     Without `test` the sides are `split`'s exactly: the paper's protocol. A test fold needs at least 3 folds.
     """
+    if design == VENDOR:
+        raise ValueError("the vendor design's folds are its vendors: vendor_splits")
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
     if not 0 <= fold < folds:
@@ -210,3 +217,58 @@ def subset_indices(train_idx: Sequence[int], groups: Sequence, volume_ids: Seque
     train_idx = np.asarray(train_idx, np.int64)
     keep = np.isin(np.asarray(groups)[train_idx], np.asarray(list(volume_ids)))
     return np.sort(train_idx[keep])
+
+
+UNKNOWN_VENDOR = "unknown"  # records.Metadata's vendor of image folders and of volumes no geometry names
+
+
+def vendor_names(vendors: Sequence[str]) -> List[str]:
+    """The vendors of the records, sorted: fold k of the vendor design holds the k-th out.
+
+    Raises:
+      InputError: fewer than two vendors, or B-scans whose vendor is unknown (one line naming the flag).
+    """
+    vendors = np.asarray(vendors).astype(str)
+    names = sorted(set(vendors.tolist()))
+    if UNKNOWN_VENDOR in names:
+        raise InputError(f"--design=vendor: {int(np.sum(vendors == UNKNOWN_VENDOR))} B-scans have vendor "
+                         f"{UNKNOWN_VENDOR} (image folders, or volumes whose path and geometry name no vendor); the "
+                         "vendor design needs every volume's vendor")
+    if len(names) < 2:
+        held = f"one vendor ({names[0]})" if names else "no vendor"
+        raise InputError(f"--design=vendor: the records hold {held}; leaving a vendor out needs at least two")
+    return names
+
+
+def vendor_splits(labels: Sequence[int], vendors: Sequence[str], fold: int, folds: int = 10, seed: int = 0,
+                  groups: Optional[Sequence] = None) -> Split:
+    """Fold `fold` of the vendor design: the fold-th vendor (`vendor_names`) tests, the others train and validate.
+
+    The validation set, which decides the early stop and the checkpoint, is fold 0 of `folds` folds of the other
+    vendors' volumes, grouped by volume and stratified by vendor and label (each training vendor keeps its share
+    there); folds 1.. train. Validating on the held-out vendor would choose the checkpoint by the very data it is
+    scored on. No volume is on two sides, and the test vendor's volumes are on none but the test side.
+
+    Args:
+      labels, vendors, groups: per example: class label, vendor (records.Metadata.vendors), volume (or patient).
+      fold: which vendor is held out, 0..len(vendor_names) - 1.
+      folds: the grouped folds the other vendors' volumes are split into (one validates).
+
+    Raises:
+      InputError: too few or unknown vendors (`vendor_names`), a fold past the vendors, or no grouping.
+      ValueError: fewer volumes of the other vendors than `folds` (assign_folds).
+    """
+    names = vendor_names(vendors)
+    if not 0 <= fold < len(names):
+        raise InputError(f"--fold={fold}: the vendor design has one fold per vendor, 0..{len(names) - 1} ("
+                         + ", ".join(f"{k} {name}" for k, name in enumerate(names)) + ")")
+    if groups is None:
+        raise InputError("--design=vendor: needs --group_by_volume (its validation fold is a grouped fold of the "
+                         "training vendors' volumes)")
+    labels, vendors, groups = np.asarray(labels), np.asarray(vendors).astype(str), np.asarray(groups)
+    test = np.flatnonzero(vendors == names[fold])
+    rest = np.flatnonzero(vendors != names[fold])
+    vendor_of = np.searchsorted(names, vendors[rest])
+    strata = vendor_of * (int(labels.max()) + 1) + labels[rest]
+    inner = assign_folds(strata, folds, seed, groups[rest])
+    return Split(rest[inner != 0], rest[inner == 0], test, list(range(1, folds)), [0], [fold], names[fold])

@@ -73,7 +73,7 @@ def predict(model, config, predictor, input_path, output, kind: str, threshold: 
     classes = tuple(config.classes)
     rows, summaries, seen = [], [], set()
     labels, scores_all, volume_of = [], [], []
-    for scans in read_input(input_path, config.fluid_codes, config.min_fluid_voxels):
+    for scans in read_input(input_path, config.fluid_codes, config.min_fluid_voxels, config.classes):
         if scans.volume_id in seen:
             raise InputError(f"{scans.source}: volume id {scans.volume_id} appears twice in the input")
         seen.add(scans.volume_id)

@@ -80,10 +80,13 @@ def input_kind(path) -> str:
     raise InputError(f"{path}: holds nothing predict can read; {expected}")
 
 
-def read_input(path, fluid_codes: Sequence[int] = volumes.ALL_FLUID, min_fluid_voxels: int = 1) -> Iterator[Scans]:
+def read_input(path, fluid_codes: Sequence[int] = volumes.ALL_FLUID, min_fluid_voxels: int = 1,
+               classes: Optional[Sequence[str]] = None, group_regex: Optional[str] = None) -> Iterator[Scans]:
     """The B-scans under `path`, one Scans per volume or image, read lazily in a stable order.
 
-    The kind is checked at once (InputError before anything is read); a bad volume raises when reached.
+    The kind is checked at once (InputError before anything is read); a bad volume raises when reached. An image
+    folder holding a subfolder for each of `classes` (the model's) is read as labelled class folders
+    (`class_folders`), one Scans per image or, with `group_regex`, per group (a patient).
     """
     path = pathlib.Path(path)
     kind = input_kind(path)
@@ -96,10 +99,31 @@ def read_input(path, fluid_codes: Sequence[int] = volumes.ALL_FLUID, min_fluid_v
         return _within_limits(_read_volume(folder, vid, codes, min_fluid_voxels) for folder, vid in zip(folders, ids))
     if kind == "records":
         return _read_records(path)
+    if classes is not None and class_folders(path, classes):
+        return _read_class_folders(path, classes, group_regex)
     files = [path] if path.is_file() else _image_files(path)
     ids = [p.stem for p in files] if path.is_file() else [p.relative_to(path).with_suffix("").as_posix()
                                                           for p in files]
     return (_read_image(p, vid) for p, vid in zip(files, ids))
+
+
+def class_folders(path, classes: Sequence[str]) -> bool:
+    """Whether `path` is a folder with a subfolder named for each of `classes`: images labelled by their folder."""
+    path = pathlib.Path(path)
+    return path.is_dir() and len(classes) > 1 and all((path / name).is_dir() for name in classes)
+
+
+def _read_class_folders(path, classes: Sequence[str], group_regex: Optional[str]) -> Iterator[Scans]:
+    """The images of the class folders (label: the folder's place in `classes`), one Scans per group in id order."""
+    groups = {}
+    for item in volumes.find_images(path, classes, group_regex):
+        groups.setdefault(item.volume_id, []).append(item)
+    for volume_id in sorted(groups):
+        read = [volumes.read_image_file(item) for item in sorted(groups[volume_id], key=lambda i: i.slice)]
+        yield Scans(volume_id=volume_id, source=f"{path} ({volume_id})", images=[b.images[0] for b in read],
+                    slices=np.array([b.slices[0] for b in read], np.int64),
+                    sources=np.array([b.sources[0] for b in read], dtype=object),
+                    labels=np.array([b.labels[0] for b in read], np.int64))
 
 
 def check_records(records_dir, classes: Sequence[str]) -> List[str]:

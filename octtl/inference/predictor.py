@@ -24,6 +24,7 @@ from octtl.inference import explain
 from octtl.runs import RESULT
 from octtl.errors import InputError, ModelError  # noqa: F401  (ModelError: raised here)
 from octtl.inference.inputs import Scans, check_records, input_kind, read_input
+from octtl.training import calibration
 
 PREDICTION_COLUMNS = ("volume_id", "slice", "p_fluid", "prediction", "source")
 LABEL_COLUMN = "label"
@@ -224,14 +225,15 @@ def parse_slices(text: str) -> list:
     return out
 
 
-def metrics(labels, p_fluid, threshold: float) -> dict:
+def metrics(labels, p_fluid, threshold: float, inclusive: bool = False) -> dict:
     """Accuracy at the threshold, the majority-class rate it should beat, and ROC AUC (None with one class)."""
     from sklearn import metrics as sk_metrics
 
     labels, p_fluid = np.asarray(labels), np.asarray(p_fluid)
     fluid = float(np.mean(labels == 1))
     both = 0 < fluid < 1
-    return {"n": int(len(labels)), "accuracy": float(np.mean((p_fluid > threshold) == (labels == 1))),
+    called = p_fluid >= threshold if inclusive else p_fluid > threshold
+    return {"n": int(len(labels)), "accuracy": float(np.mean(called == (labels == 1))),
             "majority_rate": max(fluid, 1.0 - fluid),
             "auc": float(sk_metrics.roc_auc_score(labels, p_fluid)) if both else None}
 
@@ -250,13 +252,15 @@ class Report:
     explained: Optional[explain.Explained] = None
     note: Optional[str] = None
     input_notes: tuple = ()  # what of the input was not read, and why
+    inclusive: bool = False  # p_fluid >= threshold is fluid (a threshold recorded by the run), else > (the paper's)
 
     def lines(self) -> list:
         """The console report: counts, one line per volume, metrics where labels were known, Grad-CAM, files."""
         n_fluid = sum(r["prediction"] for r in self.rows)
         volumes = len(self.summaries)
         out = [f"{len(self.rows)} B-scan{'s' * (len(self.rows) != 1)} of {volumes} volume{'s' * (volumes != 1)} "
-               f"({self.kind}); {n_fluid} predicted fluid (p_fluid > {self.threshold:g})"]
+               f"({self.kind}); {n_fluid} predicted fluid (p_fluid {'>=' if self.inclusive else '>'} "
+               f"{self.threshold:g})"]
         out += [f"note: {note}" for note in self.input_notes]
         width = max([len("volume_id")] + [len(s["volume_id"]) for s in self.summaries])
         out.append(f"{'volume_id':<{width}}  n_bscans  n_fluid_predicted  max_p_fluid  fluid_slices")
@@ -312,7 +316,7 @@ def _rows(scans: Scans, p_fluid: np.ndarray, predicted: np.ndarray) -> list:
 
 
 def predict(model_path, input_path, output, gradcam_dir=None, threshold: float = 0.5, batch_size: int = 32,
-            overwrite: bool = False) -> Report:
+            overwrite: bool = False, inclusive: bool = False, temperature=None, group_regex=None) -> Report:
     """Predicts fluid on every B-scan under `input_path` and writes the CSVs (and Grad-CAM PNGs).
 
     Nothing appears at `output`, its summary or `gradcam_dir` unless the whole input succeeds: everything is
@@ -326,6 +330,8 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
       threshold: p_fluid above it is predicted fluid.
       batch_size: B-scans per forward pass.
       overwrite: replace existing outputs.
+      inclusive, temperature, group_regex: p_fluid >= threshold is fluid; softmax(log p / temperature) for p;
+        class folders' groups (octtl.inference.external, issue #24).
 
     Raises:
       ModelError: the model file. InputError: the input or the output paths.
@@ -353,7 +359,7 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
 
     with outputs.staged(output, "--output") as staging:
         rows, summaries, seen = [], [], set()
-        for scans in read_input(input_path, config.fluid_codes, config.min_fluid_voxels):
+        for scans in read_input(input_path, config.fluid_codes, config.min_fluid_voxels, config.classes, group_regex):
             if scans.volume_id in seen:
                 raise InputError(f"{scans.source}: volume id {scans.volume_id} appears twice in the input")
             seen.add(scans.volume_id)
@@ -362,7 +368,9 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
             check_shape(scans, config)
             inputs = predictor.inputs(scans.images)
             p_fluid = predictor(inputs)
-            predicted = p_fluid > threshold
+            if temperature is not None:  # --calibrated: the run's validation temperature
+                p_fluid = calibration.apply_temperature(p_fluid, temperature)
+            predicted = p_fluid >= threshold if inclusive else p_fluid > threshold
             rows.extend(_rows(scans, p_fluid, predicted))
             summaries.append(volume_summary(scans.volume_id, scans.slices, p_fluid, predicted))
             if explainer is not None:
@@ -370,7 +378,7 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
 
         labelled = [r for r in rows if LABEL_COLUMN in r]
         scores = metrics([r[LABEL_COLUMN] for r in labelled], [float(r["p_fluid"]) for r in labelled],
-                         threshold) if labelled else None
+                         threshold, inclusive) if labelled else None
         columns = PREDICTION_COLUMNS + ((LABEL_COLUMN,) if labelled else ())
         outputs.write_csv(staging / "predictions.csv", columns, rows)
         outputs.write_csv(staging / "summary.csv", SUMMARY_COLUMNS,
@@ -382,4 +390,4 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
         outputs.publish(staging / "predictions.csv", output, overwrite)
         return Report(kind=kind, threshold=threshold, rows=rows, summaries=summaries, metrics=scores,
                       output=output, summary_path=summary_path(output), explained=explained, note=config.label_note,
-                      input_notes=tuple(input_notes))
+                      input_notes=tuple(input_notes), inclusive=inclusive)

@@ -16,6 +16,8 @@ import json
 import pathlib
 import shutil
 
+import numpy as np
+
 from octtl import outputs
 
 from octtl.inference import predictor
@@ -41,8 +43,11 @@ def check_output(output_dir, overwrite: bool = False):
     outputs.check_target(output_dir, "--output", overwrite, folder=True)
 
 
-def export(model_path, output_dir, overwrite: bool = False) -> dict:
+def export(model_path, output_dir, overwrite: bool = False, temperature=None) -> dict:
     """Writes the SavedModel of `model_path` into `output_dir` (absent or empty, unless `overwrite`).
+
+    With `temperature` (--calibrated: the run's, octtl.inference.external.temperature) the graph returns
+    softmax(log p / T)'s fluid column, as predict --calibrated does (octtl.training.calibration.apply_temperature).
 
     One piece: the serving function closes over the model, its crop and its scaling, which must be traced
     together into the one signature the SavedModel serves.
@@ -84,6 +89,9 @@ def export(model_path, output_dir, overwrite: bool = False) -> dict:
         probabilities = tf.cast(model(inputs, training=False), tf.float32)
         if config.task == "fluid_types":
             return {f"p_{name}": probabilities[:, k] for k, name in enumerate(config.classes)}
+        if temperature is not None:  # log p floored at the smallest float32, as calibration._logits does
+            floor = float(np.nextafter(np.float32(0), np.float32(1)))
+            probabilities = tf.nn.softmax(tf.math.log(tf.maximum(probabilities, floor)) / float(temperature))
         if len(config.classes) == 2:
             return {SERVING_OUTPUT: probabilities[:, 1]}
         return {PROBABILITIES: probabilities}
@@ -94,7 +102,7 @@ def export(model_path, output_dir, overwrite: bool = False) -> dict:
     archive.add_endpoint("serve", serve,
                          input_signature=[tf.TensorSpec([None, None, None], tf.uint8, name=SERVING_INPUT)])
     metadata = {**dataclasses.asdict(config), "fluid_codes": list(config.fluid_codes), "model": str(model_path),
-                "signature": "serving_default",
+                "signature": "serving_default", "temperature": temperature,
                 "input": f"{SERVING_INPUT}: uint8 (batch, rows, columns)",
                 "output": _described(config)}
     staging = outputs.staging_dir(output_dir, "--output")

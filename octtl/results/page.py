@@ -28,6 +28,8 @@ from octtl.results import tables
 from octtl.results import variants
 from octtl import console
 
+from octtl.results import clinical, vendors
+
 _STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 1em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
@@ -139,6 +141,13 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3, logd
         class_names, class_designs = classes.write(everything, staging)
         type_names, type_designs = fluid_types.write(everything, staging, logdir)
         names += class_names + type_names
+        # Operating points, calibration and the vendors left out (issue #24).
+        clinical_paths, clinical_summaries = clinical.write(results, staging, logdir, rows, k)
+        vendor_rows = vendors.rows(results, logdir)
+        if vendor_rows:
+            vendors.write(vendor_rows, staging / "vendors.csv")
+            clinical_paths.append(staging / "vendors.csv")
+        names += [path.name for path in clinical_paths]
         for design in tables.designs(rows):
             mine = [r for r in rows if r.design == design]
             tables.write_csv(mine, staging / f"table_{design}.csv")
@@ -154,12 +163,13 @@ def write_report(results: Sequence[dict], out_dir, source: str, k: int = 3, logd
             figures.save(draw(), staging / name)
             images[name], captions[name] = (staging / name).read_bytes(), caption
             names.append(name)
-        for path in [*curve_paths, *(staging / name for name in class_names)]:
+        for path in [*curve_paths, *(staging / name for name in class_names), *clinical_paths]:
             if path.suffix == ".png":
                 images[path.name] = path.read_bytes()
         (staging / "index.html").write_text(page(rows, failed, results, images, captions, source, k, tested,
                                                  pooled, variant_rows, everything, left_out, by_design,
-                                                 (class_designs, type_designs)))
+                                                 (class_designs, type_designs),
+                                                 operating=(clinical_summaries, vendor_rows)))
         names.append("index.html")
         outputs.write_record(staging, COMMAND, names)
         outputs.check_folder(out_dir, "--out_dir", COMMAND, overwrite)  # again: nothing of someone else's is lost
@@ -201,10 +211,13 @@ def _method_notes(rows: Sequence[tables.Row]) -> List[str]:
 
 
 def page(rows, failed, results, images, captions, source: str, k: int, tested=(), pooled=None,
-         variant_rows=None, everything=None, left_out=(), curves=None, beyond=({}, {})) -> str:
+         variant_rows=None, everything=None, left_out=(), curves=None, beyond=({}, {}),
+         operating=({}, [])) -> str:
     """index.html: per design the top-k and full tables with intervals and notes, the paired statistics, the
-    figures; then the variants against the defaults, the failed runs of variants, what could not be read, and the
-    settings. `results` are the runs of the default settings; `everything` (default: those) every run counted.
+    figures; then the operating points, calibration and vendors left out (`operating`: octtl.results.clinical.write's
+    summaries and octtl.results.vendors.rows), the variants against the defaults, the failed runs of variants, what
+    could not be read, and the settings. `results` are the runs of the default settings; `everything` (default:
+    those) every run counted.
 
     One piece: the page is one HTML document written top to bottom, each section a few lines of markup.
     """
@@ -257,6 +270,8 @@ def page(rows, failed, results, images, captions, source: str, k: int, tested=()
     parts.append("<h2>Accuracy by train-set design</h2>")
     parts.append(_figure("accuracy_by_design.png", images["accuracy_by_design.png"],
                          captions["accuracy_by_design.png"]))
+    parts += clinical.section(operating[0], images, _figure, rows)  # operating points, calibration (#24)
+    parts += vendors.section(operating[1])
     parts += variants_section(variant_rows or {})
     broken = [r for r in everything if r.get("status") != "ok" and runs.run_of(r).variant]
     if broken:

@@ -18,7 +18,7 @@ from octtl.data import folds as folds_lib
 from octtl.errors import InputError
 from octtl.nets import registry
 from octtl.runs import Run
-from octtl.training.config import Config, check_curve_point, planned
+from octtl.training.config import Config, check_curve_point, check_design, planned
 
 
 def auto_batches(largest: int, smallest: int = protocol.SMALLEST_BATCH) -> List[int]:
@@ -33,16 +33,18 @@ def auto_batches(largest: int, smallest: int = protocol.SMALLEST_BATCH) -> List[
     return batches
 
 
-def grid(designs: Sequence[str], archs: Sequence[str], batches: Dict[str, Sequence[int]], folds: int,
+def grid(designs: Sequence[str], archs: Sequence[str], batches: Dict[str, Sequence[int]], folds,
          variants: Sequence[str] = ("",)) -> List[Run]:
     """Every run of the study, in a fixed order (design, then arch as given, batch, variant, fold).
 
     Args:
+        folds: The folds of every design, or {design: its folds} (the vendor design has one per vendor).
         variants: The variants' folder names (octtl.results.variants.variant_name; '' for the defaults).
     """
+    counts = folds if isinstance(folds, dict) else dict.fromkeys(designs, folds)
     return [Run(design, arch, batch, fold, variant)
             for design in designs for arch in archs for batch in batches[arch] for variant in variants
-            for fold in range(folds)]
+            for fold in range(counts[design])]
 
 
 def shard(runs_: Sequence[Run], task_index: int, num_tasks: int) -> List[Run]:
@@ -73,7 +75,15 @@ def smallest_train_sets(labels, designs: Sequence[str], folds: int, seed: int = 
                         test: bool = False) -> Dict[str, int]:
     """The smallest training set over the folds of each design (as octtl.train will split the data)."""
     return {design: min(len(folds_lib.splits(labels, design, fold, folds, seed, groups_, test).train)
-                        for fold in range(folds)) for design in designs}
+                        for fold in range(folds)) for design in designs if design != protocol.VENDOR}
+
+
+def vendor_folds(metadata, base: Config) -> tuple:
+    """(folds, smallest training set) of the vendor design on these records: one fold per vendor."""
+    count = len(folds_lib.vendor_names(metadata.vendors))
+    groups_ = metadata.volume_ids if base.group_by_volume else None
+    return count, min(len(folds_lib.vendor_splits(metadata.labels, metadata.vendors, fold, base.folds, base.seed,
+                                                  groups_).train) for fold in range(count))
 
 
 def runnable(runs_: Sequence[Run], smallest: Dict[str, int]):
@@ -360,17 +370,25 @@ def build(base: Config, archs: Sequence[str], designs: Sequence[str], batches: S
             raise InputError(f"--train_volume_counts: learning curves draw volumes from the baseline design's "
                              f"training folds; --designs={','.join(designs)} asks for others")
         check_curve_point(dataclasses.replace(base, design="baseline", train_volumes="1"))
+    if protocol.VENDOR in designs:
+        check_design(dataclasses.replace(base, design=protocol.VENDOR))
+        if not base.data_dir:
+            raise InputError("--designs=vendor: needs --data_dir (its folds are the records' vendors)")
     sizes, note = batches_from(batches, archs, probe_path, base.image_size)
     variants = variants_from(base, lrs, augments, denoises, train_volume_counts, repeats)
-    runs_ = grid(designs, archs, sizes, base.folds, list(variants))
-    identity = None
+    counts = dict.fromkeys(designs, base.folds)  # the vendor design's: one per vendor of the records
+    identity, smallest = None, None
     if base.data_dir:
         metadata = records.read_metadata(base.data_dir)
         groups_ = metadata.volume_ids if base.group_by_volume else None
         try:
             smallest = smallest_train_sets(metadata.labels, designs, base.folds, base.seed, groups_, base.held_out)
-        except ValueError as e:
-            raise InputError(f"{base.data_dir}: {e}") from None
+            if protocol.VENDOR in designs:
+                counts[protocol.VENDOR], smallest[protocol.VENDOR] = vendor_folds(metadata, base)
+        except ValueError as e:  # InputError (the vendors) names its flag already
+            raise e if isinstance(e, InputError) else InputError(f"{base.data_dir}: {e}") from None
+    runs_ = grid(designs, archs, sizes, counts, list(variants))
+    if base.data_dir:
         runs_, dropped = runnable(runs_, smallest)
         identity = records.identity(base.data_dir)
         if dropped:

@@ -214,6 +214,7 @@ def _count(event, run, logdir, tally: _Tally):
     if kind == "done":
         result = event["result"]
         words = runs.summary_line({**result, "run_dir": None}).split(": ", 1)[1]
+        step += f" (test vendor {result['test_vendor']})" if result.get("test_vendor") else ""  # the vendor design
         report(f"{step}: {words} ({format_duration(result.get('wall_seconds', 0))}; log {run.log(logdir)})")
     elif kind == "busy":
         report(f"{step}: being trained by another sweep; left to it")

@@ -66,6 +66,9 @@ class Config:
     task: str = "fluid"  # octtl.training.tasks.TASKS: the records' classes, or RETOUCH's three fluid types
     train_volumes: str = "all"  # a learning-curve point: how many whole training volumes (patients) to keep
     repeat: int = 0  # which draw of those volumes
+    # The sensitivity a recorded threshold must reach on validation (octtl.training.clinical); it changes what a
+    # result reports, not how the run trains, so it is no part of runs.CONFIG_KEYS.
+    target_sensitivity: float = 0.95
     overwrite: bool = False
 
     @property
@@ -93,7 +96,7 @@ class Config:
     @property
     def held_out(self) -> bool:
         """Whether the run keeps a test fold out of training and of the checkpoint's choice."""
-        return self.test_fold == "auto" and self.folds >= 3
+        return self.design == protocol.VENDOR or (self.test_fold == "auto" and self.folds >= 3)
 
     @property
     def validation_batch(self) -> int:
@@ -151,6 +154,19 @@ def check_curve_point(config: Config):
     if not config.group_by_volume:
         raise InputError(f"--train_volumes={config.train_volumes}: needs --group_by_volume (a learning curve counts "
                          "whole volumes or patients, which grouped folds keep whole)")
+
+
+def check_design(config: Config):
+    """Refuses, naming the flag, what the vendor design cannot do: its test set is a vendor, its validation fold a
+    grouped fold of the other vendors' volumes (octtl.data.folds.vendor_splits)."""
+    if config.design != protocol.VENDOR:
+        return
+    if not config.group_by_volume:
+        raise InputError("--design=vendor: needs --group_by_volume (its validation fold is a grouped fold of the "
+                         "training vendors' volumes)")
+    if config.test_fold == "none":
+        raise InputError("--design=vendor --test_fold=none: the vendor design's test set is the vendor it leaves "
+                         "out; it has no run without one")
 
 
 def flags_text(config: Config) -> str:

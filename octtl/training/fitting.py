@@ -20,7 +20,7 @@ import numpy as np
 from octtl import console, outputs, runs
 from octtl.data import augment_numpy, pipeline
 from octtl.nets import devices
-from octtl.training import early_stop, events
+from octtl.training import clinical, early_stop, events
 from octtl.training.config import Config
 
 
@@ -254,6 +254,11 @@ def write_outputs(session, config: Config, fitted: Fitted, split, out: pathlib.P
     best = stop.best
     write_predictions(out / runs.PREDICTIONS, session, split.validation, best.probabilities)
     tested = test(session, split.test, best.iteration)
+    judged = {}
+    if best.p_fluid is not None:  # operating points and calibration of a two-class network (octtl.training.clinical)
+        labels = session.targets
+        judged = clinical.record(best.p_fluid, labels[split.validation], None if tested is None else tested.p_fluid,
+                                 labels[split.test], config.target_sensitivity, session.metadata.vendors[split.test])
     if tested is not None:
         write_predictions(out / runs.TEST_PREDICTIONS, session, split.test, tested.probabilities)
     if config.save_model:
@@ -275,6 +280,7 @@ def write_outputs(session, config: Config, fitted: Fitted, split, out: pathlib.P
         "checks": [e.record() for e in stop.evaluations],
         "train_images_per_second": stop.iteration * fitted.batch / max(fitted.train_seconds, 1e-9),
         "params": int(model.count_params()),
+        **judged,  # operating points, calibration and temperature (octtl.training.clinical)
     }
 
 

@@ -29,7 +29,7 @@ from octtl import outputs, protocol, runs
 from octtl.data import augment_numpy, denoise, folds, pipeline, records
 from octtl.errors import InputError, WeightsError
 from octtl.nets import devices, head_init, models, pretrained, registry, scaling
-from octtl.training import events, fitting, tasks
+from octtl.training import clinical, events, fitting, tasks
 from octtl.training import config as config_lib  # `config` is every function's run settings here
 from octtl.training.config import STRATEGIES, Config, flags_text, planned
 
@@ -63,6 +63,8 @@ def check_settings(config: Config):
     denoise.check(config.denoise, config.denoise_strength)
     config_lib.check_curve_point(config)
     config_lib.check_task(config)
+    config_lib.check_design(config)
+    clinical.check_target(config.target_sensitivity)
 
 
 def validate(config: Config, metadata: records.Metadata):
@@ -73,6 +75,8 @@ def validate(config: Config, metadata: records.Metadata):
     if len(np.unique(metadata.labels)) < 2:
         raise InputError(f"{config.data_dir}: every B-scan has label {int(metadata.labels[0])}; "
                          "a classifier needs both classes")
+    if config.design == protocol.VENDOR:
+        folds.vendor_names(metadata.vendors)  # two vendors or more, every one known: refused before decoding
 
 
 def splits(config: Config, metadata: records.Metadata, design: str, fold: int, strata=None) -> folds.Split:
@@ -83,6 +87,8 @@ def splits(config: Config, metadata: records.Metadata, design: str, fold: int, s
     """
     groups = metadata.volume_ids if config.group_by_volume else None
     strata = metadata.labels if strata is None else strata
+    if design == protocol.VENDOR:  # each vendor in turn tests; refusals are InputErrors naming the flag
+        return folds.vendor_splits(strata, metadata.vendors, fold, config.folds, config.seed, groups)
     try:
         return folds.splits(strata, design, fold, config.folds, config.seed, groups, test=config.held_out)
     except ValueError as e:
@@ -184,6 +190,7 @@ class Session:
         outputs.check_target(self.config.logdir, "--logdir", overwrite=True, folder=True)
         config = dataclasses.replace(self.config, design=design, fold=fold, **per_run)
         config_lib.check_curve_point(config)
+        config_lib.check_design(config)
         run = runs.Run(design, config.arch, config.batch, fold, config.variant_name)
         out = run.folder(config.logdir)
         self.say(f"train: {run} -> {out}")
@@ -223,6 +230,12 @@ class Session:
             raise InputError(f"--logdir={config.logdir}: cannot write {out} ({e.strerror or e}); the run did not "
                              "finish and starts again when the command is run again") from None
         return {**result, "run_dir": str(out)}
+
+    def design_folds(self, design: str) -> int:
+        """How many folds `design` has on these records: --folds, or the vendor design's number of vendors."""
+        if design != protocol.VENDOR:
+            return self.config.folds
+        return len(folds.vendor_names(records.read_metadata(self.config.data_dir).vendors))
 
     def _split(self, config: Config, design: str, fold: int) -> folds.Split:
         """The run's training, validation and test indices, refused in one line where they cannot train."""
@@ -274,6 +287,9 @@ class Session:
             "test_size": int(len(split.test)), "train_folds": split.train_folds,
             "train_volume_count": len(set(self.metadata.volume_ids[split.train])),
             "val_folds": split.validation_folds, "test_folds": split.test_folds,
+            # The vendor design: which vendor tested, which trained, and its folds (one per vendor).
+            **({"test_vendor": split.test_vendor, "train_vendors": sorted(set(self.metadata.vendors[split.train])),
+                "design_folds": len(folds.vendor_names(self.metadata.vendors))} if split.test_vendor else {}),
             "majority_rate": self.task.majority(self.targets[split.validation]),
             "task": self.task.name,
             "data_dir": str(used.data_dir),

@@ -349,9 +349,47 @@ def write_run(root, design, arch, batch, fold, labels, p_fluid, folds=5, **extra
     return r
 
 
+MINI_VENDORS = ("cirrus", "spectralis", "topcon")
+
+
+def write_vendor_runs(root, rng):
+    """The vendor design's run folders as octtl.train leaves them: each network holds each vendor out (fold k:
+    the k-th), with validation and test predictions and what training records of them (octtl.training.clinical).
+    The left-out vendor's scores are overconfident (x 3 on the logit scale): another scanner, a worse calibration."""
+    from octtl.training import clinical
+
+    out = []
+    for fold, vendor in enumerate(MINI_VENDORS):
+        val_labels = rng.permutation(np.repeat([0, 1], 15))  # 30 validation B-scans of the other two vendors
+        test_labels = np.repeat([0, 1], 12)[rng.permutation(24)]  # 3 volumes of 8 B-scans of the left-out one
+        for arch, separation in MINI.items():
+            val_p = 1 / (1 + np.exp(-(separation * (2 * val_labels - 1) + rng.normal(0, 1, 30))))
+            test_p = 1 / (1 + np.exp(-3 * (0.7 * separation * (2 * test_labels - 1) + rng.normal(0, 1, 24))))
+            folder = root / "vendor" / arch / "batch8" / f"fold{fold}"
+            folder.mkdir(parents=True)
+            record = clinical.record(val_p, val_labels, test_p, test_labels, 0.95, [vendor] * 24)
+            r = dict(result("vendor", 8, arch, fold, float(np.mean((val_p > 0.5) == val_labels)),
+                            auc_by_hand(val_labels, val_p), 6), folds=5, design_folds=3, val_size=30,
+                     train_size=90, test_size=24, test_fold="auto", test_vendor=vendor,
+                     train_vendors=sorted(set(MINI_VENDORS) - {vendor}), group_by_volume=True,
+                     test_accuracy=float(np.mean((test_p > 0.5) == test_labels)),
+                     test_auc=auc_by_hand(test_labels, test_p), **record)
+            (folder / "result.json").write_text(json.dumps(r))
+            for name, labels, p, first in (("predictions.csv", val_labels, val_p, 100),
+                                           ("test_predictions.csv", test_labels, test_p, 200 + 10 * fold)):
+                with open(folder / name, "w", newline="") as f:
+                    writer = csv.writer(f)
+                    writer.writerow(["volume_id", "slice", "label", "p_fluid", "source"])
+                    for i, (label, score) in enumerate(zip(labels, p)):
+                        writer.writerow([f"TRAIN{first + i // 8:03d}", i % 8, int(label), repr(float(score)), ""])
+            out.append(r)
+    return out
+
+
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
-    """A mini sweep's run folders (3 networks x batch 8 x 5 folds, baseline design) and its report."""
+    """A mini sweep's run folders (3 networks x batch 8 x 5 folds, baseline design; the vendor design's 3 folds
+    beside it) and its report."""
     root = tmp_path_factory.mktemp("mini-runs")
     rng = np.random.default_rng(3)
     results = []
@@ -362,6 +400,7 @@ def mini(tmp_path_factory):
             p_fluid = 1 / (1 + np.exp(-(separation * (2 * labels - 1) + noise + rng.normal(0, 0.3, labels.size))))
             results.append(write_run(root, "baseline", arch, 8, fold, labels, p_fluid, train_volume_count=16))
     write_curve_points(root, rng)  # the page's learning-curve section, for the browser
+    write_vendor_runs(root, rng)  # the vendor design, operating points and calibration (issue #24)
     out = root / "report"
     proc = run_report(f"--logdir={root}", f"--out_dir={out}")
     assert proc.returncode == 0, proc.stderr
@@ -474,11 +513,16 @@ def test_page_in_a_real_browser(mini, tmp_path):
     assert parser.verdict, "the page's load event never fired"
     verdict = json.loads(parser.verdict)
     images = {alt: (loaded, width) for alt, loaded, width in verdict["images"]}
-    assert len(images) == page.count("<img ") == 8  # Figs 2-4, accuracy by design, CD, ROC, 2 learning curves
+    # Baseline: Figs 2-4, CD, ROC; vendor design: Figs 2-4, ROC; accuracy by design; a reliability diagram per
+    # design; 2 learning curves.
+    assert len(images) == page.count("<img ") == 14
+    assert {"reliability_baseline.png", "reliability_vendor.png", "roc_vendor.png"} <= set(images)
     assert all(loaded and width > 300 for loaded, width in images.values()), images
-    # Top table (3 + header), all networks (3 + header), tests (1 + header), pairwise (3 + header), learning
-    # curves (3 networks x 2 metrics + header).
-    assert verdict["tables"] == [4, 4, 2, 4, 7]
+    # Baseline: top table (3 + header), all networks (3 + header), tests (1 + header), pairwise (3 + header); the
+    # vendor design: top, all, tests (3 folds: no pairwise test); operating points (3 networks x 3 thresholds +
+    # header) and calibration (3 + header) of each design; the vendors left out (3 networks x 3 vendors + header);
+    # learning curves (3 networks x 2 metrics + header).
+    assert verdict["tables"] == [4, 4, 2, 4, 4, 4, 2, 10, 4, 10, 4, 10, 7]
     shot = browser.screenshot(out / "index.html", tmp_path / "screenshot.png", 1200, 1600, chromium)
     image = matplotlib.image.imread(shot)
     assert image.shape[:2] == (1600, 1200) and image[..., :3].std() > 0.05

@@ -161,10 +161,12 @@ def test_end_to_end_report(killed_and_resumed, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "octtl.report", f"--logdir={logdir}", f"--out_dir={out}"],
                           capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # ROC curves from the runs' predictions.csv; no critical-difference diagram: 2 folds are too few to test.
+    # ROC curves and the reliability diagram from the runs' predictions.csv; no critical-difference diagram: 2 folds
+    # are too few to test.
     figures = ["fig2_baseline.png", "fig3_baseline.png", "fig4_baseline.png", "accuracy_by_design.png",
-               "roc_baseline.png"]
-    written = ["table_baseline.csv", "table_baseline.md", "paired_baseline.csv", "index.html", *figures]
+               "roc_baseline.png", "reliability_baseline.png"]
+    written = ["table_baseline.csv", "table_baseline.md", "paired_baseline.csv", "index.html", *figures,
+               "operating_points_baseline.csv", "operating_points_folds_baseline.csv", "calibration_baseline.csv"]
     assert sorted(p.name for p in out.iterdir()) == sorted([*written, outputs.RECORD])
     assert json.loads((out / outputs.RECORD).read_text()) == {"command": "octtl.report", "files": sorted(written)}
 
