@@ -52,6 +52,9 @@ _AUGMENTS = flags.DEFINE_multi_string(
 _DENOISES = flags.DEFINE_multi_string(
     "denoises", None, "One denoising variant per use: --denoises=none --denoises=nlm (or nlm:12 with a strength; "
     "default: --denoise).")
+_TRAINABLES = flags.DEFINE_list(
+    "trainables", None, "What trains, one variant each: all (fine-tune every layer), head (frozen backbone), "
+    "two_phase; e.g. all,head,two_phase (default: --trainable).")
 _TRAIN_VOLUME_COUNTS = flags.DEFINE_list(
     "train_volume_counts", None, "A learning curve: numbers of training volumes, e.g. 1,2,4,8,16,all (baseline "
     "design, grouped folds; every point trains for the whole folds' iterations).")
@@ -107,7 +110,8 @@ def main(argv):
         raise InputError("--data_dir: required (the records written by tools/to_tfrecord.py)")
     plan = planning.build(base, _ARCHS.value, _DESIGNS.value or [base.design], _BATCHES.value,
                           _MAX_BATCH_FILE.value or pathlib.Path(logdir) / runs.MAX_BATCH, _LRS.value,
-                          _AUGMENTS.value, _DENOISES.value, _TRAIN_VOLUME_COUNTS.value, _REPEATS.value)
+                          _AUGMENTS.value, _DENOISES.value, _TRAIN_VOLUME_COUNTS.value, _REPEATS.value,
+                          _TRAINABLES.value)
     mine = planning.shard(plan.runs, _TASK_INDEX.value, _NUM_TASKS.value)
     task = f" (task {_TASK_INDEX.value} of {_NUM_TASKS.value})" if _NUM_TASKS.value > 1 else ""
     if _DRY_RUN.value:

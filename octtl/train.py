@@ -4,7 +4,7 @@
   python -m octtl.train --flagfile=flags/demo.cfg
 
 Results land in LOGDIR/{design}/{arch}/batch{batch}/[variant/]fold{fold}/ (result.json, predictions.csv,
-flags.txt, best.keras, TensorBoard events; a variant folder only for a non-default --lr, --augment or --denoise);
+flags.txt, best.keras, TensorBoard events; a variant folder only for a non-default --lr, --augment, --denoise, --trainable or --train_volumes);
 `tensorboard --logdir=LOGDIR` shows them.
 """
 
@@ -17,7 +17,7 @@ from octtl import cli, console, protocol, runs
 from octtl.data import denoise, pipeline
 from octtl.errors import InputError
 from octtl.nets import scaling
-from octtl.training.config import STRATEGIES, TASKS, TEST_FOLDS, Config
+from octtl.training.config import STRATEGIES, TASKS, TEST_FOLDS, TRAINABLE, Config
 
 # Flag defaults are Config's (whose protocol values come from octtl.protocol): one list of a run's settings.
 _DEFAULT = {field.name: field.default for field in dataclasses.fields(Config)}
@@ -77,6 +77,11 @@ flags.DEFINE_integer("repeat", _DEFAULT["repeat"], "Which draw of --train_volume
 flags.DEFINE_float("target_sensitivity", _DEFAULT["target_sensitivity"],
                    "Record the threshold that reaches this sensitivity on the validation predictions (with 0.5 and "
                    "Youden's J there), each applied to the test predictions.")
+flags.DEFINE_enum("trainable", _DEFAULT["trainable"], list(TRAINABLE),
+                  "all: fine-tune every layer (the paper); head: the backbone frozen (inference mode), only the new "
+                  "head trains; two_phase: head until its early stop, then every layer at --finetune_lr.")
+flags.DEFINE_float("finetune_lr", _DEFAULT["finetune_lr"],
+                   "two_phase's second phase: SGD learning rate for every layer (default --lr / 10).")
 flags.DEFINE_float("denoise_strength", _DEFAULT["denoise_strength"],
                    "The method's main parameter: median window side (odd, default 3), nlm h in grey levels (default "
                    "10), bilateral sigma_color in grey levels (default 25).")

@@ -156,3 +156,15 @@ class _NoStrategy:
 
     def scope(self):
         return self._context
+
+
+def forward(model, batch: int, shape: tuple, dtype: str = "uint8"):
+    """`model`'s inference (training=False) on one fixed-size batch of `shape` (without the batch axis), as numpy:
+    traced once by TensorFlow (tf.function), compiled once by the other backends' predict_on_batch."""
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        traced = tf.function(lambda x: model(x, training=False),
+                             input_signature=[tf.TensorSpec((batch, *shape), dtype)])
+        return lambda inputs: traced(inputs).numpy()
+    return model.predict_on_batch

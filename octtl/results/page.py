@@ -296,12 +296,12 @@ VARIANT_COLUMNS = ("design", "arch", "batch", "axis", "variant", "value", "n_fol
                    "accuracy_ci_low", "accuracy_ci_high", "accuracy_diff", "accuracy_p", "auc_mean", "auc_ci_low",
                    "auc_ci_high", "auc_diff", "auc_p", "estimate")
 _AXIS_WORDS = {"lr": "learning rate (--lrs)", "augment": "augmentation (--augments)",
-               "denoise": "denoising (--denoises)"}
+               "denoise": "denoising (--denoises)", "trainable": "what trains (--trainables)"}
 VARIANT_NOTE = (
-    "Each variant against the default settings (the paper's: lr 1e-4, no augmentation, no denoising) of the same "
-    "network and batch size, on the same folds: mean over its folds with the Nadeau-Bengio 95% interval, the mean "
-    "difference to the default over the folds both finished, and the two-sided Wilcoxon signed-rank p of that "
-    "difference. Choosing the best variant on these same folds is optimistic: with no nested validation, its "
+    "Each variant against the default settings (the paper's: lr 1e-4, no augmentation, no denoising, every layer "
+    "fine-tuned) of the same network and batch size, on the same folds: mean over its folds with the Nadeau-Bengio "
+    "95% interval, the mean difference to the default over the folds both finished, and the two-sided Wilcoxon "
+    "signed-rank p of that difference. Choosing the best variant on these same folds is optimistic: with no nested validation, its "
     "mean overstates what it would score on new data.")
 
 

@@ -1,4 +1,4 @@
-"""The variant tables: each setting of --lr, --augment or --denoise against the defaults, fold by fold.
+"""The variant tables: each setting of --lr, --augment, --denoise or --trainable against the defaults, fold by fold.
 
 A variant's runs live in their own folder component (octtl.runs.variant_name); `variant_table` pairs each
 variant's folds with the default's and gives their means, Nadeau-Bengio intervals and Wilcoxon tests. No
@@ -15,7 +15,7 @@ from octtl import runs
 from octtl.results import stats, tables
 from octtl.training import config
 
-AXES = ("lr", "augment", "denoise")
+AXES = ("lr", "augment", "denoise", "trainable")
 DEFAULT_LABEL = "default"
 
 
@@ -75,14 +75,17 @@ def _value(axis: str, v: dict) -> str:
     if axis == "augment":
         words = "+".join(v["augment"]) or "none"
         return words + (f" at {v['augment_strength']:g}" if v["augment"] and v["augment_strength"] != 1 else "")
+    if axis == "trainable":  # against `all`, the paper's fine-tuning of every layer
+        return v["trainable"]
     strength = v["denoise_strength"]
     return v["denoise"] + ("" if strength is None else f" {strength:g}")
 
 
 def variant_table(results: Sequence[Mapping], axis: str, defaults: Mapping = runs.VARIANT_DEFAULTS) -> List[VariantRow]:
-    """Every variant along `axis` ('lr', 'augment' or 'denoise') against the default, per (design, arch, batch).
+    """Every variant along `axis` ('lr', 'augment', 'denoise' or 'trainable') against the default, per (design,
+    arch, batch).
 
-    Only ok results whose other two axes are at their defaults take part. A variant's fold pairs with the
+    Only ok results whose other axes are at their defaults take part. A variant's fold pairs with the
     default's fold of the same index when their splits are the same (octtl.results.stats.pairing_key); a fold run twice
     counts once, the later result winning.
 
@@ -94,7 +97,7 @@ def variant_table(results: Sequence[Mapping], axis: str, defaults: Mapping = run
         raise ValueError(f"variant axis must be one of {AXES}, got {axis!r}")
     reference = _variant(defaults, defaults)
     others = {"lr": ("lr",), "augment": ("augment", "augment_strength"),
-              "denoise": ("denoise", "denoise_strength")}
+              "denoise": ("denoise", "denoise_strength"), "trainable": ("trainable",)}
     groups: Dict[tuple, Dict[str, Dict[int, Mapping]]] = {}
     described: Dict[str, dict] = {}
     for r in results:

@@ -18,7 +18,7 @@ from octtl.data import folds as folds_lib
 from octtl.errors import InputError
 from octtl.nets import registry
 from octtl.runs import Run
-from octtl.training.config import Config, check_curve_point, check_design, planned
+from octtl.training.config import TRAINABLE, Config, check_curve_point, check_design, planned
 
 
 def auto_batches(largest: int, smallest: int = protocol.SMALLEST_BATCH) -> List[int]:
@@ -267,7 +267,7 @@ def batches_from(values: Sequence[str], archs: Sequence[str], probe_path, image_
 
 def variants_from(base: Config, lrs: Optional[Sequence[str]], augments: Optional[Sequence[str]],
                   denoises: Optional[Sequence[str]], train_volume_counts: Optional[Sequence[str]] = None,
-                  repeats: int = 1) -> Dict[str, dict]:
+                  repeats: int = 1, trainables: Optional[Sequence[str]] = None) -> Dict[str, dict]:
     """{variant folder name: the Config fields it sets} for every combination of the sweep's variant axes.
 
     Args:
@@ -277,6 +277,7 @@ def variants_from(base: Config, lrs: Optional[Sequence[str]], augments: Optional
         denoises: --denoises, one method per variant, or method:strength.
         train_volume_counts: --train_volume_counts, learning-curve points: numbers of volumes, or 'all'.
         repeats: --repeats, draws of each number of volumes.
+        trainables: --trainables, what trains: all, head, two_phase (octtl.training.config.TRAINABLE).
     """
     try:
         rates = [float(v) for v in lrs] if lrs else [base.lr]
@@ -297,14 +298,21 @@ def variants_from(base: Config, lrs: Optional[Sequence[str]], augments: Optional
             denoise.check(method, strength)
     except InputError as e:
         raise InputError(str(e).replace("--augment=", "--augments=").replace("--denoise=", "--denoises=")) from None
+    settings = list(dict.fromkeys(trainables or [base.trainable]))
+    unknown = [t for t in settings if t not in TRAINABLE]
+    if unknown:
+        raise InputError(f"--trainables={','.join(settings)}: {', '.join(unknown)} unknown; choose from "
+                         f"{', '.join(TRAINABLE)}")
     points = curve_points(base, train_volume_counts, repeats)
     out = {}
     for lr in rates:
         for augmentation in augmentations:
             for method, strength in methods:
-                for point in points:
-                    fields = dict(lr=lr, augment=augmentation, denoise=method, denoise_strength=strength, **point)
-                    out.setdefault(dataclasses.replace(base, **fields).variant_name, fields)
+                for trainable in settings:
+                    for point in points:
+                        fields = dict(lr=lr, augment=augmentation, denoise=method, denoise_strength=strength,
+                                      trainable=trainable, **point)
+                        out.setdefault(dataclasses.replace(base, **fields).variant_name, fields)
     return out
 
 
@@ -355,7 +363,8 @@ class Plan:
 
 
 def build(base: Config, archs: Sequence[str], designs: Sequence[str], batches: Sequence[str],
-          probe_path, lrs=None, augments=None, denoises=None, train_volume_counts=None, repeats=1) -> Plan:
+          probe_path, lrs=None, augments=None, denoises=None, train_volume_counts=None, repeats=1,
+          trainables=None) -> Plan:
     """The sweep's plan from its settings: the grid, fitted to the records when `base.data_dir` names them.
 
     Runs whose batch exceeds their design's smallest training set are left out (octtl.train refuses them), said
@@ -375,7 +384,7 @@ def build(base: Config, archs: Sequence[str], designs: Sequence[str], batches: S
         if not base.data_dir:
             raise InputError("--designs=vendor: needs --data_dir (its folds are the records' vendors)")
     sizes, note = batches_from(batches, archs, probe_path, base.image_size)
-    variants = variants_from(base, lrs, augments, denoises, train_volume_counts, repeats)
+    variants = variants_from(base, lrs, augments, denoises, train_volume_counts, repeats, trainables)
     counts = dict.fromkeys(designs, base.folds)  # the vendor design's: one per vendor of the records
     identity, smallest = None, None
     if base.data_dir:

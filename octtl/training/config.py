@@ -64,6 +64,8 @@ class Config:
     denoise: str = "none"  # octtl.data.denoise.METHODS
     denoise_strength: Optional[float] = None  # None: the method's default
     task: str = "fluid"  # octtl.training.tasks.TASKS: the records' classes, or RETOUCH's three fluid types
+    trainable: str = "all"  # TRAINABLE
+    finetune_lr: Optional[float] = None  # two_phase's second phase; None: lr / 10
     train_volumes: str = "all"  # a learning-curve point: how many whole training volumes (patients) to keep
     repeat: int = 0  # which draw of those volumes
     # The sensitivity a recorded threshold must reach on validation (octtl.training.clinical); it changes what a
@@ -80,7 +82,7 @@ class Config:
     def variant(self) -> dict:
         """The run's variant settings in their one spelling (`normalize`): what its folder is named after."""
         return normalize(self.lr, [a for a in self.augment.split(",") if a.strip() and a != "none"],
-                         self.augment_strength, self.denoise, self.denoise_strength, "all",
+                         self.augment_strength, self.denoise, self.denoise_strength, self.trainable,
                          self.train_volumes, self.repeat, self.task)
 
     @property
@@ -92,6 +94,13 @@ class Config:
     def variant_name(self) -> str:
         """The run folder's variant component (octtl.runs.variant_name), '' for the defaults."""
         return runs.variant_name(**self.variant) or ""
+
+    @property
+    def second_lr(self) -> Optional[float]:
+        """two_phase's fine-tuning rate (--finetune_lr, default lr / 10); None for the other settings."""
+        if self.trainable != "two_phase":
+            return None
+        return float(self.finetune_lr) if self.finetune_lr is not None else self.lr / 10
 
     @property
     def held_out(self) -> bool:
@@ -123,7 +132,7 @@ def planned(config: Config, identity: dict, result: dict) -> dict:
             "eval_every": config.eval_every, "seed": config.seed, "group_by_volume": config.group_by_volume,
             "test_fold": "auto" if config.held_out else "none", "mixed_precision": config.mixed_precision,
             # The Keras backend the process runs (KERAS_BACKEND): another backend's run is another run.
-            "backend": console.backend(), **_recorded(config.variant)}
+            "backend": console.backend(), "finetune_lr": config.second_lr, **_recorded(config.variant)}
 
 
 def _recorded(variant: dict) -> dict:
@@ -138,6 +147,14 @@ def check_task(config: Config):
     if config.task == "fluid_types" and not config.group_by_volume:
         raise InputError("--task=fluid_types: needs --group_by_volume (RETOUCH scored fluid types per volume; "
                          "a volume's B-scans must stay on one side of every split)")
+
+
+def check_trainable(config: Config):
+    """Refuses, naming the flag, a trainable setting that does not exist or a fine-tuning rate that cannot train."""
+    if config.trainable not in TRAINABLE:
+        raise InputError(f"--trainable={config.trainable}: choose from {', '.join(TRAINABLE)}")
+    if config.finetune_lr is not None and not (math.isfinite(config.finetune_lr) and config.finetune_lr > 0):
+        raise InputError(f"--finetune_lr={config.finetune_lr}: must be a finite number > 0")
 
 
 def check_curve_point(config: Config):

@@ -96,13 +96,17 @@ class HalfEpochEarlyStop(keras.callbacks.Callback):
       on_evaluation: called with each Evaluation and this callback (logging, TensorBoard, NaN checks).
       evaluate: scores the predictions against the labels (octtl.training.tasks.Task.evaluate); default
         `evaluate_probabilities`, the paper's two classes.
+      continue_from: an earlier phase's early stop (two_phase's head phase): its iterations, checks and best
+        check carry on, so iterations count on and a later check replaces its best only by beating it; the model
+        must hold that best's weights when this phase starts. Patience, the epochs and --max_iterations start
+        afresh.
     """
 
     def __init__(self, predict: Callable[[], np.ndarray], labels: np.ndarray, steps_per_epoch: int,
                  checks_per_epoch: int = 2, patience: int = 5, early_stop: bool = True,
                  max_iterations: Optional[int] = None, eval_every: Optional[int] = None,
                  on_evaluation: Optional[Callable[[Evaluation, "HalfEpochEarlyStop"], None]] = None,
-                 evaluate: Callable[..., Evaluation] = None):
+                 evaluate: Callable[..., Evaluation] = None, continue_from: Optional["HalfEpochEarlyStop"] = None):
         super().__init__()
         if steps_per_epoch < 1 or checks_per_epoch < 1 or patience < 0:
             raise ValueError("steps_per_epoch and checks_per_epoch must be >= 1, patience >= 0")
@@ -123,6 +127,16 @@ class HalfEpochEarlyStop(keras.callbacks.Callback):
         self.wait = 0
         self.early_stopped = False
         self.epochs_started = 0
+        self._start = 0
+        if continue_from is not None:
+            self.iteration = self._start = continue_from.iteration
+            self.evaluations = list(continue_from.evaluations)
+            self.best = continue_from.best
+
+    def on_train_begin(self, logs=None):
+        """A continued phase's best weights: the model's as the phase starts (the earlier phase's best)."""
+        if self.best is not None and self.best_weights is None:
+            self.best_weights = [w.copy() for w in self.model.get_weights()]
 
     def on_epoch_begin(self, epoch, logs=None):
         """Counts the epochs started."""
@@ -133,7 +147,7 @@ class HalfEpochEarlyStop(keras.callbacks.Callback):
         self.iteration += 1
         is_check = (batch + 1) in self._check_steps
         extra = bool(self._eval_every) and self.iteration % self._eval_every == 0
-        at_limit = self._max_iterations is not None and self.iteration >= self._max_iterations
+        at_limit = self._max_iterations is not None and self.iteration - self._start >= self._max_iterations
         if is_check or extra or at_limit:
             self._evaluate(is_check)
         if at_limit:

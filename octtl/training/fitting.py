@@ -9,6 +9,7 @@ result's metrics. A run that diverges or runs out of memory raises `RunFailed`, 
 """
 
 import dataclasses
+import functools
 import math
 import pathlib
 import time
@@ -30,12 +31,15 @@ class RunFailed(Exception):
 
 @dataclasses.dataclass
 class Fitted:
-    """What one fit leaves: the early stop (its checks and the best one) and the seconds spent training."""
+    """What one fit leaves: the (last phase's) early stop, its checks and best one, and the seconds spent training."""
 
     stop: early_stop.HalfEpochEarlyStop
     steps_per_epoch: int
     train_seconds: float
     batch: int
+    epochs: int
+    phases: Optional[dict] = None  # --trainable=head/two_phase: each phase's iterations ({"head": n, "finetune": m})
+    best_phase: Optional[str] = None  # which phase reached the best check: "head" or "finetune"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +189,10 @@ def fit(session, config: Config, schedule: Schedule, val_idx, writer, say: Calla
         progress: bool) -> Fitted:
     """Trains one run: `model.fit` over the epochs, the half-epoch early stop checking the validation loss.
 
+    --trainable=all fits the session's network; head fits its frozen-backbone trainer (octtl.training.frozen);
+    two_phase fits that trainer to its early stop, puts its best check back and fits the whole network at
+    --finetune_lr under a second early stop, whose best replaces the head's only by beating it.
+
     Args:
         session: The prepared training session (its model, decoded B-scans and `predict`).
         config: The run's settings.
@@ -197,40 +205,68 @@ def fit(session, config: Config, schedule: Schedule, val_idx, writer, say: Calla
     Raises:
         RunFailed: A non-finite or exploding loss, out of memory, or no check at all.
     """
-    model = session.model
     # Validation never sees an augmentation: the views' central windows are the plain crops.
     val_images, val_labels = session.decoded.crops[val_idx], session.targets[val_idx]
-    steps_per_epoch, epochs = schedule.steps_per_epoch, schedule.epochs
-    checks = early_stop.check_steps(steps_per_epoch, config.checks_per_epoch)
+    checks = early_stop.check_steps(schedule.steps_per_epoch, config.checks_per_epoch)
     point = (f" B-scans of {console.count(len(schedule.volume_ids), 'volume')} (a learning-curve point, repeat "
              f"{config.repeat}), batch {schedule.batch}, for the iterations of the whole training folds"
              if schedule.cycle else "")
     say(f"train: {len(schedule.train_idx)} training{point}, {len(val_idx)} validation B-scans (majority class "
-        f"{session.task.majority(val_labels):.4f}); {steps_per_epoch} iterations per epoch, up to {epochs} epochs; "
-        f"validation checks at iterations {', '.join(map(str, checks))} of each epoch")
-    timer = _EvalTimer(lambda: session.predict(val_images))
+        f"{session.task.majority(val_labels):.4f}); {schedule.steps_per_epoch} iterations per epoch, up to "
+        f"{schedule.epochs} epochs{' per phase' if config.trainable == 'two_phase' else ''}; validation checks at "
+        f"iterations {', '.join(map(str, checks))} of each epoch")
+    hparams = {**dataclasses.asdict(config), "image_size": config.size}
+    events.log_start(writer, hparams, f"{config.design}/{config.arch}/batch{config.batch}/fold{config.fold}",
+                     val_images)
+    whole = lambda: session.predict(val_images)  # noqa: E731
+    phase = functools.partial(_phase, session, config, schedule, val_labels, writer, say, progress)
+    if config.trainable == "all":
+        stop, seconds = phase(session.model, batches(session, config, schedule), whole)
+        return Fitted(stop, schedule.steps_per_epoch, seconds, schedule.batch, stop.epochs_started)
+    frozen = session.frozen
+    data = HostBatches(frozen.views(session.decoded.images), session.targets, schedule, config.seed, config.size,
+                       session.margin, session.augmentations, config.augment_strength)
+    with frozen.head_only():
+        head, seconds = phase(frozen.trainer, data, (lambda: frozen.predict(val_idx)) if frozen.cached else whole)
+    phases = {"head": head.iteration}
+    if config.trainable == "head":
+        return Fitted(head, schedule.steps_per_epoch, seconds, schedule.batch, head.epochs_started, phases, "head")
+    head.restore_best()
+    say(f"train: the head's early stop at iteration {head.iteration}; fine-tuning every layer at lr "
+        f"{config.second_lr:g} from its best check (iteration {head.best.iteration})")
+    stop, more = phase(session.model, batches(session, config, schedule), whole, continue_from=head)
+    phases["finetune"] = stop.iteration - head.iteration
+    best_phase = "head" if stop.best is head.best else "finetune"
+    return Fitted(stop, schedule.steps_per_epoch, seconds + more, schedule.batch,
+                  head.epochs_started + stop.epochs_started, phases, best_phase)
+
+
+def _phase(session, config: Config, schedule: Schedule, val_labels, writer, say: Callable[[str], None],
+           progress: bool, model, data, predict: Callable[[], np.ndarray],
+           continue_from: Optional[early_stop.HalfEpochEarlyStop] = None) -> tuple:
+    """One `model.fit` of `model` on `data` under its own early stop; returns the stop and the training seconds."""
     patience = config.patience if config.early_stop else None
+    stop_start = continue_from.iteration if continue_from is not None else 0
 
     def on_evaluation(e: early_stop.Evaluation, stop: early_stop.HalfEpochEarlyStop):
         if not np.isfinite(e.val_loss):
             raise RunFailed(f"validation loss is {e.val_loss} at iteration {e.iteration}")
         events.log_check(writer, e)
         # On a terminal the progress bar owns the line: clear it, print, and let the bar redraw below.
-        say(("\r\x1b[2K" if progress else "") + check_line(e, stop, steps_per_epoch, patience,
-                                                                session.task.auc_words))
+        say(("\r\x1b[2K" if progress else "") + check_line(e, stop, schedule.steps_per_epoch, patience,
+                                                                session.task.auc_words, stop_start))
 
+    timer = _EvalTimer(predict)
     stop = early_stop.HalfEpochEarlyStop(
-        timer, val_labels, steps_per_epoch, config.checks_per_epoch, config.patience,
+        timer, val_labels, schedule.steps_per_epoch, config.checks_per_epoch, config.patience,
         early_stop=config.early_stop, max_iterations=config.max_iterations, eval_every=config.eval_every,
-        on_evaluation=on_evaluation, evaluate=session.task.evaluate)
+        on_evaluation=on_evaluation, evaluate=session.task.evaluate, continue_from=continue_from)
     step_logger = StepLogger(writer, lambda: stop.iteration)
-    hparams = {**dataclasses.asdict(config), "image_size": config.size}
-    events.log_start(writer, hparams, f"{config.design}/{config.arch}/batch{config.batch}/fold{config.fold}",
-                          val_images)
     started = time.perf_counter()
     try:
-        model.fit(batches(session, config, schedule), epochs=epochs, verbose=1 if progress else 0, shuffle=False,
-                  steps_per_epoch=steps_per_epoch if schedule.cycle else None, callbacks=[step_logger, stop])
+        model.fit(data, epochs=schedule.epochs, verbose=1 if progress else 0, shuffle=False,
+                  steps_per_epoch=schedule.steps_per_epoch if schedule.cycle else None,
+                  callbacks=[step_logger, stop])
     except Exception as e:  # noqa: BLE001  (only running out of memory is a failed run; the rest re-raise)
         if not devices.is_out_of_memory(e):
             raise
@@ -240,7 +276,7 @@ def fit(session, config: Config, schedule: Schedule, val_idx, writer, say: Calla
         raise RunFailed(f"training loss is {loss} at iteration {iteration}{why}")
     if stop.best is None:
         raise RunFailed("no validation check ran (fewer iterations than one check interval)")
-    return Fitted(stop, steps_per_epoch, time.perf_counter() - started - timer.seconds, schedule.batch)
+    return stop, time.perf_counter() - started - timer.seconds
 
 
 def write_outputs(session, config: Config, fitted: Fitted, split, out: pathlib.Path, writer) -> dict:
@@ -274,12 +310,13 @@ def write_outputs(session, config: Config, fitted: Fitted, split, out: pathlib.P
         "best_auc": None if math.isnan(best.val_auc) else best.val_auc,
         "iterations_to_best": best.iteration,
         "iterations": stop.iteration,
-        "epochs": stop.epochs_started,
+        "epochs": fitted.epochs,
         "steps_per_epoch": fitted.steps_per_epoch,
         "early_stopped": stop.early_stopped,
         "checks": [e.record() for e in stop.evaluations],
         "train_images_per_second": stop.iteration * fitted.batch / max(fitted.train_seconds, 1e-9),
         "params": int(model.count_params()),
+        **({"phase_iterations": fitted.phases, "best_phase": fitted.best_phase} if fitted.phases else {}),
         **judged,  # operating points, calibration and temperature (octtl.training.clinical)
     }
 
@@ -293,14 +330,14 @@ def test(session, test_idx, iteration: int) -> Optional[early_stop.Evaluation]:
 
 
 def check_line(e: early_stop.Evaluation, stop: early_stop.HalfEpochEarlyStop, steps_per_epoch: int,
-               patience: Optional[int], auc_words: str = "AUC") -> str:
+               patience: Optional[int], auc_words: str = "AUC", start: int = 0) -> str:
     """One validation check (or --eval_every point) on the console: metrics, best so far, early-stop countdown.
 
     The best is by accuracy (the paper's), or by mean AUC where the checkpoint is chosen by it (fluid types).
     """
     auc = "n/a" if math.isnan(e.val_auc) else f"{e.val_auc:.4f}"
     kind = "check" if e.check else "eval"
-    epoch = (e.iteration - 1) // steps_per_epoch + 1
+    epoch = (e.iteration - start - 1) // steps_per_epoch + 1  # of the phase (two_phase's second starts at `start`)
     best = (f"best accuracy {stop.best.val_accuracy:.4f}" if stop.best.score is None
             else f"best {auc_words} {stop.best.val_auc:.4f}")
     line = (f"{kind} at iteration {e.iteration} (epoch {epoch}): val loss {e.val_loss:.4f}, accuracy "

@@ -29,7 +29,7 @@ from octtl import outputs, protocol, runs
 from octtl.data import augment_numpy, denoise, folds, pipeline, records
 from octtl.errors import InputError, WeightsError
 from octtl.nets import devices, head_init, models, pretrained, registry, scaling
-from octtl.training import clinical, events, fitting, tasks
+from octtl.training import clinical, events, fitting, frozen, tasks
 from octtl.training import config as config_lib  # `config` is every function's run settings here
 from octtl.training.config import STRATEGIES, Config, flags_text, planned
 
@@ -62,6 +62,7 @@ def check_settings(config: Config):
     augment_numpy.check_strength(config.augment_strength)
     denoise.check(config.denoise, config.denoise_strength)
     config_lib.check_curve_point(config)
+    config_lib.check_trainable(config)
     config_lib.check_task(config)
     config_lib.check_design(config)
     clinical.check_target(config.target_sensitivity)
@@ -127,16 +128,22 @@ class Session:
             a finished run is replaced only with --overwrite.
         lock: Hold the run's lock (octtl.runs.Run.lock) while training it, refusing a run another process trains;
             off where the caller holds it (the sweep's workers).
+        cache_features: With a frozen backbone (--trainable=head, two_phase), train the head on the backbone's
+            outputs computed once (octtl.training.frozen); default: when there is no augmentation and they fit in
+            memory. False runs the frozen backbone at every step.
     """
 
     def __init__(self, config: Config, say: Callable[[str], None] = print, progress: Optional[bool] = None,
-                 redo_stale: bool = True, refuse_stale: bool = False, lock: bool = True):
+                 redo_stale: bool = True, refuse_stale: bool = False, lock: bool = True,
+                 cache_features: Optional[bool] = None):
         check_settings(config)
         self.config, self.say, self.redo_stale = config, say, redo_stale
+        self.cache_features = cache_features
         self.refuse_stale, self.lock = refuse_stale, lock
         self.progress = sys.stdout.isatty() if progress is None else progress
         self._identity = None
         self._ready = False
+        self.frozen = None
 
     @property
     def identity(self) -> dict:
@@ -300,7 +307,16 @@ class Session:
             # Which classes its labels are (or its outputs, for fluid types), so predict names them and refuses
             # records of other classes.
             "classes": list(self.task.classes),
+            # What trains (--trainable): the head's parameters alone with a frozen backbone, and whether it trained
+            # on the backbone's outputs computed once (their seconds, once per session like decode_seconds).
+            "trainable_params": self._trainable_params(),
+            **({"feature_cache": self.frozen.cached, "feature_seconds": self.frozen.seconds}
+               if self.frozen is not None else {}),
         }
+
+    def _trainable_params(self) -> int:
+        model = self.model if self.frozen is None else self.frozen.head
+        return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
     def prepare(self):
         """Reads, checks and decodes the data, resolves the weights and builds the network, once per session."""
@@ -324,10 +340,12 @@ class Session:
         self.margin = augment_numpy.margin(config.size, self.augmentations, config.augment_strength)
         self.decoded = decode(config, self.metadata, self.margin, self.say)
         self._describe()
+        self.frozen = frozen.for_session(self, compile_model) if config.trainable != "all" else None
         # Everything a run changes, as it was before the first: restored before each run.
         self._initial = [v.numpy() for v in self.model.variables]
-        self._initial_optimizer = [v.numpy() for v in self.model.optimizer.variables]
-        self._forward = _forward(self.model, config.validation_batch, config.size)
+        self._optimizers = [self.model.optimizer] + ([self.frozen.trainer.optimizer] if self.frozen else [])
+        self._initial_optimizer = [[v.numpy() for v in o.variables] for o in self._optimizers]
+        self._forward = devices.forward(self.model, config.validation_batch, (config.size, config.size, 1))
         self._ready = True
 
     def _describe(self):
@@ -350,8 +368,9 @@ class Session:
         keras.utils.set_random_seed(seed)
         for variable, value in zip(self.model.variables, self._initial):
             variable.assign(value)
-        for variable, value in zip(self.model.optimizer.variables, self._initial_optimizer):
-            variable.assign(value)
+        for optimizer, values in zip(self._optimizers, self._initial_optimizer):
+            for variable, value in zip(optimizer.variables, values):
+                variable.assign(value)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities of `images` through fixed-size (padded) batches."""
@@ -373,15 +392,22 @@ def build_model(config: Config, weights: pretrained.Weights, input_scaling: scal
         if models.HEAD in {layer.name for layer in model.layers}:
             # Drawn by NumPy from the run's seed, so the new head is the same on every backend.
             head_init.initialise_head(model, config.seed)
+        # The whole network trains at --lr, or at two_phase's --finetune_lr (its first phase is frozen.Frozen's).
+        compile_model(model, config, task, config.second_lr or config.lr)
+    return model
+
+
+def compile_model(model, config: Config, task: tasks.Task, lr: float):
+    """Compiles `model` for the task with the protocol's SGD at `lr`, its optimizer built on what trains now."""
+    with devices.strategy(config.strategy).scope():
         if task.types:
             loss, accuracy = keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="accuracy")
         else:
             loss = keras.losses.SparseCategoricalCrossentropy()
             accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum),
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum),
                       loss=loss, metrics=[accuracy], jit_compile=config.jit_compile)
         model.optimizer.build(model.trainable_variables)
-    return model
 
 
 def decode(config: Config, metadata: records.Metadata, margin: int, say: Callable[[str], None]):
@@ -410,15 +436,3 @@ def _ranges_in_words(augmentations, strength) -> str:
              "intensity": "gain {:g}-{:g}, gamma {:.3g}-{:.3g}".format(*r["gain"], *r["gamma"]),
              "speckle": f"speckle sd {r['speckle_std']:g}"}
     return "; ".join(words[a] for a in augmentations)
-
-
-def _forward(model, batch: int, size: int) -> Callable:
-    """The network's inference on one fixed-size uint8 batch: traced once by TensorFlow (tf.function), compiled once
-    by the other backends' predict_on_batch."""
-    if devices.backend() == "tensorflow":
-        import tensorflow as tf
-
-        traced = tf.function(lambda x: model(x, training=False),
-                             input_signature=[tf.TensorSpec((batch, size, size, 1), tf.uint8)])
-        return lambda images: traced(images).numpy()
-    return model.predict_on_batch

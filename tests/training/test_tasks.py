@@ -185,3 +185,13 @@ def test_what_cannot_be_learned_is_refused_in_one_line(four_classes, types_run, 
                             f"--output={tmp_path / 'p.csv'}", f"--gradcam_dir={tmp_path / 'cam'}")
     assert str(code).startswith("predict: error: --gradcam_dir: Grad-CAM explains a two-class model's p_fluid")
     assert not (tmp_path / "p.csv").exists()  # nothing written
+
+
+def test_the_report_reads_k_class_runs(four_classes, four_class_run, tmp_path):
+    from octtl import report
+
+    root, _ = four_classes
+    code, out, err = run_main(report, f"--logdir={root / 'runs'}", f"--out_dir={tmp_path / 'report'}")
+    assert code == 0, (code, err[-2000:])
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "macro AUC" in page and all(name in page for name in CLASSES)
