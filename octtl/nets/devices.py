@@ -168,3 +168,9 @@ def forward(model, batch: int, shape: tuple, dtype: str = "uint8"):
                              input_signature=[tf.TensorSpec((batch, *shape), dtype)])
         return lambda inputs: traced(inputs).numpy()
     return model.predict_on_batch
+
+
+def jit_compile(requested: bool) -> bool:
+    """What `model.compile(jit_compile=...)` gets for --jit_compile: the flag on TensorFlow and PyTorch (XLA, and
+    torch.compile, are options there), always True on JAX, whose trainer otherwise runs each step op by op."""
+    return True if backend() == "jax" else bool(requested)

@@ -124,7 +124,8 @@ class Trial:
             devices.reset_peak_memory()
         model = models.build(self.arch, num_classes=2, weights="none", image_size=self.image_size)
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=protocol.LR, momentum=protocol.MOMENTUM),
-                      loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=self.jit_compile)
+                      loss=keras.losses.SparseCategoricalCrossentropy(),
+                      jit_compile=devices.jit_compile(self.jit_compile))
         rng = np.random.default_rng(0)
         x = rng.uniform(-1, 1, (batch, self.image_size, self.image_size, 1)).astype(np.float32)  # gray, as the records
         y = rng.integers(0, 2, batch)

@@ -406,7 +406,7 @@ def compile_model(model, config: Config, task: tasks.Task, lr: float):
             loss = keras.losses.SparseCategoricalCrossentropy()
             accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum),
-                      loss=loss, metrics=[accuracy], jit_compile=config.jit_compile)
+                      loss=loss, metrics=[accuracy], jit_compile=devices.jit_compile(config.jit_compile))
         model.optimizer.build(model.trainable_variables)
 
 
