@@ -67,13 +67,14 @@ def columns(classes, types: bool, labelled: bool) -> tuple:
 
 
 def predict(model, config, predictor, input_path, output, kind: str, threshold: float, overwrite: bool,
-            input_notes=(), summary_path=None) -> Report:
-    """Predicts every B-scan of `input_path` with a K-class or fluid-types model and writes the two CSVs."""
+            input_notes=(), summary_path=None, group_regex=None) -> Report:
+    """Predicts every B-scan of `input_path` with a K-class or fluid-types model and writes the two CSVs; class
+    folders' images are grouped by `group_regex` (a patient per group) as for two classes."""
     types = config.task == "fluid_types"
     classes = tuple(config.classes)
     rows, summaries, seen = [], [], set()
     labels, scores_all, volume_of = [], [], []
-    for scans in read_input(input_path, config.fluid_codes, config.min_fluid_voxels, config.classes):
+    for scans in read_input(input_path, config.fluid_codes, config.min_fluid_voxels, config.classes, group_regex):
         if scans.volume_id in seen:
             raise InputError(f"{scans.source}: volume id {scans.volume_id} appears twice in the input")
         seen.add(scans.volume_id)

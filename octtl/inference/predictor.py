@@ -351,10 +351,13 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
         if gradcam_dir is not None:
             raise InputError(f"--gradcam_dir: Grad-CAM explains a two-class model's p_fluid; {model_path} gives "
                              f"{', '.join(config.classes)}")
+        if config.task == "fluid" and threshold != 0.5:
+            raise InputError(f"--threshold={threshold:g}: a model of {len(config.classes)} classes predicts its most "
+                             "probable class; a threshold applies to two classes and to fluid types")
         from octtl.inference import classes
 
         return classes.predict(model, config, predictor, input_path, output, kind, threshold, overwrite,
-                               input_notes, summary_path(output))
+                               input_notes, summary_path(output), group_regex)
     explainer = explain.Explainer(model, config, batch_size) if gradcam_dir is not None else None
 
     with outputs.staged(output, "--output") as staging:

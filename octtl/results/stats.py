@@ -29,9 +29,10 @@ from octtl import runs
 ALPHA = 0.05
 CONFIDENCE = 0.95
 MIN_FOLDS = 5  # fewer common folds: no paired test is run
-# What makes one fold index the same split in two runs (octtl.data.folds.split is a function of these and the data),
+# What makes one fold index the same split in two runs (octtl.data.folds.splits is a function of these and the data;
+# a held-out test fold moves the validation fold too),
 # and the Keras backend: its batches and random draws differ, so folds of two backends are not paired.
-PAIRING_FIELDS = ("data", "design", "folds", "seed", "group_by_volume", "backend")
+PAIRING_FIELDS = ("data", "design", "folds", "seed", "group_by_volume", "test_fold", "backend")
 
 
 def data_identity(result: dict):

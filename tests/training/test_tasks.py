@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from sklearn import metrics as sk_metrics
 
-from conftest import call_main, run_main, synthetic_records
+from conftest import call_main, refusal, run_main, synthetic_records
 from octtl import outputs, predict, runs, train
 from octtl.data import converter, records
 from octtl.errors import InputError
@@ -195,3 +195,18 @@ def test_the_report_reads_k_class_runs(four_classes, four_class_run, tmp_path):
     assert code == 0, (code, err[-2000:])
     page = (tmp_path / "report" / "index.html").read_text()
     assert "macro AUC" in page and all(name in page for name in CLASSES)
+
+
+def test_predict_groups_class_folders_by_patient_and_refuses_a_threshold(four_classes, four_class_run, tmp_path):
+    root, _ = four_classes
+    model = f"{four_class_run['run_dir']}/best.keras"
+    code, out, err = run_main(predict, f"--model={model}", f"--input={root / 'images'}",
+                              f"--output={tmp_path / 'p.csv'}", r"--group_regex=^[A-Z]+-(\d+)-\d+$")
+    assert code == 0, err
+    rows = _read(tmp_path / "p.csv")
+    assert len(rows) == 48 and {r["volume_id"] for r in rows} == {str(1000 + i) for i in range(12)}
+    assert len(_read(tmp_path / "p_volumes.csv")) == 12  # one line per patient, the four classes' images pooled
+    message = refusal(predict, f"--model={model}", f"--input={root / 'records'}", f"--output={tmp_path / 'q.csv'}",
+                      "--threshold=0.3")
+    assert message == ("--threshold=0.3: a model of 4 classes predicts its most probable class; a threshold applies "
+                       "to two classes and to fluid types")
