@@ -60,13 +60,13 @@ MAX_BATCH = "max_batch.json"
 CONFIG_KEYS = ("data", "folds", "image_size", "crop", "weights", "preprocess", "lr", "momentum", "max_epochs",
                "checks_per_epoch", "patience", "early_stop", "max_iterations", "eval_every", "seed",
                "group_by_volume", "test_fold", "mixed_precision", "augment", "augment_strength", "denoise",
-               "denoise_strength", "trainable", "finetune_lr", "task", "train_volumes", "repeat", "backend")
+               "denoise_strength", "trainable", "head_lr", "finetune_lr", "task", "train_volumes", "repeat", "backend")
 # A result written before a setting existed ran as this value of it: read so, a finished run is neither stale
 # nor lost (a plan that asks for another value finds it stale, as any other difference).
 LEGACY = {"test_fold": "none", "group_by_volume": False, "preprocess": "paper", "early_stop": True,
           "max_iterations": None, "eval_every": None, "mixed_precision": False, "augment": [],
           "augment_strength": 1.0, "denoise": "none", "denoise_strength": None, "trainable": "all",
-          "finetune_lr": None, "task": "fluid", "train_volumes": "all", "repeat": 0, "backend": "tensorflow"}
+          "head_lr": None, "finetune_lr": None, "task": "fluid", "train_volumes": "all", "repeat": 0, "backend": "tensorflow"}
 
 
 # The settings a run has without --lr, --augment, --denoise, --trainable and --train_volumes; a denoising

@@ -80,6 +80,9 @@ flags.DEFINE_float("target_sensitivity", _DEFAULT["target_sensitivity"],
 flags.DEFINE_enum("trainable", _DEFAULT["trainable"], list(TRAINABLE),
                   "all: fine-tune every layer (the paper); head: the backbone frozen (inference mode), only the new "
                   "head trains; two_phase: head until its early stop, then every layer at --finetune_lr.")
+flags.DEFINE_float("head_lr", _DEFAULT["head_lr"],
+                   "The new head's SGD learning rate on a frozen backbone (head, two_phase's first phase); "
+                   "default --lr x 10.")
 flags.DEFINE_float("finetune_lr", _DEFAULT["finetune_lr"],
                    "two_phase's second phase: SGD learning rate for every layer (default --lr / 10).")
 flags.DEFINE_float("denoise_strength", _DEFAULT["denoise_strength"],

@@ -37,6 +37,7 @@ def build(
     freeze_batchnorm=None,
     preprocess="auto",
     activation="softmax",
+    linear_head=False,
 ):
     """Builds a Table I network, head-swapped to `num_classes` unless that is ImageNet's 1000.
 
@@ -57,6 +58,9 @@ def build(
             what the weights were trained on ('backbone').
         activation: The new head's: 'softmax' over the classes (the paper), or 'sigmoid', one independent
             probability per output (several answers per B-scan, such as the three fluid types).
+        linear_head: Leave out a ReLU between the new head and its pooling (SqueezeNet's `relu_conv10`), so that
+            the head is linear in the backbone's pooled features: a frozen backbone's head (a linear probe) cannot
+            learn through a ReLU that zeroes most of its outputs (docs/training.md measures it).
 
     Returns:
         A keras.Model named `arch` mapping (batch, size, size, 1) images, uint8 gray or float 0..255, to
@@ -86,7 +90,7 @@ def build(
     rgb = layers.Rescaling(scale.tolist(), offset.tolist(), name=input_scaling.INPUT_SCALING)(rgb)
     model = keras.Model(image, entry.builder(rgb), name=entry.name)
     if swapped:
-        model = swap_head(model, entry.classifier, num_classes, activation)
+        model = swap_head(model, entry.classifier, num_classes, activation, linear_head)
     if weights.path is not None:
         loading.load(model, weights.path, entry.name, entry.classifier, HEAD if swapped else None)
 
@@ -109,9 +113,9 @@ def _activation_name(layer):
     return layer.get_config().get("activation")
 
 
-def swap_head(full, classifier, num_classes, activation="softmax"):
+def swap_head(full, classifier, num_classes, activation="softmax", linear=False):
     """The paper's head swap on a built 1000-class network: a new Glorot `classifier` of `num_classes`, float32
-    softmax (or sigmoid, `activation`).
+    softmax (or sigmoid, `activation`); `linear` leaves out a ReLU between the new classifier and the pooling.
 
     The backbone's layers are reused as they are (not copied), so the result shares their weights with `full`.
     """
@@ -142,6 +146,8 @@ def swap_head(full, classifier, num_classes, activation="softmax"):
         previous = layer.output
         if isinstance(layer, layers.Activation) and _activation_name(layer) == "softmax":
             found_softmax = True
+        elif linear and (isinstance(layer, layers.ReLU) or _activation_name(layer) == "relu"):
+            continue
         else:
             x = type(layer).from_config(layer.get_config())(x)
     if not found_softmax:

@@ -19,8 +19,8 @@ from octtl.nets import registry
 STRATEGIES = ("default", "mirrored")  # mirrored: data-parallel over every local GPU
 # auto: a held-out test fold when there are at least 3 folds (octtl.data.folds.splits); none: the paper's split.
 TEST_FOLDS = ("auto", "none")
-# all: fine-tune every layer (the paper); head: the backbone frozen, only the new head trains; two_phase: head
-# until its early stop, then every layer at --finetune_lr (the keras-io transfer-learning recipe).
+# all: fine-tune every layer (the paper); head: the backbone frozen, only the new head trains (at --head_lr);
+# two_phase: head until its early stop, then every layer at --finetune_lr (the keras-io transfer-learning recipe).
 TRAINABLE = ("all", "head", "two_phase")
 # fluid: the records' label (octtl.training.tasks); fluid_types: RETOUCH's three fluid types per B-scan.
 TASKS = ("fluid", "fluid_types")
@@ -65,6 +65,7 @@ class Config:
     denoise_strength: Optional[float] = None  # None: the method's default
     task: str = "fluid"  # octtl.training.tasks.TASKS: the records' classes, or RETOUCH's three fluid types
     trainable: str = "all"  # TRAINABLE
+    head_lr: Optional[float] = None  # the head's rate on a frozen backbone (head, two_phase's first phase); None: 10 lr
     finetune_lr: Optional[float] = None  # two_phase's second phase; None: lr / 10
     train_volumes: str = "all"  # a learning-curve point: how many whole training volumes (patients) to keep
     repeat: int = 0  # which draw of those volumes
@@ -94,6 +95,13 @@ class Config:
     def variant_name(self) -> str:
         """The run folder's variant component (octtl.runs.variant_name), '' for the defaults."""
         return runs.variant_name(**self.variant) or ""
+
+    @property
+    def head_rate(self) -> Optional[float]:
+        """The new head's rate on a frozen backbone (--head_lr, default 10 lr); None when every layer trains."""
+        if self.trainable == "all":
+            return None
+        return float(self.head_lr) if self.head_lr is not None else self.lr * 10
 
     @property
     def second_lr(self) -> Optional[float]:
@@ -132,7 +140,7 @@ def planned(config: Config, identity: dict, result: dict) -> dict:
             "eval_every": config.eval_every, "seed": config.seed, "group_by_volume": config.group_by_volume,
             "test_fold": "auto" if config.held_out else "none", "mixed_precision": config.mixed_precision,
             # The Keras backend the process runs (KERAS_BACKEND): another backend's run is another run.
-            "backend": console.backend(), "finetune_lr": config.second_lr, **_recorded(config.variant)}
+            "backend": console.backend(), "head_lr": config.head_rate, "finetune_lr": config.second_lr, **_recorded(config.variant)}
 
 
 def _recorded(variant: dict) -> dict:
@@ -153,8 +161,10 @@ def check_trainable(config: Config):
     """Refuses, naming the flag, a trainable setting that does not exist or a fine-tuning rate that cannot train."""
     if config.trainable not in TRAINABLE:
         raise InputError(f"--trainable={config.trainable}: choose from {', '.join(TRAINABLE)}")
-    if config.finetune_lr is not None and not (math.isfinite(config.finetune_lr) and config.finetune_lr > 0):
-        raise InputError(f"--finetune_lr={config.finetune_lr}: must be a finite number > 0")
+    for name in ("head_lr", "finetune_lr"):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"--{name}={value}: must be a finite number > 0")
 
 
 def check_curve_point(config: Config):

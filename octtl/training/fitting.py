@@ -1,11 +1,12 @@
 """One run of the protocol on a prepared session: its batches, one `model.fit` with the early stop, its outputs.
 
-`fit` trains from the session's initial weights (restored by the caller) and returns the early stop that holds
-the best check, with the training time. Its batches come from tf.data on TensorFlow and from `HostBatches` (a
-keras.utils.PyDataset over numpy) on the other backends: the same examples, crops and augmentations, shuffled by
-another generator (tf.data's, numpy's), so one seed orders the batches differently on TensorFlow and elsewhere; `write_outputs` puts the best weights back and writes what the run
-folder holds besides result.json (predictions.csv, best.keras, the last TensorBoard events) and returns the
-result's metrics. A run that diverges or runs out of memory raises `RunFailed`, which the session records.
+`fit` trains from the session's initial weights (restored by the caller), in one phase or two (--trainable), and
+returns the early stop that holds the best check, with the training time. Its batches come from tf.data on
+TensorFlow and from `HostBatches` (a keras.utils.PyDataset over numpy) on the other backends and for a frozen
+backbone's head everywhere: the same examples, crops and augmentations, shuffled by another generator (tf.data's,
+numpy's), so one seed orders the batches differently on TensorFlow and elsewhere. `write_outputs` puts the best
+weights back and writes what the run folder holds besides result.json (predictions.csv, best.keras, the last
+TensorBoard events) and returns the result's metrics. A run that diverges or runs out of memory raises `RunFailed`, which the session records.
 """
 
 import dataclasses

@@ -145,7 +145,7 @@ def for_session(session, compile_model) -> Frozen:
                f"{available / 2**20:.0f} MB available)")
     else:
         why = "the backbone runs at every step"
-    built = Frozen(session.model, lambda model: compile_model(model, config, session.task, config.lr),
+    built = Frozen(session.model, lambda model: compile_model(model, config, session.task, config.head_rate),
                    config.validation_batch, session.decoded.crops if cache else None)
     if built.cached:
         why = (f"its outputs for the {len(session.metadata)} B-scans computed once ({needed / 2**20:.0f} MB, "
@@ -153,7 +153,7 @@ def for_session(session, compile_model) -> Frozen:
     second = (f"; then every layer at lr {config.second_lr:g} (two_phase)" if config.trainable == "two_phase"
               else "")
     say(f"train: --trainable={config.trainable}: the backbone frozen in inference mode, the head trains at lr "
-        f"{config.lr:g}{second}; {why}")
+        f"{config.head_rate:g}{second}; {why}")
     if session.weights.path is None:
         say("train: note: the frozen backbone has random weights (--weights=none): only the head learns")
     return built

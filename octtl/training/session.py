@@ -386,7 +386,8 @@ def build_model(config: Config, weights: pretrained.Weights, input_scaling: scal
     with devices.strategy(config.strategy).scope():
         try:
             model = models.build(config.arch, num_classes=task.outputs, weights=weights, image_size=config.size,
-                                 preprocess=input_scaling, activation=task.activation)
+                                 preprocess=input_scaling, activation=task.activation,
+                                 linear_head=config.trainable != "all")
         except WeightsError as e:
             raise WeightsError(f"--weights={config.weights}: {e}") from None
         if models.HEAD in {layer.name for layer in model.layers}:

@@ -53,8 +53,11 @@ def test_head_trains_only_the_head_and_records_it(records_dir, tmp_path):
     result = json.loads((folder / runs.RESULT).read_text())
     assert "--trainable=head: the backbone frozen in inference mode" in out
     assert (result["trainable"], result["finetune_lr"], result["best_phase"]) == ("head", None, "head")
+    assert result["head_lr"] == protocol.LR * 10  # --head_lr's default
     assert result["phase_iterations"] == {"head": result["iterations"]} and result["feature_cache"] is True
     trained = keras.saving.load_model(folder / runs.BEST_MODEL, compile=False)
+    # Linear in the pooled features: squeezenet's ReLU between its classifier and the pooling is left out.
+    assert [layer.name for layer in trained.layers[-3:]] == [models.HEAD, "pool10", models.HEAD_SOFTMAX]
     head, rest = split_weights(trained)
     assert result["trainable_params"] == sum(w.size for w in head) == 512 * 2 + 2  # fire9's 512 maps, 2 classes
     built = models.build("squeezenet", 2, weights="imagenet", image_size=48)
@@ -93,7 +96,7 @@ def test_two_phase_changes_the_backbone_only_in_its_second_phase(records_dir, tm
         return out
 
     monkeypatch.setattr(fitting, "_phase", watched)
-    trainer = session.Session(config(records_dir, tmp_path, trainable="two_phase", lr=3e-3, max_epochs=2), **QUIET)
+    trainer = session.Session(config(records_dir, tmp_path, trainable="two_phase", lr=3e-3, head_lr=3e-3), **QUIET)
     trainer.prepare()
     initial_head, initial_rest = split_weights(trainer.model)
     result = trainer.run("baseline", 0)
@@ -130,22 +133,24 @@ def test_the_head_on_cached_features_trains_as_through_the_frozen_backbone(recor
 def test_settings_that_cannot_train_are_refused(records_dir, tmp_path):
     with pytest.raises(InputError, match="--trainable=frozen: choose from all, head, two_phase"):
         session.Session(config(records_dir, tmp_path, trainable="frozen"))
-    message = refusal(train, f"--data_dir={records_dir}", f"--logdir={tmp_path}", "--arch=squeezenet", "--batch=8",
-                      "--trainable=two_phase", "--finetune_lr=0")
-    assert message == "--finetune_lr=0.0: must be a finite number > 0"
+    for flag in ("head_lr", "finetune_lr"):
+        message = refusal(train, f"--data_dir={records_dir}", f"--logdir={tmp_path}", "--arch=squeezenet",
+                          "--batch=8", "--trainable=two_phase", f"--{flag}=0")
+        assert message == f"--{flag}=0.0: must be a finite number > 0"
     assert not list(tmp_path.iterdir())
 
 
-def test_finetune_lr_is_part_of_a_two_phase_runs_configuration_only(records_dir, tmp_path):
+def test_the_phases_rates_are_part_of_a_frozen_runs_configuration_only(records_dir, tmp_path):
     identity = {"manifest_sha256": "abc", "num_examples": 48}
     base = config(records_dir, tmp_path)
     # A result written before --trainable existed reads as `all` without a fine-tuning rate: done, not stale.
-    legacy = {k: v for k, v in planned(base, identity, {}).items() if k not in ("trainable", "finetune_lr")}
+    legacy = {k: v for k, v in planned(base, identity, {}).items()
+              if k not in ("trainable", "head_lr", "finetune_lr")}
     assert runs.stale_reason(legacy, planned(base, identity, legacy)) is None
     assert runs.stale_reason(legacy, planned(config(records_dir, tmp_path, finetune_lr=1e-6), identity, legacy)) is None
     two = config(records_dir, tmp_path, trainable="two_phase")
     finished = planned(two, identity, {})
-    assert finished["finetune_lr"] == protocol.LR / 10
+    assert (finished["head_lr"], finished["finetune_lr"]) == (protocol.LR * 10, protocol.LR / 10)
     slower = planned(config(records_dir, tmp_path, trainable="two_phase", finetune_lr=1e-6), identity, finished)
     assert runs.stale_reason(finished, slower) == f"finetune_lr {protocol.LR / 10:g} (plan: 1e-06)"
     assert runs.stale_reason(legacy, planned(two, identity, legacy)).startswith("trainable all (plan: two_phase)")
