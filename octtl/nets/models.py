@@ -60,7 +60,8 @@ def build(
             probability per output (several answers per B-scan, such as the three fluid types).
         linear_head: Leave out a ReLU between the new head and its pooling (SqueezeNet's `relu_conv10`), so that
             the head is linear in the backbone's pooled features: a frozen backbone's head (a linear probe) cannot
-            learn through a ReLU that zeroes most of its outputs (docs/training.md measures it).
+            learn through a ReLU that zeroes most of its outputs (docs/training.md measures it). Always so under
+            a sigmoid, which after a ReLU could not go below 0.5.
 
     Returns:
         A keras.Model named `arch` mapping (batch, size, size, 1) images, uint8 gray or float 0..255, to
@@ -90,7 +91,8 @@ def build(
     rgb = layers.Rescaling(scale.tolist(), offset.tolist(), name=input_scaling.INPUT_SCALING)(rgb)
     model = keras.Model(image, entry.builder(rgb), name=entry.name)
     if swapped:
-        model = swap_head(model, entry.classifier, num_classes, activation, linear_head)
+        # A sigmoid after a ReLU never says "absent" (every output >= 0.5): its head is linear too.
+        model = swap_head(model, entry.classifier, num_classes, activation, linear_head or activation == "sigmoid")
     if weights.path is not None:
         loading.load(model, weights.path, entry.name, entry.classifier, HEAD if swapped else None)
 

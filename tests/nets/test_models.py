@@ -291,3 +291,18 @@ def test_bad_arguments_are_refused():
         models.build("inceptionv3", image_size=64)
     with pytest.raises(ValueError, match="num_classes"):
         models.build("squeezenet", num_classes=1)
+
+
+def test_a_sigmoid_head_can_say_absent():
+    # SqueezeNet's classifier is followed by a ReLU before its pooling: under a sigmoid that would hold every
+    # output at 0.5 or above, so the head is linear there (as for a frozen backbone); the softmax keeps the paper's.
+    x = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 1)).astype(np.float32)
+    types = models.build("squeezenet", 3, image_size=48, activation="sigmoid")
+    assert "relu_conv10" not in {layer.name for layer in types.layers}
+    head = types.get_layer(models.HEAD)
+    kernel, bias = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.full_like(bias, -3.0)])
+    np.testing.assert_allclose(np.asarray(types(x)), 1 / (1 + np.exp(3.0)), rtol=1e-5)
+    assert "relu_conv10" in {layer.name for layer in models.build("squeezenet", 2, image_size=48).layers}
+    assert "relu_conv10" not in {layer.name for layer in models.build("squeezenet", 2, image_size=48,
+                                                                      linear_head=True).layers}
