@@ -16,7 +16,10 @@ fold), every fold trained in one session (decoded and built once):
   * RETOUCH's fluid types (--task=fluid_types) on synthetic Spectralis volumes (the generator draws IRF, SRF and
     PED): per type, the test folds' accuracy and AUC per B-scan (mean over folds) and the per-volume AUC
     (a volume has a type when any B-scan does; its score is the highest probability among its B-scans) on the
-    out-of-fold test scores pooled over the folds, each volume scored once (octtl.results.fluid_types).
+    out-of-fold test scores pooled over the folds, each volume scored once (octtl.results.fluid_types); and each
+    type's lowest test probability and share of outputs at exactly 0.5: squeezenet's head swap keeps the ReLU after
+    conv10 (octtl.nets.models.swap_head), so its sigmoid outputs cannot fall below 0.5.
+A --workdir that holds an earlier run's records and runs is read back rather than trained again.
 """
 
 import collections
@@ -83,8 +86,9 @@ def four_classes(work: pathlib.Path) -> list:
     from octtl import outputs, runs
     from octtl.data import converter
 
-    converter.convert(_REAL_DIR.value, work / "kermany", input_format="image_folders", classes=list(CLASSES),
-                      group_regex=_PATIENT, progress=None)
+    if not (work / "kermany").is_dir():  # a --workdir of an earlier run: its finished runs are read back
+        converter.convert(_REAL_DIR.value, work / "kermany", input_format="image_folders", classes=list(CLASSES),
+                          group_regex=_PATIENT, progress=None)
     results, seconds = _train(_session(work / "kermany", work / "runs-kermany", "fluid"), "four classes")
     classes = results[0]["classes"]
     lines = ["| fold | test B-scans | validation accuracy | validation macro AUC | test accuracy | test macro AUC |",
@@ -120,28 +124,48 @@ def four_classes(work: pathlib.Path) -> list:
     return lines
 
 
+def _type_outputs(results, logdir) -> dict:
+    """{type: (lowest probability, share of probabilities exactly 0.5)} over the runs' test predictions: a sigmoid
+    output that never goes below 0.5 cannot say "absent" (squeezenet keeps its ReLU after the swapped conv10)."""
+    from octtl import outputs, runs
+    from octtl.training import metrics
+
+    values = {t: [] for t in metrics.FLUID_TYPES}
+    for r in results:
+        _, rows = outputs.read_csv(runs.run_of(r).folder(logdir) / runs.TEST_PREDICTIONS)
+        for row in rows:
+            for t in values:
+                values[t].append(float(row[f"p_{t}"]))
+    return {t: (min(v), sum(x == 0.5 for x in v) / len(v)) for t, v in values.items()}
+
+
 def fluid_types(work: pathlib.Path) -> list:
     """The fluid-types table's lines."""
     from octtl.data import converter
     from octtl.results import fluid_types as types_report
     from octtl.synthetic import render
 
-    render.write_dataset(work / "volumes", volumes=_VOLUMES.value, bscans=_BSCANS.value, seed=0)
-    converter.convert(work / "volumes", work / "synthetic", progress=None)
+    if not (work / "synthetic").is_dir():
+        render.write_dataset(work / "volumes", volumes=_VOLUMES.value, bscans=_BSCANS.value, seed=0)
+        converter.convert(work / "volumes", work / "synthetic", progress=None)
     results, seconds = _train(_session(work / "synthetic", work / "runs-types", "fluid_types"), "fluid types")
     table = types_report.rows(results, work / "runs-types")
+    outputs_of = _type_outputs(results, work / "runs-types")
     lines = ["| type | scored on | folds | B-scan accuracy | B-scan AUC mean (sd) | vendor | volumes (with type) "
-             "| per-volume AUC (pooled) |", "|---|---|---|---|---|---|---|---|"]
+             "| per-volume AUC (pooled) | lowest p | share of p = 0.5 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in table:
         sd = "" if row["bscan_auc_std"] is None else f" ({row['bscan_auc_std']:.3f})"
+        low, at_half = outputs_of[row["type"]]
         lines.append(f"| {row['type']} | {row['on']} | {row['folds']} | {_number(row['bscan_accuracy'])} | "
                      f"{_number(row['bscan_auc'])}{sd} | {row['vendor']} | {row['volumes']} "
-                     f"({row['volumes_with_type']}) | {_number(row['volume_auc'])} |")
+                     f"({row['volumes_with_type']}) | {_number(row['volume_auc'])} | {low:.3f} | {at_half:.2f} |")
     lines += ["", f"{_VOLUMES.value} synthetic Spectralis volumes of {_BSCANS.value} B-scans, {_FOLDS.value} folds "
               "grouped by volume and stratified on each volume's combination of types, held-out test folds. "
               "Per B-scan: mean over the test folds (a fold where a type has one answer only is left out of its "
               "mean). Per volume: highest probability among a volume's B-scans, AUC over the volumes pooled from "
-              f"the test folds (each scored once); undefined where one answer is missing. Mean of the runs' "
+              "the test folds (each scored once); undefined where one answer is missing. Lowest p and share of "
+              "p = 0.5: over every test B-scan; a type whose outputs never fall below 0.5 has a head that cannot "
+              "answer 'absent'. Mean of the runs' "
               f"mean type AUC: {_mean(r['test_auc'] for r in results)}. Wall time: {seconds:.0f} s for "
               f"{len(results)} runs."]
     return lines
