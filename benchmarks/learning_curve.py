@@ -1,14 +1,16 @@
 r"""How many annotated volumes (patients) each setting needs: learning curves on real and synthetic B-scans.
 
   python benchmarks/learning_curve.py [--real_dir=../shared/data/oct2017-dev] [--real_n=2,4,8,16,32]
-      [--synthetic_n=1,2,4,8,16] [--repeats=2] [--image_size=128]
+      [--synthetic_n=1,2,4,8,16] [--repeats=2] [--image_size=128] [--train_folds=0,1,2,3,4]
 
 Real: the dev set's NORMAL and DME images, patients as groups, squeezenet from its ImageNet weights and from
 scratch, N patients of each fold's training folds (5 folds, held-out test fold, `--repeats` draws), each point
 trained for the iterations the whole training folds get. Synthetic: 30 volumes of 16 B-scans (128 x 128),
 squeezenet from ImageNet, N volumes. Every point is scored on its held-out test fold. Prints, per curve, the
 mean test AUC and accuracy at each N, the fitted law, and the volumes needed to reach AUC 0.95 and accuracy
-0.90 (octtl.results.learning_curve) or why there is no such figure.
+0.90 (octtl.results.learning_curve) or why there is no such figure. `--train_folds` trains only some of the 5
+folds (a shorter run; the folds stay those of 5, and the bootstrap over folds has fewer to resample). Each curve's
+rows are printed as soon as it is done.
 """
 
 import pathlib
@@ -25,11 +27,12 @@ _REAL_N = flags.DEFINE_list("real_n", ["2", "4", "8", "16", "32"], "Training pat
 _SYNTHETIC_N = flags.DEFINE_list("synthetic_n", ["1", "2", "4", "8", "16"], "Training volumes of the synthetic curve.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Draws of each N.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Input side (whole B-scans resized).")
+_TRAIN_FOLDS = flags.DEFINE_list("train_folds", ["0", "1", "2", "3", "4"], "Which of the 5 folds are trained.")
 _PATIENT = r"^[A-Z]+-(\d+)-\d+$"
 
 
 def curve(records_dir, logdir, weights, counts, repeats, say):
-    """Every point of one curve (5 folds x counts x repeats, and each fold's whole training folds)."""
+    """Every point of one curve (--train_folds of 5 x counts x repeats, and each fold's whole training folds)."""
     from octtl.training import session
     from octtl.training.config import Config
 
@@ -37,7 +40,7 @@ def curve(records_dir, logdir, weights, counts, repeats, say):
                     weights=weights, image_size=_IMAGE_SIZE.value, crop="resize")
     trainer = session.Session(config, say=lambda line: None, progress=False)
     results = []
-    for fold in range(5):
+    for fold in (int(f) for f in _TRAIN_FOLDS.value):
         for n in counts:
             for repeat in range(repeats):
                 results.append(trainer.run("baseline", fold, train_volumes=n, repeat=repeat))
@@ -68,7 +71,8 @@ def main(argv):
              "volumes to reach the target |", "|---|---|---|---|---|---|"]
     for name, weights, records_dir, counts in studies:
         started = time.time()
-        say(f"{name}, weights {weights}, N = {','.join(counts)} x {_REPEATS.value} repeats x 5 folds")
+        say(f"{name}, weights {weights}, N = {','.join(counts)} x {_REPEATS.value} repeats x folds "
+            f"{','.join(_TRAIN_FOLDS.value)} of 5")
         results = curve(records_dir, work / "runs" / f"{name[:4]}-{weights}", weights, counts, _REPEATS.value, say)
         for metric, target in annotation_budget.TARGETS.items():
             points, on = annotation_budget.points(results, metric)
@@ -76,6 +80,7 @@ def main(argv):
             means = ", ".join(f"{int(n)}: {m:.3f}" for n, m in zip(s.n, s.mean))
             fit = "-" if s.fit is None else "{:.3f}, {:.3f}, {:.2f}".format(*s.fit)
             lines.append(f"| {name} | {weights} | {metric} ({on}) | {means} | {fit} | {target:g}: {s.verdict} |")
+            say(lines[-1])
         say(f"  {time.time() - started:.0f} s")
     print("\n".join(lines))
 
