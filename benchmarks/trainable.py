@@ -26,7 +26,7 @@ from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _REAL_DIR = flags.DEFINE_string("real_dir", str(REPO.parent / "shared" / "data" / "oct2017-dev"),
-                                "Class folders NORMAL/, DME/ (CNV/, DRUSEN/) of Kermany-named JPEGs.")
+                                "Class folders NORMAL/, DME/ (CNV/, DRUSEN/) of Kermany-named JPEGs; none: skip them.")
 _REAL_FOLDS = flags.DEFINE_integer("real_folds", 5, "Folds of the real dev set (every one is trained).")
 _SYNTHETIC_FOLDS = flags.DEFINE_list("synthetic_folds", ["0", "1", "2"], "Folds of 10 trained on synthetic data "
                                      "(none: skip the synthetic set).")
@@ -56,10 +56,11 @@ def main(argv):
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="octtl-trainable-"))
     sets = []
-    converter.convert(_REAL_DIR.value, work / "real", input_format="image_folders", classes=["NORMAL", "DME"],
-                      group_regex=_PATIENT, progress=None)
-    sets.append(("real NORMAL vs DME", work / "real", _REAL_FOLDS.value, list(range(_REAL_FOLDS.value))))
-    if _FOUR.value:
+    if _REAL_DIR.value != "none":
+        converter.convert(_REAL_DIR.value, work / "real", input_format="image_folders", classes=["NORMAL", "DME"],
+                          group_regex=_PATIENT, progress=None)
+        sets.append(("real NORMAL vs DME", work / "real", _REAL_FOLDS.value, list(range(_REAL_FOLDS.value))))
+    if _FOUR.value and _REAL_DIR.value != "none":
         converter.convert(_REAL_DIR.value, work / "four", input_format="image_folders",
                           classes=["NORMAL", "DME", "CNV", "DRUSEN"], group_regex=_PATIENT, progress=None)
         sets.append(("real, four classes", work / "four", _REAL_FOLDS.value, list(range(_REAL_FOLDS.value))))
