@@ -5,14 +5,16 @@ A run is one (design, arch, batch, fold); its folder `LOGDIR/{design}/{arch}/bat
 `flags.txt`, `best.keras` (unless not saved) and TensorBoard events. Its console output goes to
 `LOGDIR/logs/{design}/{arch}/batch{batch}/fold{fold}.log`, outside the folder, which a restart empties.
 
-A run of non-default --lr, --augment or --denoise settings has a variant folder between the batch and the fold,
-`batch16/lr0.0003-aug_flip+shift/fold0`; the component lists, in this fixed order and joined by "-", only what
-differs from the defaults:
+A run of non-default --lr, --augment, --denoise, --trainable, --task or --train_volumes settings has a variant
+folder between the batch and the fold, `batch16/lr0.0003-aug_flip+shift/fold0`; the component lists, in this fixed
+order and joined by "-", only what differs from the defaults:
   lr<lr>                 the learning rate, e.g. lr0.0003
   aug_<a>+<b>            the augmentations in alphabetical order (aug_none when the defaults have some)
   augs<strength>         --augment_strength, when augmenting at other than the default strength
   dn_<method>            --denoise
   dns<strength>          --denoise_strength, when other than the method's default (octtl.data.denoise)
+  train_<setting>        --trainable: train_head, train_two_phase
+  types, vol<N>, rep<R>  --task=fluid_types; a learning-curve point's --train_volumes and --repeat
 Numbers are written in plain decimals (no exponent, no trailing zeros); a denoising strength's whole part has
 three digits (dns003, dns012, dns025.5), so that names sort by value: learning rates and augmentation strengths
 below 10 and denoising strengths below 1000 do. Every setting has one name (`parse_variant` refuses any other
@@ -65,8 +67,8 @@ CONFIG_KEYS = ("data", "folds", "image_size", "crop", "weights", "preprocess", "
 # nor lost (a plan that asks for another value finds it stale, as any other difference).
 LEGACY = {"test_fold": "none", "group_by_volume": False, "preprocess": "paper", "early_stop": True,
           "max_iterations": None, "eval_every": None, "mixed_precision": False, "augment": [],
-          "augment_strength": 1.0, "denoise": "none", "denoise_strength": None, "trainable": "all",
-          "head_lr": None, "finetune_lr": None, "task": "fluid", "train_volumes": "all", "repeat": 0, "backend": "tensorflow"}
+          "augment_strength": 1.0, "denoise": "none", "denoise_strength": None, "trainable": "all", "head_lr": None,
+          "finetune_lr": None, "task": "fluid", "train_volumes": "all", "repeat": 0, "backend": "tensorflow"}
 
 
 # The settings a run has without --lr, --augment, --denoise, --trainable and --train_volumes; a denoising

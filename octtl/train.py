@@ -4,8 +4,8 @@
   python -m octtl.train --flagfile=flags/demo.cfg
 
 Results land in LOGDIR/{design}/{arch}/batch{batch}/[variant/]fold{fold}/ (result.json, predictions.csv,
-flags.txt, best.keras, TensorBoard events; a variant folder only for a non-default --lr, --augment, --denoise, --trainable or --train_volumes);
-`tensorboard --logdir=LOGDIR` shows them.
+flags.txt, best.keras, TensorBoard events; a variant folder only for a non-default --lr, --augment, --denoise,
+--trainable, --task or --train_volumes); `tensorboard --logdir=LOGDIR` shows them.
 """
 
 import dataclasses

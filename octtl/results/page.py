@@ -301,8 +301,8 @@ VARIANT_NOTE = (
     "Each variant against the default settings (the paper's: lr 1e-4, no augmentation, no denoising, every layer "
     "fine-tuned) of the same network and batch size, on the same folds: mean over its folds with the Nadeau-Bengio "
     "95% interval, the mean difference to the default over the folds both finished, and the two-sided Wilcoxon "
-    "signed-rank p of that difference. Choosing the best variant on these same folds is optimistic: with no nested validation, its "
-    "mean overstates what it would score on new data.")
+    "signed-rank p of that difference. Choosing the best variant on these same folds is optimistic: with no nested "
+    "validation, its mean overstates what it would score on new data.")
 
 
 def write_variant_csv(rows, path):

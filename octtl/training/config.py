@@ -140,7 +140,8 @@ def planned(config: Config, identity: dict, result: dict) -> dict:
             "eval_every": config.eval_every, "seed": config.seed, "group_by_volume": config.group_by_volume,
             "test_fold": "auto" if config.held_out else "none", "mixed_precision": config.mixed_precision,
             # The Keras backend the process runs (KERAS_BACKEND): another backend's run is another run.
-            "backend": console.backend(), "head_lr": config.head_rate, "finetune_lr": config.second_lr, **_recorded(config.variant)}
+            "backend": console.backend(), "head_lr": config.head_rate, "finetune_lr": config.second_lr,
+            **_recorded(config.variant)}
 
 
 def _recorded(variant: dict) -> dict:

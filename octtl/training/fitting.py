@@ -6,7 +6,8 @@ TensorFlow and from `HostBatches` (a keras.utils.PyDataset over numpy) on the ot
 backbone's head everywhere: the same examples, crops and augmentations, shuffled by another generator (tf.data's,
 numpy's), so one seed orders the batches differently on TensorFlow and elsewhere. `write_outputs` puts the best
 weights back and writes what the run folder holds besides result.json (predictions.csv, best.keras, the last
-TensorBoard events) and returns the result's metrics. A run that diverges or runs out of memory raises `RunFailed`, which the session records.
+TensorBoard events) and returns the result's metrics. A run that diverges or runs out of memory raises
+`RunFailed`, which the session records.
 """
 
 import dataclasses

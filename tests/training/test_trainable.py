@@ -123,7 +123,8 @@ def test_the_head_on_cached_features_trains_as_through_the_frozen_backbone(recor
         heads.append(split_weights(trainer.model)[0])
     cached, through = results
     assert (cached["feature_cache"], through["feature_cache"]) == (True, False)
-    assert cached["iterations"] == through["iterations"] and cached["iterations_to_best"] == through["iterations_to_best"]
+    assert (cached["iterations"], cached["iterations_to_best"]) == (through["iterations"],
+                                                                     through["iterations_to_best"])
     np.testing.assert_allclose([c["val_loss"] for c in cached["checks"]],
                                [c["val_loss"] for c in through["checks"]], rtol=1e-4)
     for a, b in zip(*heads):
