@@ -304,11 +304,12 @@ train.run()
 
 
 def test_session_runs_equal_fresh_processes(records_dir, tmp_path):
-    """Three runs of one session (two folds of one design, one of the other) against `python -m octtl.train`."""
+    """Two runs of one session (a fold of one design, then one of the other, so the second starts from the reset)
+    against `python -m octtl.train`."""
     config = Config(data_dir=str(records_dir), logdir=str(tmp_path / "session"), arch="squeezenet",
                              batch=8, folds=5, image_size=48, max_epochs=1, weights="none")
     one = session.Session(config, **QUIET)
-    plan = [("baseline", 0), ("baseline", 3), ("limited", 1)]
+    plan = [("baseline", 3), ("limited", 1)]
     mine = [one.run(design, fold) for design, fold in plan]
     env = dict(os.environ, OCTTL_VERBOSE="0")
     fresh_logdir = tmp_path / "fresh"
