@@ -367,3 +367,12 @@ def test_per_bscan_type_accuracy_and_auc_by_hand():
     # SRF: 0.90 above all 11. PED positives 0.40 0.80 against ten: 8 + 10 of 20.
     assert metrics.type_auc(P_TYPES, LABELS_1) == pytest.approx({"irf": 27.5 / 32, "srf": 1.0, "ped": 0.9})
     assert metrics.type_auc(P_TYPES[7:10], LABELS_1[7:10]) == {"irf": None, "srf": None, "ped": None}
+
+
+def test_auc_is_scikit_learns_with_and_without_ties():
+    rng = np.random.default_rng(7)
+    for i in range(50):
+        labels = np.r_[0, 1, rng.integers(0, 2, 60)]
+        scores = rng.integers(0, 5, labels.size) / 4 if i % 2 else rng.random(labels.size)  # ties every other draw
+        assert metrics.auc(scores, labels) == pytest.approx(sk_metrics.roc_auc_score(labels, scores), abs=1e-12)
+    assert metrics.auc([0.2, 0.9], [1, 1]) is None
