@@ -77,7 +77,9 @@ def validate(config: Config, metadata: records.Metadata):
         raise InputError(f"{config.data_dir}: every B-scan has label {int(metadata.labels[0])}; "
                          "a classifier needs both classes")
     if config.design == protocol.VENDOR:
-        folds.vendor_names(metadata.vendors)  # two vendors or more, every one known: refused before decoding
+        # Two vendors or more, every one known, and each one's validation fold drawable: refused before decoding.
+        for fold in range(len(folds.vendor_names(metadata.vendors))):
+            splits(config, metadata, protocol.VENDOR, fold)
 
 
 def splits(config: Config, metadata: records.Metadata, design: str, fold: int, strata=None) -> folds.Split:
@@ -88,12 +90,16 @@ def splits(config: Config, metadata: records.Metadata, design: str, fold: int, s
     """
     groups = metadata.volume_ids if config.group_by_volume else None
     strata = metadata.labels if strata is None else strata
-    if design == protocol.VENDOR:  # each vendor in turn tests; refusals are InputErrors naming the flag
-        return folds.vendor_splits(strata, metadata.vendors, fold, config.folds, config.seed, groups)
     try:
+        if design == protocol.VENDOR:  # each vendor in turn tests; its own refusals are InputErrors naming the flag
+            return folds.vendor_splits(strata, metadata.vendors, fold, config.folds, config.seed, groups)
         return folds.splits(strata, design, fold, config.folds, config.seed, groups, test=config.held_out)
+    except InputError:
+        raise
     except ValueError as e:
-        raise InputError(f"{config.data_dir}: {e}") from None
+        # The vendor design validates on one of --folds grouped folds of the training vendors' volumes.
+        where = " (the vendor design's validation fold)" if design == protocol.VENDOR else ""
+        raise InputError(f"{config.data_dir}: {e}{where}; use fewer --folds") from None
 
 
 def resolve_weights(config: Config, say: Callable[[str], None] = print) -> pretrained.Weights:

@@ -85,6 +85,15 @@ def test_the_train_command_refuses_what_the_design_cannot_do(records_dir, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+def test_too_few_training_volumes_for_the_validation_fold_is_refused_before_decoding(records_dir, tmp_path):
+    # 3 vendors of 6 volumes: 12 train when one is left out, too few for 13 grouped folds.
+    message = refusal(train, f"--data_dir={records_dir}", f"--logdir={tmp_path}", "--arch=squeezenet", "--batch=8",
+                      "--design=vendor", "--folds=13", "--fold=-1")
+    assert message == (f"{records_dir}: 13 folds grouped by volume need at least 13 volumes; there are 12 (the "
+                       "vendor design's validation fold); use fewer --folds")
+    assert not list(tmp_path.iterdir())
+
+
 def test_one_vendor_is_refused_before_anything_is_decoded(tmp_path):
     one = vendor_records(tmp_path, vendors=("topcon",), volumes=3)
     said = []
