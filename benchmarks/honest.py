@@ -15,12 +15,13 @@ one session (decoded and built once).
 """
 
 import pathlib
-import statistics
 import sys
 import tempfile
 import time
 
 from absl import app, flags
+
+from _cells import mean_sd
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _REAL_DIR = flags.DEFINE_string("real_dir", str(REPO.parent / "shared" / "data" / "oct2017-dev"),
@@ -31,14 +32,6 @@ _PATIENT = r"^[A-Z]+-(\d+)-\d+$"
 RULERS = (("paper: ungrouped, no test fold", False, "none"),
           ("ungrouped, held-out test fold", False, "auto"),
           ("grouped, held-out test fold (default)", True, "auto"))
-
-
-def _cell(values) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.fmean(values):.3f} ({spread:.3f})"
 
 
 def main(argv):
@@ -71,9 +64,9 @@ def main(argv):
             seconds = time.time() - started
             print(f"  {name}, {ruler}: {seconds:.0f} s", file=sys.stderr, flush=True)
             lines.append(f"| {name} | {ruler} | {','.join(map(str, fold_list))} of {k} | "
-                         f"{_cell(r['best_accuracy'] for r in results)} | {_cell(r['best_auc'] for r in results)} | "
-                         f"{_cell(r.get('test_accuracy') for r in results)} | "
-                         f"{_cell(r.get('test_auc') for r in results)} | {seconds:.0f} |")
+                         f"{mean_sd(r['best_accuracy'] for r in results)} | {mean_sd(r['best_auc'] for r in results)} | "
+                         f"{mean_sd(r.get('test_accuracy') for r in results)} | "
+                         f"{mean_sd(r.get('test_auc') for r in results)} | {seconds:.0f} |")
     print("\n".join(lines))
     print("\nMean (standard deviation) over the folds; test figures: the checkpoint chosen on the validation fold, "
           "scored once on the held-out test fold.")

@@ -24,6 +24,8 @@ import time
 
 from absl import app, flags
 
+from _cells import mean_sd
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _REAL_DIR = flags.DEFINE_string("real_dir", str(REPO.parent / "shared" / "data" / "oct2017-dev"),
                                 "Class folders NORMAL/, DME/ (CNV/, DRUSEN/) of Kermany-named JPEGs; none: skip them.")
@@ -34,14 +36,6 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 227, "Input side (whole B-scans
 _FOUR = flags.DEFINE_bool("four_classes", False, "Also the real dev set's four classes.")
 _PATIENT = r"^[A-Z]+-(\d+)-\d+$"
 SETTINGS = (("all", None), ("head", None), ("two_phase", None), ("head", False))
-
-
-def _cell(values) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.fmean(values):.3f} ({spread:.3f})"
 
 
 def main(argv):
@@ -84,9 +78,9 @@ def main(argv):
             wall_all = wall_all or seconds
             print(f"  {name}, {label}: {seconds:.0f} s", file=sys.stderr, flush=True)
             lines.append(f"| {name} | {label} | {','.join(map(str, fold_list))} of {k} | "
-                         f"{_cell(r['best_accuracy'] for r in results)} | {_cell(r['best_auc'] for r in results)} | "
-                         f"{_cell(r.get('test_accuracy') for r in results)} | "
-                         f"{_cell(r.get('test_auc') for r in results)} | "
+                         f"{mean_sd(r['best_accuracy'] for r in results)} | {mean_sd(r['best_auc'] for r in results)} | "
+                         f"{mean_sd(r.get('test_accuracy') for r in results)} | "
+                         f"{mean_sd(r.get('test_auc') for r in results)} | "
                          f"{statistics.fmean(r['train_images_per_second'] for r in results):.0f} | "
                          f"{seconds:.0f} | {seconds / wall_all:.2f} |")
     print("\n".join(lines))

@@ -43,8 +43,7 @@ from octtl.data import pipeline
 
 # The transformations, their ranges and the margins they need are octtl.data.augment_numpy's (one owner); this
 # module is their TensorFlow form, which the tf.data pipeline of the TensorFlow backend maps over batches.
-from octtl.data.augment_numpy import (AUGMENTATIONS, GAMMA, GEOMETRIC, _required_margin,  # noqa: E402
-                                      check_strength, max_shift, ranges)
+from octtl.data.augment_numpy import GAMMA, GEOMETRIC, check_views, max_shift, ranges  # noqa: E402
 
 # Which slot of a batch's split seed each transformation draws from.
 _ZOOM, _SHIFT, _FLIP, _INTENSITY, _SPECKLE = range(5)
@@ -111,21 +110,14 @@ def make_augment(size: int, margin: int, augmentations: Sequence[str], strength:
     Args:
         size: The crop's side.
         margin: The views' margin; at least `margin(size, augmentations, strength)`.
-        augmentations: Names from AUGMENTATIONS (order does not matter).
+        augmentations: Names from octtl.data.augment_numpy.AUGMENTATIONS (order does not matter).
         strength: --augment_strength.
 
     Returns:
         A function of uint8 views (b, size + 2 margin, size + 2 margin, 1), labels and an int64 (2,) seed
         for tf.random's stateless ops; the same seed gives the same batch.
     """
-    s = check_strength(strength)
-    unknown = set(augmentations) - set(AUGMENTATIONS)
-    if unknown:
-        raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
-    needed = _required_margin(size, augmentations, s)
-    if margin < needed:
-        raise ValueError(f"views with margin {margin} are too small for {', '.join(augmentations)} at strength "
-                         f"{s:g} (margin {needed} needed)")
+    s = check_views(size, margin, augmentations, strength)
     r = ranges(s)
     side = size + 2 * margin
     shift = max_shift(size, s) if "shift" in augmentations else 0

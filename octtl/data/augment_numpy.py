@@ -247,11 +247,9 @@ def apply(views: np.ndarray, draws: Draws, size: int, margin: int) -> np.ndarray
     return np.round(np.clip(images, f32(0), f32(255))).astype(np.uint8)
 
 
-def make_augment(size: int, margin: int, augmentations: Sequence[str], strength: float = 1.0):
-    """The batch transformation: (views, labels, (run seed, epoch, step)) -> (uint8 (b, size, size, 1), labels).
-
-    The same seed triple gives the same batch. Raises ValueError for unknown names or too small a margin.
-    """
+def check_views(size: int, margin: int, augmentations: Sequence[str], strength: float) -> float:
+    """The strength, checked, once the augmentations are known and the views' margin is wide enough for them
+    (ValueError otherwise): what both forms of the transformation (this one, octtl.data.augment's) need."""
     s = check_strength(strength)
     unknown = set(augmentations) - set(AUGMENTATIONS)
     if unknown:
@@ -260,6 +258,15 @@ def make_augment(size: int, margin: int, augmentations: Sequence[str], strength:
     if margin < needed:
         raise ValueError(f"views with margin {margin} are too small for {', '.join(augmentations)} at strength "
                          f"{s:g} (margin {needed} needed)")
+    return s
+
+
+def make_augment(size: int, margin: int, augmentations: Sequence[str], strength: float = 1.0):
+    """The batch transformation: (views, labels, (run seed, epoch, step)) -> (uint8 (b, size, size, 1), labels).
+
+    The same seed triple gives the same batch. Raises ValueError for unknown names or too small a margin.
+    """
+    s = check_views(size, margin, augmentations, strength)
 
     def augment(views, labels, seed):
         views = np.asarray(views)

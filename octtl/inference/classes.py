@@ -14,8 +14,7 @@ from typing import List, Optional
 import numpy as np
 
 from octtl import outputs
-from octtl.errors import InputError
-from octtl.inference.inputs import read_input
+from octtl.inference.predictor import volumes_of
 from octtl.training import metrics
 
 TYPES = tuple(metrics.FLUID_TYPES)
@@ -72,14 +71,9 @@ def predict(model, config, predictor, input_path, output, kind: str, threshold: 
     folders' images are grouped by `group_regex` (a patient per group) as for two classes."""
     types = config.task == "fluid_types"
     classes = tuple(config.classes)
-    rows, summaries, seen = [], [], set()
+    rows, summaries = [], []
     labels, scores_all, volume_of = [], [], []
-    for scans in read_input(input_path, config.fluid_codes, config.min_fluid_voxels, config.classes, group_regex):
-        if scans.volume_id in seen:
-            raise InputError(f"{scans.source}: volume id {scans.volume_id} appears twice in the input")
-        seen.add(scans.volume_id)
-        if len(scans.images) == 0:
-            raise InputError(f"{scans.source}: no B-scans")
+    for scans in volumes_of(input_path, config, group_regex):
         p = predictor.probabilities(predictor.inputs(scans.images))
         known = _labels(scans, types, config.min_fluid_voxels)
         for k in range(len(p)):

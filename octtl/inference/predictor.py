@@ -136,6 +136,20 @@ def rescale_mode(model, config: RunConfig) -> str:
     return "none" if scaling.has_input_scaling(model) or config.preprocess != "paper" else "paper"
 
 
+def volumes_of(input_path, config: RunConfig, group_regex=None):
+    """The input's volumes (octtl.inference.inputs.read_input), each refused in one line where it repeats an id,
+    holds no B-scan or is smaller than the model's centre crop."""
+    seen = set()
+    for scans in read_input(input_path, config.fluid_codes, config.min_fluid_voxels, config.classes, group_regex):
+        if scans.volume_id in seen:
+            raise InputError(f"{scans.source}: volume id {scans.volume_id} appears twice in the input")
+        seen.add(scans.volume_id)
+        if len(scans.images) == 0:
+            raise InputError(f"{scans.source}: no B-scans")
+        check_shape(scans, config)
+        yield scans
+
+
 def check_shape(scans: Scans, config: RunConfig):
     """Fails on B-scans the model's crop cannot take without showing it padding it never saw."""
     size = config.image_size
@@ -361,14 +375,8 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
     explainer = explain.Explainer(model, config, batch_size) if gradcam_dir is not None else None
 
     with outputs.staged(output, "--output") as staging:
-        rows, summaries, seen = [], [], set()
-        for scans in read_input(input_path, config.fluid_codes, config.min_fluid_voxels, config.classes, group_regex):
-            if scans.volume_id in seen:
-                raise InputError(f"{scans.source}: volume id {scans.volume_id} appears twice in the input")
-            seen.add(scans.volume_id)
-            if len(scans.images) == 0:
-                raise InputError(f"{scans.source}: no B-scans")
-            check_shape(scans, config)
+        rows, summaries = [], []
+        for scans in volumes_of(input_path, config, group_regex):
             inputs = predictor.inputs(scans.images)
             p_fluid = predictor(inputs)
             if temperature is not None:  # --calibrated: the run's validation temperature
