@@ -210,3 +210,12 @@ def test_predict_groups_class_folders_by_patient_and_refuses_a_threshold(four_cl
                       "--threshold=0.3")
     assert message == ("--threshold=0.3: a model of 4 classes predicts its most probable class; a threshold applies "
                        "to two classes and to fluid types")
+
+
+def test_k_class_predict_refuses_b_scans_smaller_than_the_crop(four_class_run, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "in" / "small.png")
+    message = refusal(predict, f"--model={four_class_run['run_dir']}/best.keras", f"--input={tmp_path / 'in'}",
+                      f"--output={tmp_path / 'p.csv'}")
+    assert "B-scans of 20x20 pixels are smaller than the 32x32 centre crop" in message
+    assert not (tmp_path / "p.csv").exists()
