@@ -11,6 +11,8 @@ as they are (they start quietly).
 `OCTTL_VERBOSE=1` shows everything, TensorFlow's and absl's INFO lines included.
 """
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -112,10 +114,27 @@ def start_tensorflow_backend(command: str) -> None:
     start_tensorflow()
 
 
+class _WithoutTensorFlow(importlib.abc.MetaPathFinder):
+    """A path finder that finds no `tensorflow`: importing it raises ModuleNotFoundError and find_spec gives None,
+    exactly as without the package (raising instead would break libraries that only probe for it)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            return None
+        return self.inner.find_spec(name, path, target)
+
+    def invalidate_caches(self):
+        self.inner.invalidate_caches()
+
+
 def start_backend() -> str:
     """Imports Keras on its backend, quietly; returns the backend's name (octtl.nets.devices knows its GPUs).
 
-    TensorFlow through `start_tensorflow`; JAX told not to preallocate the card (several --workers share it).
+    TensorFlow through `start_tensorflow`; JAX told not to preallocate the card (several --workers share it); on
+    JAX and PyTorch, TensorFlow is kept out of the process even where it is installed.
 
     Raises:
         InputError: A backend octtl does not run on, or one that is not installed (one line naming it).
@@ -141,6 +160,12 @@ def start_backend() -> str:
 
             # JAX logs its platform search through absl at INFO ("Unable to initialize backend 'tpu'").
             absl_logging.set_verbosity(absl_logging.WARNING)
+        if "tensorflow" not in sys.modules:
+            # Keras' set_random_seed (and TensorBoard's summary helpers) import TensorFlow wherever it is installed:
+            # on this backend that costs seconds and prints TensorFlow's start-up lines for nothing, so the process
+            # sees no TensorFlow, as where it is not installed (which tests/test_backends.py runs).
+            sys.meta_path[:] = [_WithoutTensorFlow(f) if f is importlib.machinery.PathFinder else f
+                                for f in sys.meta_path]
     import keras  # noqa: F401  (Keras reads KERAS_BACKEND here, once per process)
 
     return name

@@ -155,3 +155,13 @@ def test_tensorflow_as_the_backend_without_it_is_one_line(without_tensorflow, tm
     assert done.stderr.strip().splitlines() == [
         "train: error: KERAS_BACKEND=tensorflow: tensorflow is not installed; install it, or choose another backend "
         "(KERAS_BACKEND=jax or KERAS_BACKEND=torch)"]
+
+
+def test_tensorflow_stays_out_of_a_jax_process_where_it_is_installed():
+    # Keras' set_random_seed imports TensorFlow wherever it can (seconds, and its start-up lines on the console).
+    code = ("import sys; from octtl import console; assert console.start_backend() == 'jax'; import keras; "
+            "keras.utils.set_random_seed(0); print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, KERAS_BACKEND="jax"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "False\n" and done.stderr == "", done.stderr[-2000:]
