@@ -218,12 +218,14 @@ class StepLog:
     Args:
         writer: The run's Writer.
         iteration: Returns the number of iterations finished before the current one.
+        first_loss: The run's first loss where an earlier phase had it (two_phase): the second phase starts from
+            the head's best, whose loss can be near zero, so its own first one would make any rise look explosive.
     """
 
-    def __init__(self, writer: Writer, iteration: Callable[[], int]):
+    def __init__(self, writer: Writer, iteration: Callable[[], int], first_loss: Optional[float] = None):
         self._writer = writer
         self._iteration = iteration
-        self._first_loss: Optional[float] = None
+        self.first_loss: Optional[float] = first_loss
         self.diverged = None  # (iteration, loss, why) once diverged
 
     def update(self, logs: Optional[dict]) -> bool:
@@ -231,11 +233,11 @@ class StepLog:
         logs = logs or {}
         iteration = self._iteration() + 1  # the early stop counts after this one
         loss = float(logs.get("loss", math.nan))
-        if self._first_loss is None and math.isfinite(loss):
-            self._first_loss = loss
+        if self.first_loss is None and math.isfinite(loss):
+            self.first_loss = loss
         why = ""
-        if math.isfinite(loss) and self._first_loss and loss > DIVERGENCE_FACTOR * self._first_loss:
-            why = f", over {DIVERGENCE_FACTOR:g} times the first iteration's {self._first_loss:.4g}: diverged"
+        if math.isfinite(loss) and self.first_loss and loss > DIVERGENCE_FACTOR * self.first_loss:
+            why = f", over {DIVERGENCE_FACTOR:g} times the first iteration's {self.first_loss:.4g}: diverged"
         if not math.isfinite(loss) or why:
             self.diverged = (iteration, loss, why)
             return True

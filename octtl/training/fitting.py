@@ -128,11 +128,17 @@ class StepLogger(keras.callbacks.Callback):
     Args:
         writer: The run's Writer.
         iteration: Returns the number of iterations finished before the current one.
+        first_loss: An earlier phase's first loss (events.StepLog).
     """
 
-    def __init__(self, writer: events.Writer, iteration: Callable[[], int]):
+    def __init__(self, writer: events.Writer, iteration: Callable[[], int], first_loss: Optional[float] = None):
         super().__init__()
-        self._log = events.StepLog(writer, iteration)
+        self._log = events.StepLog(writer, iteration, first_loss)
+
+    @property
+    def first_loss(self) -> Optional[float]:
+        """The run's first training loss, what divergence is measured against."""
+        return self._log.first_loss
 
     @property
     def diverged(self):
@@ -223,20 +229,22 @@ def fit(session, config: Config, schedule: Schedule, val_idx, writer, say: Calla
     whole = lambda: session.predict(val_images)  # noqa: E731
     phase = functools.partial(_phase, session, config, schedule, val_labels, writer, say, progress)
     if config.trainable == "all":
-        stop, seconds = phase(session.model, batches(session, config, schedule), whole)
+        stop, seconds, _ = phase(session.model, batches(session, config, schedule), whole)
         return Fitted(stop, schedule.steps_per_epoch, seconds, schedule.batch, stop.epochs_started)
     frozen = session.frozen
     data = HostBatches(frozen.views(session.decoded.images), session.targets, schedule, config.seed, config.size,
                        session.margin, session.augmentations, config.augment_strength)
     with frozen.head_only():
-        head, seconds = phase(frozen.trainer, data, (lambda: frozen.predict(val_idx)) if frozen.cached else whole)
+        head, seconds, first_loss = phase(frozen.trainer, data,
+                                          (lambda: frozen.predict(val_idx)) if frozen.cached else whole)
     phases = {"head": head.iteration}
     if config.trainable == "head":
         return Fitted(head, schedule.steps_per_epoch, seconds, schedule.batch, head.epochs_started, phases, "head")
     head.restore_best()
     say(f"train: the head's early stop at iteration {head.iteration}; fine-tuning every layer at lr "
         f"{config.second_lr:g} from its best check (iteration {head.best.iteration})")
-    stop, more = phase(session.model, batches(session, config, schedule), whole, continue_from=head)
+    stop, more, _ = phase(session.model, batches(session, config, schedule), whole, continue_from=head,
+                          first_loss=first_loss)
     phases["finetune"] = stop.iteration - head.iteration
     best_phase = "head" if stop.best is head.best else "finetune"
     return Fitted(stop, schedule.steps_per_epoch, seconds + more, schedule.batch,
@@ -245,8 +253,11 @@ def fit(session, config: Config, schedule: Schedule, val_idx, writer, say: Calla
 
 def _phase(session, config: Config, schedule: Schedule, val_labels, writer, say: Callable[[str], None],
            progress: bool, model, data, predict: Callable[[], np.ndarray],
-           continue_from: Optional[early_stop.HalfEpochEarlyStop] = None) -> tuple:
-    """One `model.fit` of `model` on `data` under its own early stop; returns the stop and the training seconds."""
+           continue_from: Optional[early_stop.HalfEpochEarlyStop] = None,
+           first_loss: Optional[float] = None) -> tuple:
+    """One `model.fit` of `model` on `data` under its own early stop (continuing `continue_from`'s checks, its
+    divergence measured against the run's `first_loss`); returns the stop, the training seconds and the run's first
+    loss."""
     patience = config.patience if config.early_stop else None
     stop_start = continue_from.iteration if continue_from is not None else 0
 
@@ -263,7 +274,7 @@ def _phase(session, config: Config, schedule: Schedule, val_labels, writer, say:
         timer, val_labels, schedule.steps_per_epoch, config.checks_per_epoch, config.patience,
         early_stop=config.early_stop, max_iterations=config.max_iterations, eval_every=config.eval_every,
         on_evaluation=on_evaluation, evaluate=session.task.evaluate, continue_from=continue_from)
-    step_logger = StepLogger(writer, lambda: stop.iteration)
+    step_logger = StepLogger(writer, lambda: stop.iteration, first_loss)
     started = time.perf_counter()
     try:
         model.fit(data, epochs=schedule.epochs, verbose=1 if progress else 0, shuffle=False,
@@ -278,7 +289,7 @@ def _phase(session, config: Config, schedule: Schedule, val_labels, writer, say:
         raise RunFailed(f"training loss is {loss} at iteration {iteration}{why}")
     if stop.best is None:
         raise RunFailed("no validation check ran (fewer iterations than one check interval)")
-    return stop, time.perf_counter() - started - timer.seconds
+    return stop, time.perf_counter() - started - timer.seconds, step_logger.first_loss
 
 
 def write_outputs(session, config: Config, fitted: Fitted, split, out: pathlib.Path, writer) -> dict:

@@ -188,6 +188,16 @@ def test_a_diverging_loss_stops_and_is_not_logged(tmp_path, losses, why):
     assert [step for step, _ in _read(tmp_path)["train/loss"][2]] == [1]
 
 
+def test_a_second_phase_measures_divergence_against_the_runs_first_loss(tmp_path):
+    # two_phase's fine-tuning starts from the head's best check, whose loss can be near zero: a rise from there to
+    # the run's usual levels is no divergence; a thousand times the run's first loss still is.
+    with events.Writer(tmp_path) as writer:
+        done = iter(range(10))
+        log = events.StepLog(writer, lambda: next(done), first_loss=0.7)
+        assert [log.update({"loss": loss}) for loss in (4e-7, 0.21, 0.6)] == [False, False, False]
+        assert log.update({"loss": 701.0}) is True and "0.7: diverged" in log.diverged[2]
+
+
 def test_the_hparams_config_is_written_once_per_logdir(tmp_path):
     events.write_hparams_config(tmp_path)
     events.write_hparams_config(tmp_path)
