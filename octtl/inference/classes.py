@@ -14,7 +14,6 @@ from typing import List, Optional
 import numpy as np
 
 from octtl import outputs
-from octtl.inference.predictor import volumes_of
 from octtl.training import metrics
 
 TYPES = tuple(metrics.FLUID_TYPES)
@@ -65,15 +64,15 @@ def columns(classes, types: bool, labelled: bool) -> tuple:
     return ("volume_id", "slice", *probabilities, "predicted", *labels, "source")
 
 
-def predict(model, config, predictor, input_path, output, kind: str, threshold: float, overwrite: bool,
-            input_notes=(), summary_path=None, group_regex=None) -> Report:
-    """Predicts every B-scan of `input_path` with a K-class or fluid-types model and writes the two CSVs; class
-    folders' images are grouped by `group_regex` (a patient per group) as for two classes."""
+def predict(model, config, predictor, volumes, output, kind: str, threshold: float, overwrite: bool,
+            input_notes=(), summary_path=None) -> Report:
+    """Predicts every B-scan of `volumes` (the input's, read and checked by octtl.inference.predictor.volumes_of)
+    with a K-class or fluid-types model and writes the two CSVs."""
     types = config.task == "fluid_types"
     classes = tuple(config.classes)
     rows, summaries = [], []
     labels, scores_all, volume_of = [], [], []
-    for scans in volumes_of(input_path, config, group_regex):
+    for scans in volumes:
         p = predictor.probabilities(predictor.inputs(scans.images))
         known = _labels(scans, types, config.min_fluid_voxels)
         for k in range(len(p)):

@@ -370,8 +370,8 @@ def predict(model_path, input_path, output, gradcam_dir=None, threshold: float =
                              "probable class; a threshold applies to two classes and to fluid types")
         from octtl.inference import classes
 
-        return classes.predict(model, config, predictor, input_path, output, kind, threshold, overwrite,
-                               input_notes, summary_path(output), group_regex)
+        return classes.predict(model, config, predictor, volumes_of(input_path, config, group_regex), output, kind,
+                               threshold, overwrite, input_notes, summary_path(output))
     explainer = explain.Explainer(model, config, batch_size) if gradcam_dir is not None else None
 
     with outputs.staged(output, "--output") as staging:
